@@ -1,0 +1,108 @@
+"""File I/O shared by every script: user-facing errors, atomic writes, image reading.
+
+Errors a user can cause are raised as `UserError` with one line that names the file
+and the fix; `run_main` turns them into that line on stderr and exit status 1, also
+when they were raised inside a DataLoader worker (PyTorch re-raises them in the main
+process with the worker's traceback glued in front of the message)."""
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Callable, Iterator
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+
+class UserError(Exception):
+    """A problem with the user's input: one line, naming the file and the fix."""
+
+
+def user_message(error: UserError) -> str:
+    """The user's one line, without the traceback a DataLoader worker prepends."""
+    return str(error).strip().splitlines()[-1].rsplit("UserError: ", 1)[-1]
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """Run a script's `main`: a UserError becomes one line on stderr and exit 1,
+    Ctrl-C becomes exit 130 without a traceback."""
+    try:
+        main()
+    except UserError as error:
+        sys.exit(f"error: {user_message(error)}")
+    except KeyboardInterrupt:
+        sys.exit("interrupted")
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path beside `path`; rename it onto `path` only when the
+    block finishes, so readers never see a half-written file."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        handle, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise UserError(f"cannot write {path}: {error.strerror}; choose a writable output folder") from None
+    os.close(handle)
+    tmp_path = Path(tmp_name)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, path)
+    finally:
+        tmp_path.unlink(missing_ok=True)
+
+
+def save_npy(path: str | os.PathLike, value) -> None:
+    """np.save `value` (an array or a pickled dict, as the reference writes CAMs) atomically."""
+    with atomic_path(path) as tmp_path, open(tmp_path, "wb") as handle:
+        np.save(handle, value)
+
+
+def save_png(path: str | os.PathLike, image: Image.Image) -> None:
+    with atomic_path(path) as tmp_path:
+        image.save(tmp_path, format="PNG")
+
+
+def save_jpeg(path: str | os.PathLike, image: Image.Image, quality: int = 90) -> None:
+    with atomic_path(path) as tmp_path:
+        image.save(tmp_path, format="JPEG", quality=quality)
+
+
+def read_rgb(path: str | os.PathLike) -> Image.Image:
+    """Open an image as 8-bit RGB (grayscale, palette, RGBA, CMYK and 16-bit files are
+    converted); a missing, unreadable or truncated file is a UserError."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+                # PIL's convert("RGB") clips 16-bit values to 255: rescale to 8 bits first.
+                wide = np.asarray(image, dtype=np.float64)
+                peak = 65535.0 if wide.max() > 255 else 255.0
+                image = Image.fromarray(np.round(wide / peak * 255).astype(np.uint8))
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"cannot read image {path}: {error}; the file is corrupt or truncated, "
+                        "replace it or remove it from the list") from None
+
+
+def read_label_png(path: str | os.PathLike) -> np.ndarray:
+    """A VOC segmentation PNG as its palette indices (uint8 H×W, 255 = ignore)."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"label image not found: {path}")
+    try:
+        with Image.open(path) as image:
+            image.load()
+            if image.mode not in ("P", "L"):
+                raise UserError(f"label image {path} has mode {image.mode}; expected a palette "
+                                "(P) or grayscale (L) PNG of class indices")
+            return np.asarray(image, dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
+        raise UserError(f"cannot read label image {path}: {error}") from None
