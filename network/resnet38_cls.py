@@ -1,0 +1,30 @@
+"""The baseline CAM network (SPEC §2, last paragraph): ResNet-38 + a 20-class linear
+classifier on the globally pooled conv6; its CAM is that classifier applied per position."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from network import resnet38d
+from tool.constants import NUM_FG_CLASSES
+
+
+class Net(resnet38d.Net):
+    """`forward(x)` -> N×20 logits, `forward_cam(x)` -> N×20×h×w (stride 8)."""
+
+    new_layers = ("fc8",)
+
+    def __init__(self):
+        super().__init__()
+        self.dropout7 = nn.Dropout2d(0.5)
+        self.fc8 = nn.Conv2d(4096, NUM_FG_CLASSES, 1, bias=False)
+        nn.init.xavier_uniform_(self.fc8.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.dropout7(super().forward(x))
+        pooled = features.mean(dim=(2, 3), keepdim=True)
+        return self.fc8(pooled).flatten(1)
+
+    def forward_cam(self, x: torch.Tensor) -> torch.Tensor:
+        return F.relu(F.conv2d(super().forward(x), self.fc8.weight))

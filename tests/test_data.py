@@ -1,0 +1,357 @@
+"""voc12/data.py and voc12/make_cls_labels.py: lists, labels, datasets, and the errors a user can cause."""
+import io
+import pickle
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from xml.dom import minidom
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch.utils.data import default_collate
+
+from tool.constants import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
+from tool.fileio import UserError, run_main
+from voc12.data import (InferDataset, TrainDataset, check_voc_root, cls_labels_from_png, cls_labels_from_xml,
+                        load_cls_labels, load_image_list, sample_seed)
+from voc12.make_cls_labels import main as make_cls_labels_main
+from voc12.make_cls_labels import make_cls_labels
+from voc12.toy import make_toy_voc
+
+REPO = Path(__file__).resolve().parent.parent
+CROP = 48
+SMALL_RESIZE = (40, 96)     # long side drawn from here: some images end up smaller than the crop
+
+
+# ---------- slow, obviously-correct references written from the reference code / SPEC ----------
+
+def reference_xml_label(xml_path: Path) -> np.ndarray:
+    """The reference's label: every <name> element whose text is one of the 20 classes."""
+    label = np.zeros(20, np.float32)
+    for element in minidom.parse(str(xml_path)).getElementsByTagName("name"):
+        if element.firstChild.data in VOC_CLASSES[1:]:
+            label[VOC_CLASSES[1:].index(element.firstChild.data)] = 1.0
+    return label
+
+
+def reference_normalize(image: Image.Image) -> np.ndarray:
+    """(x / 255 - mean) / std per channel, CHW float32."""
+    pixels = np.asarray(image, np.float64) / 255.0
+    channels = [(pixels[..., c] - IMAGENET_MEAN[c]) / IMAGENET_STD[c] for c in range(3)]
+    return np.stack(channels).astype(np.float32)
+
+
+def write_root(root: Path, images: dict[str, Image.Image], file_format: str = "JPEG") -> Path:
+    """A minimal VOC2012 folder holding `images` (written in `file_format`, always named .jpg)."""
+    (root / "JPEGImages").mkdir(parents=True)
+    for name, image in images.items():
+        image.save(root / "JPEGImages" / f"{name}.jpg", format=file_format)
+    return root
+
+
+def one_hot(*class_names: str) -> np.ndarray:
+    label = np.zeros(20, np.float32)
+    for class_name in class_names:
+        label[VOC_CLASSES.index(class_name) - 1] = 1.0
+    return label
+
+
+def random_image(seed: int, width: int, height: int, mode: str = "RGB") -> Image.Image:
+    channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
+    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
+    return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels)
+
+
+# ---------- image lists ----------
+
+def test_list_forms_blank_lines_and_crlf(tmp_path):
+    path = tmp_path / "list.txt"
+    path.write_bytes(b"2007_000032\r\n\r\n/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n"
+                     b"JPEGImages/2008_000001.jpg SegmentationClassAug/2008_000001.png\n  \n  2009_000002  \n"
+                     b"name.with.dots\n")
+    assert load_image_list(path) == ["2007_000032", "2007_000039", "2008_000001", "2009_000002", "name.with.dots"]
+
+
+def test_empty_or_missing_list_is_a_user_error(tmp_path):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("\n   \n")
+    with pytest.raises(UserError, match="empty.txt.*empty"):
+        load_image_list(empty)
+    with pytest.raises(UserError, match="missing.txt"):
+        load_image_list(tmp_path / "missing.txt")
+    binary = tmp_path / "labels.npy"
+    binary.write_bytes(b"\x93NUMPY\xff\xfe")
+    with pytest.raises(UserError, match="labels.npy"):
+        load_image_list(binary)
+
+
+# ---------- VOC root ----------
+
+def test_voc_root_checks(tmp_path):
+    devkit = tmp_path / "VOCdevkit"
+    (devkit / "VOC2012" / "JPEGImages").mkdir(parents=True)
+    assert check_voc_root(devkit / "VOC2012") == devkit / "VOC2012"
+    with pytest.raises(UserError, match=f"pass {devkit / 'VOC2012'}$"):
+        check_voc_root(devkit)
+    with pytest.raises(UserError, match=f"pass {devkit / 'VOC2012'}$"):
+        check_voc_root(tmp_path)
+    with pytest.raises(UserError, match="not found: .*nowhere"):
+        check_voc_root(tmp_path / "nowhere")
+    (tmp_path / "other").mkdir()
+    with pytest.raises(UserError, match="other has no JPEGImages"):
+        check_voc_root(tmp_path / "other")
+
+
+# ---------- class labels ----------
+
+def test_make_cls_labels_on_the_toy_set(toy_voc, toy_lists):
+    train = (toy_voc / "ImageSets/Segmentation/train.txt").read_text().split()
+    val = (toy_voc / "ImageSets/Segmentation/val.txt").read_text().split()
+    assert load_image_list(toy_lists["train"]) == sorted(train)
+    assert load_image_list(toy_lists["val"]) == sorted(val)
+    assert load_image_list(toy_lists["train_aug"]) == sorted(train), "no SegmentationClassAug: train_aug = train"
+    labels = load_cls_labels(toy_lists["cls_labels"])
+    assert sorted(labels) == sorted(train + val)
+    for name, label in labels.items():
+        assert label.dtype == np.float32 and label.shape == (20,)
+        assert np.array_equal(label, reference_xml_label(toy_voc / "Annotations" / f"{name}.xml"))
+        assert 1 <= label.sum() <= 3
+    raw = np.load(toy_lists["cls_labels"], allow_pickle=True).item()   # the reference's own way of reading it
+    assert isinstance(raw, dict) and raw.keys() == labels.keys()
+
+
+def test_labels_from_npy_xml_and_png_agree(toy_voc, toy_lists):
+    names = load_image_list(toy_lists["train"]) + load_image_list(toy_lists["val"])
+    from_npy = load_cls_labels(toy_lists["cls_labels"])
+    from_xml = cls_labels_from_xml(toy_voc, names)
+    from_png = cls_labels_from_png(toy_voc / "SegmentationClass", names)
+    for name in names:
+        assert np.array_equal(from_npy[name], from_xml[name])
+        assert np.array_equal(from_xml[name], from_png[name])
+
+
+def test_png_labels_ignore_background_and_void(tmp_path):
+    label = np.array([[0, 255, 3], [20, 3, 0]], np.uint8)
+    Image.fromarray(label).save(tmp_path / "a.png")
+    assert np.array_equal(cls_labels_from_png(tmp_path, ["a"])["a"], one_hot("bird", "tvmonitor"))
+    Image.fromarray(np.array([[0, 21]], np.uint8)).save(tmp_path / "bad.png")
+    with pytest.raises(UserError, match="bad.png"):
+        cls_labels_from_png(tmp_path, ["bad"])
+
+
+def test_xml_labels_count_difficult_objects_and_skip_part_names(tmp_path):
+    (tmp_path / "Annotations").mkdir()
+    xml = """<annotation><object><name>person</name><difficult>0</difficult>
+        <part><name>head</name></part></object>
+        <object><name> dog </name><difficult>1</difficult></object>
+        <object><name>unicorn</name></object></annotation>"""
+    (tmp_path / "Annotations" / "x.xml").write_text(xml)
+    assert np.array_equal(cls_labels_from_xml(tmp_path, ["x"])["x"], one_hot("person", "dog"))
+    (tmp_path / "Annotations" / "broken.xml").write_text("<annotation><object>")
+    with pytest.raises(UserError, match="broken.xml"):
+        cls_labels_from_xml(tmp_path, ["broken"])
+    with pytest.raises(UserError, match="absent.xml"):
+        cls_labels_from_xml(tmp_path, ["absent"])
+
+
+def test_make_cls_labels_with_augmented_set(tmp_path):
+    root = make_toy_voc(tmp_path / "VOC2012", num_train=4, num_val=2)
+    names = sorted(path.stem for path in (root / "JPEGImages").glob("*.jpg"))
+    split_dir = root / "ImageSets" / "Segmentation"
+    split_dir.joinpath("train.txt").write_text(f"{names[3]}\n{names[0]}\n")
+    split_dir.joinpath("val.txt").write_text(f"{names[4]}\n{names[5]}\n")
+    (root / "SegmentationClassAug").mkdir()
+    for name in (names[1], names[2], names[4]):      # one val image is in the aug set too
+        shutil.copy(root / "SegmentationClass" / f"{name}.png", root / "SegmentationClassAug" / f"{name}.png")
+    paths = make_cls_labels(root, tmp_path / "out")
+    assert load_image_list(paths["train_aug"]) == [names[0], names[1], names[2], names[3]]
+    assert load_image_list(paths["train"]) == [names[0], names[3]]
+    assert load_image_list(paths["val"]) == [names[4], names[5]]
+    assert sorted(load_cls_labels(paths["cls_labels"])) == names
+
+
+def test_make_cls_labels_as_a_script(toy_voc, tmp_path):
+    result = subprocess.run([sys.executable, "voc12/make_cls_labels.py", "--voc12_root", str(toy_voc),
+                             "--out_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "train_aug.txt (48 images)" in result.stdout
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["cls_labels.npy", "train.txt", "train_aug.txt",
+                                                                "val.txt"]
+
+
+def test_make_cls_labels_main_and_its_error_line(toy_voc, tmp_path, capsys):
+    make_cls_labels_main(["--voc12_root", str(toy_voc), "--out_dir", str(tmp_path)])
+    assert "val.txt (16 images)" in capsys.readouterr().out
+    assert (tmp_path / "cls_labels.npy").is_file()
+    with pytest.raises(SystemExit) as exit_info:
+        run_main(lambda: make_cls_labels_main(["--voc12_root", str(toy_voc.parent)]))
+    assert exit_info.value.code == (f"error: {toy_voc.parent} is not the VOC2012 folder (it has no JPEGImages); "
+                                    f"pass {toy_voc}")
+
+
+def numpy1_pickled_npy(path: Path, value: dict) -> None:
+    """An .npy as numpy 1 wrote it: protocol-2 pickle naming numpy.core (numpy 2 names numpy._core)."""
+    holder = np.empty((), object)
+    holder[()] = value
+    raw = pickle.dumps(holder, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+    assert b"numpy.core.multiarray" in raw
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "|O", "fortran_order": False, "shape": ()})
+    path.write_bytes(header.getvalue() + raw)
+
+
+def test_load_cls_labels_reads_a_numpy1_file(tmp_path):
+    path = tmp_path / "cls_labels.npy"
+    numpy1_pickled_npy(path, {"2007_000032": one_hot("aeroplane", "person"), "2007_000039": one_hot("tvmonitor")})
+    labels = load_cls_labels(path)
+    assert sorted(labels) == ["2007_000032", "2007_000039"]
+    assert np.array_equal(labels["2007_000039"], one_hot("tvmonitor")) and labels["2007_000039"].dtype == np.float32
+
+
+@pytest.mark.parametrize("content", ["plain_array", "wrong_length", "not_npy", "int_keys"])
+def test_load_cls_labels_rejects_wrong_content(tmp_path, content):
+    path = tmp_path / "cls_labels.npy"
+    if content == "plain_array":
+        np.save(path, np.zeros((3, 20), np.float32))
+    elif content == "wrong_length":
+        np.save(path, {"a": np.zeros(21, np.float32)})
+    elif content == "int_keys":
+        np.save(path, {1: np.zeros(20, np.float32)})
+    else:
+        path.write_text("2007_000032\n")
+    with pytest.raises(UserError, match="cls_labels.npy"):
+        load_cls_labels(path)
+
+
+def test_load_cls_labels_missing_file(tmp_path):
+    with pytest.raises(UserError, match="absent.npy.*make_cls_labels"):
+        load_cls_labels(tmp_path / "absent.npy")
+
+
+# ---------- TrainDataset ----------
+
+@pytest.fixture(scope="module")
+def train_names(toy_lists):
+    return load_image_list(toy_lists["train"])[:6]
+
+
+@pytest.mark.parametrize("strategy", ["superpixel", "grid"])
+def test_train_sample_fields(toy_voc, toy_lists, train_names, strategy):
+    dataset = TrainDataset(toy_voc, train_names, toy_lists["cls_labels"], crop_size=CROP,
+                           resize_long=SMALL_RESIZE, patch_strategy=strategy)
+    labels = load_cls_labels(toy_lists["cls_labels"])
+    assert len(dataset) == len(train_names)
+    for index in range(len(dataset)):
+        sample = dataset[index]
+        assert sample["name"] == train_names[index]
+        for key in ("img", "img_kept", "img_hidden"):
+            assert sample[key].shape == (3, CROP, CROP) and sample[key].dtype == torch.float32
+        assert torch.equal(sample["img_kept"] + sample["img_hidden"], sample["img"])
+        kept = (sample["img_kept"] != 0).any(0)
+        hidden = (sample["img_hidden"] != 0).any(0)
+        assert not (kept & hidden).any(), "a pixel is either kept or hidden"
+        assert sample["label"].dtype == torch.float32 and sample["label"].shape == (20,)
+        assert np.array_equal(sample["label"].numpy(), labels[train_names[index]])
+        for key in ("kept_fraction", "hidden_fraction"):
+            assert sample[key].dtype == torch.float32 and sample[key].shape == ()
+            assert 0.0 <= sample[key] <= 1.0
+        assert sample["kept_fraction"] + sample["hidden_fraction"] == pytest.approx(1.0)
+        assert kept.float().mean() <= sample["kept_fraction"] + 1e-6   # zero-padded pixels count as kept
+    batch = default_collate([dataset[0], dataset[1]])
+    assert batch["img"].shape == (2, 3, CROP, CROP) and batch["kept_fraction"].dtype == torch.float32
+    assert batch["label"].shape == (2, 20) and batch["name"] == train_names[:2]
+
+
+def test_train_sample_is_a_pure_function_of_seed_epoch_index(toy_voc, toy_lists, train_names):
+    def make(seed=0):
+        return TrainDataset(toy_voc, train_names, load_cls_labels(toy_lists["cls_labels"]), crop_size=CROP,
+                            resize_long=SMALL_RESIZE, seed=seed)
+
+    def same(a, b):
+        return all(torch.equal(a[key], b[key]) for key in ("img", "img_kept", "img_hidden", "kept_fraction"))
+
+    first, second = make(), make()
+    torch.manual_seed(123)
+    np.random.seed(123)
+    torch_state, numpy_state = torch.get_rng_state(), np.random.get_state()[1].copy()
+    reference = first[2, 4]
+    assert torch.equal(torch.get_rng_state(), torch_state), "the global torch RNG must be left alone"
+    assert np.array_equal(np.random.get_state()[1], numpy_state)
+    second[0, 1], second[5, 4]                     # other samples first: access order does not matter
+    assert same(second[2, 4], reference)
+    assert same(first[2, 4], reference)
+    assert same(first[4], first[0, 4]), "a plain index is epoch 0"
+    assert same(first[-1], first[0, len(first) - 1])
+    assert not same(first[3, 4], reference), "another epoch draws another augmentation"
+    assert not same(make(seed=1)[2, 4], reference)
+    assert len({sample_seed(0, epoch, index) for epoch in range(20) for index in range(50)}) == 1000
+    with pytest.raises(IndexError):
+        first[len(first)]
+
+
+def test_train_dataset_errors(toy_voc, toy_lists, train_names, tmp_path):
+    labels = load_cls_labels(toy_lists["cls_labels"])
+    with pytest.raises(UserError, match=f"no_such_image.*no class label in class-label file {toy_lists['cls_labels']}"):
+        TrainDataset(toy_voc, [*train_names, "no_such_image"], toy_lists["cls_labels"])
+    with pytest.raises(UserError, match=f"no_such_image.*no class label in class-label file {toy_lists['cls_labels']}"):
+        TrainDataset(toy_voc, [*train_names, "no_such_image"], labels)
+    with pytest.raises(UserError, match="no_such_image.*no class label in the class labels given"):
+        InferDataset(toy_voc, [*train_names, "no_such_image"], dict(labels))
+    with pytest.raises(UserError, match="image not found: .*ghost.jpg"):
+        TrainDataset(toy_voc, ["ghost"], {"ghost": one_hot("cat")})
+    with pytest.raises(UserError, match="patch strategy 'tiles'"):
+        TrainDataset(toy_voc, train_names, labels, patch_strategy="tiles")
+    with pytest.raises(UserError, match="pass"):
+        TrainDataset(toy_voc.parent, train_names, labels)
+
+
+# ---------- InferDataset ----------
+
+def test_infer_inputs_scales_and_flips(tmp_path):
+    image = random_image(0, 37, 23)
+    root = write_root(tmp_path / "VOC2012", {"odd": image}, file_format="PNG")   # lossless, to compare pixels
+    scales = (0.5, 1.0, 1.5, 0.7)
+    sample = InferDataset(root, ["odd"], {"odd": one_hot("cow")}, scales=scales)[0]
+    assert sample["name"] == "odd"
+    assert sample["image"].dtype == np.uint8 and np.array_equal(sample["image"], np.asarray(image))
+    assert np.array_equal(sample["label"].numpy(), one_hot("cow")) and sample["label"].dtype == torch.float32
+    assert len(sample["inputs"]) == len(scales)
+    expected_sizes = [(12, 18), (23, 37), (34, 56), (16, 26)]   # round(side·s), half to even: 11.5 -> 12, 18.5 -> 18
+    for scale, size, pair in zip(scales, expected_sizes, sample["inputs"]):
+        assert pair.shape == (2, 3, *size) and pair.dtype == torch.float32
+        assert torch.equal(pair[1], pair[0].flip(-1))
+        scaled = image.resize(size[::-1], resample=Image.Resampling.BICUBIC)
+        np.testing.assert_allclose(pair[0].numpy(), reference_normalize(scaled), atol=1e-5)
+
+
+def test_infer_default_scales_on_the_toy_set(toy_voc, toy_lists):
+    names = load_image_list(toy_lists["val"])[:2]
+    dataset = InferDataset(toy_voc, names, toy_lists["cls_labels"])
+    sample = dataset[1]
+    height, width, _ = sample["image"].shape
+    assert [tuple(pair.shape) for pair in sample["inputs"]] == [
+        (2, 3, round(height * scale), round(width * scale)) for scale in (0.5, 1.0, 1.5, 2.0)]
+
+
+@pytest.mark.parametrize("mode,file_format", [("L", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("L", "PNG")])
+def test_images_of_other_modes_load_as_rgb(tmp_path, mode, file_format):
+    image = random_image(1, 30, 20, "RGB").convert(mode) if mode == "P" else random_image(1, 30, 20, mode)
+    root = write_root(tmp_path / "VOC2012", {"x": image}, file_format=file_format)
+    sample = InferDataset(root, ["x"], {"x": one_hot("car")}, scales=(1.0,))[0]
+    assert sample["image"].shape == (20, 30, 3) and sample["image"].dtype == np.uint8
+    train_sample = TrainDataset(root, ["x"], {"x": one_hot("car")}, crop_size=16, resize_long=(24, 32))[0]
+    assert train_sample["img"].shape == (3, 16, 16)
+
+
+def test_truncated_jpeg_is_a_user_error(tmp_path):
+    root = write_root(tmp_path / "VOC2012", {"cut": random_image(2, 40, 40)})
+    path = root / "JPEGImages" / "cut.jpg"
+    path.write_bytes(path.read_bytes()[:200])
+    dataset = InferDataset(root, ["cut"], {"cut": one_hot("cat")}, scales=(1.0,))
+    with pytest.raises(UserError, match="cut.jpg"):
+        dataset[0]
+    with pytest.raises(UserError, match="cut.jpg"):
+        TrainDataset(root, ["cut"], {"cut": one_hot("cat")}, crop_size=16)[0]

@@ -1,0 +1,164 @@
+"""Image transforms of SPEC §3 (training augmentation, complementary patch pairs),
+§4 (`max_norm`, `keepmax`) and §5 (`scale_image`).
+
+Randomness: the augmentation draws from torch's global RNG (torchvision's flip and
+ColorJitter do too), so a caller that seeds torch gets the same sample back; the
+complementary patch draws from an explicit numpy Generator."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from skimage.color import rgb2lab
+from skimage.segmentation import slic
+from torchvision import transforms
+
+from network.resnet38d import Normalize
+from tool.constants import CROP_SIZE, RESIZE_LONG
+from tool.fileio import UserError
+
+# SPEC §3: torchvision's own transforms, as the reference composes them.
+_horizontal_flip = transforms.RandomHorizontalFlip()
+_color_jitter = transforms.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
+_normalize = Normalize()
+
+SLIC_COMPACTNESS = 10           # SPEC §3
+SLIC_SEGMENTS = 300
+HIDDEN_DRAW_RATIO = 0.5         # SPEC §3: floor((M+1)·0.5) labels drawn with replacement
+GRID_CELL_SIZES = (224, 448)    # SPEC §3: grid strategy
+GRID_HIDE_PROBABILITY = 0.5
+PATCH_STRATEGIES = ("superpixel", "grid")
+MAX_NORM_EPSILON = 1e-5         # SPEC §4
+
+
+def random_resize_long(img: Image.Image, low: int, high: int) -> Image.Image:
+    """Resize (bicubic) so the long side is a random integer in [low, high] (SPEC §3);
+    the short side keeps the aspect ratio, rounded with Python's round as the reference."""
+    target_long = int(torch.randint(low, high + 1, ()).item())
+    width, height = img.size
+    if width < height:
+        size = (round(width * target_long / height), target_long)
+    else:
+        size = (target_long, round(height * target_long / width))
+    return img.resize(size, resample=Image.Resampling.BICUBIC)
+
+
+def _random_placement(image_side: int, crop_side: int) -> tuple[int, int]:
+    """(offset in the container, offset in the image) along one axis: a larger image
+    is cut at a random offset, a smaller one is pasted at a random offset."""
+    space = image_side - crop_side
+    if space > 0:
+        return 0, int(torch.randint(space + 1, ()).item())
+    return int(torch.randint(-space + 1, ()).item()), 0
+
+
+def random_crop(arr: np.ndarray, crop_size: int) -> np.ndarray:
+    """A crop_size×crop_size×C float32 zero container holding a random window of the
+    H×W×C `arr` (SPEC §3, the reference's RandomCrop: random offsets on both sides of
+    the crop size, the width's drawn first)."""
+    height, width, channels = arr.shape
+    container_left, image_left = _random_placement(width, crop_size)
+    container_top, image_top = _random_placement(height, crop_size)
+    kept_height, kept_width = min(crop_size, height), min(crop_size, width)
+    container = np.zeros((crop_size, crop_size, channels), np.float32)
+    container[container_top:container_top + kept_height, container_left:container_left + kept_width] = \
+        arr[image_top:image_top + kept_height, image_left:image_left + kept_width]
+    return container
+
+
+def train_transform(img: Image.Image, crop_size: int = CROP_SIZE,
+                    resize_long: tuple[int, int] = RESIZE_LONG) -> torch.Tensor:
+    """SPEC §3 training augmentation of a PIL RGB image: resize long side → flip →
+    ColorJitter → normalise → random crop; returns a 3×crop×crop float32 tensor."""
+    img = random_resize_long(img, *resize_long)
+    img = _color_jitter(_horizontal_flip(img))
+    arr = random_crop(_normalize(np.asarray(img)), crop_size)
+    return torch.from_numpy(np.ascontiguousarray(arr.transpose(2, 0, 1)))
+
+
+def scale_image(img: Image.Image, scale: float) -> Image.Image:
+    """Resize by `scale` (bicubic), each side round(side·scale) with Python's round
+    (half to even) as the reference (SPEC §5)."""
+    width, height = img.size
+    return img.resize((round(width * scale), round(height * scale)), resample=Image.Resampling.BICUBIC)
+
+
+def superpixel_labels(img_hwc: np.ndarray) -> np.ndarray:
+    """SLIC labels 1..M of the normalised H×W×3 float image, as the reference's
+    scikit-image 0.17 computed them (SPEC §3).
+
+    The reference passed the normalised image (values about -2..2.6) to slic, which
+    converted it to Lab as it was. scikit-image >= 0.19 first rescales the input to
+    [0, 1], which changes both the Lab values and the colour/space balance. So we
+    convert to Lab ourselves and divide the compactness by the Lab range, undoing the
+    [0, 1] rescale that slic applies to the Lab image (slic's colour distance is
+    value / compactness, and shifting by the minimum changes no distance)."""
+    lab = rgb2lab(img_hwc)
+    lab_range = float(lab.max() - lab.min())
+    compactness = SLIC_COMPACTNESS / lab_range if lab_range > 0 else SLIC_COMPACTNESS
+    return slic(lab, compactness=compactness, n_segments=SLIC_SEGMENTS, start_label=1,
+                convert2lab=False, channel_axis=-1)
+
+
+def hide_superpixels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """Kept-pixel mask (bool H×W) of the superpixel strategy (SPEC §3): draw
+    floor((M+1)·0.5) labels from [0, M] with replacement and hide every pixel whose
+    label was drawn (0 is never a label, as the reference: its draws are wasted)."""
+    largest_label = int(labels.max())
+    num_draws = int(np.floor((largest_label + 1) * HIDDEN_DRAW_RATIO))
+    drawn = rng.integers(0, largest_label + 1, size=num_draws)
+    label_is_hidden = np.zeros(largest_label + 1, dtype=bool)
+    label_is_hidden[drawn] = True
+    return ~label_is_hidden[labels]
+
+
+def grid_mask(height: int, width: int, rng: np.random.Generator) -> np.ndarray:
+    """Kept-pixel mask (bool H×W) of the grid strategy (SPEC §3): a cell size from
+    GRID_CELL_SIZES, each cell (clipped at the border) hidden with probability 0.5."""
+    cell = GRID_CELL_SIZES[rng.integers(len(GRID_CELL_SIZES))]
+    rows, cols = -(-height // cell), -(-width // cell)
+    # Row-major draws, `<=` for hidden: the reference's loop order and test.
+    cell_is_kept = ~(rng.random((rows, cols)) <= GRID_HIDE_PROBABILITY)
+    return cell_is_kept[np.arange(height)[:, None] // cell, np.arange(width)[None, :] // cell]
+
+
+def split_by_mask(img: torch.Tensor, kept_mask: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """(img·mask, img·(1−mask), kept fraction, hidden fraction) for a C×H×W tensor
+    and a bool H×W kept mask (SPEC §3). The fractions count pixels; the reference's
+    grid strategy counts cells, the same thing whenever the crop is a multiple of
+    both cell sizes (the default 448)."""
+    mask = torch.from_numpy(kept_mask).to(img.dtype)
+    kept_fraction = float(kept_mask.mean())
+    return img * mask, img * (1 - mask), kept_fraction, 1 - kept_fraction
+
+
+def complementary_patch(img: torch.Tensor, strategy: str = "superpixel",
+                        rng: np.random.Generator | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+    """The complementary patch pair of a normalised, cropped C×H×W float tensor
+    (SPEC §3): (img_kept, img_hidden, kept_fraction, hidden_fraction)."""
+    if strategy not in PATCH_STRATEGIES:
+        raise UserError(f"unknown complementary patch strategy {strategy!r}; choose one of {', '.join(PATCH_STRATEGIES)}")
+    rng = np.random.default_rng() if rng is None else rng
+    if strategy == "superpixel":
+        kept_mask = hide_superpixels(superpixel_labels(img.permute(1, 2, 0).numpy()), rng)
+    else:
+        kept_mask = grid_mask(img.shape[1], img.shape[2], rng)
+    return split_by_mask(img, kept_mask)
+
+
+def max_norm(p: torch.Tensor) -> torch.Tensor:
+    """SPEC §4: relu, then per (n, channel) relu(p − min − ε) / (max − min + ε) over
+    the H×W positions of an N×C×H×W tensor; values in [0, 1)."""
+    p = F.relu(p)
+    flat = p.flatten(2)
+    min_value = flat.min(dim=-1).values[..., None, None]
+    max_value = flat.max(dim=-1).values[..., None, None]
+    return F.relu(p - min_value - MAX_NORM_EPSILON) / (max_value - min_value + MAX_NORM_EPSILON)
+
+
+def keepmax(z: torch.Tensor) -> torch.Tensor:
+    """SPEC §4: per pixel of an N×C×H×W tensor keep the values equal to the max over
+    channels (ties keep all), set the others to 0 (the value is kept, not 1)."""
+    return torch.where(z == z.max(dim=1, keepdim=True).values, z, torch.zeros_like(z))

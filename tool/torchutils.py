@@ -1,0 +1,81 @@
+"""The reference's optimiser (SPEC §4): SGD with a per-step poly learning rate, and the
+four parameter groups of SPEC §2 with their lr multipliers."""
+from __future__ import annotations
+
+from typing import Any, Iterable, Sequence
+
+import torch
+from torch import nn
+
+from tool.fileio import UserError
+
+REFERENCE_MOMENTUM = 5e-4   # SPEC §4 quirk: the reference passes its weight decay where SGD expects momentum
+POLY_POWER = 0.9            # SPEC §4: lr_t = lr_0 · (1 - t / T)^0.9
+
+# SPEC §2: (lr multiplier, weight decay applies) for the groups (pretrained weights,
+# pretrained biases, new-layer weights, new-layer biases) of `get_parameter_groups()`.
+GROUP_SETTINGS = ((1, True), (2, False), (10, True), (20, False))
+
+
+def poly_lr(initial_lr: float, step: int, max_step: int, power: float = POLY_POWER) -> float:
+    """SPEC §4: the learning rate of step `step` (0-based) out of `max_step`."""
+    return initial_lr * (1 - step / max_step) ** power
+
+
+def cpn_param_groups(groups: Sequence[Iterable[nn.Parameter]], lr: float,
+                     weight_decay: float) -> list[dict[str, Any]]:
+    """SGD parameter groups from a network's `get_parameter_groups()` 4-tuple (SPEC §2):
+    (lr, wd), (2·lr, 0), (10·lr, wd), (20·lr, 0). An empty group is left out; the others
+    keep their own multipliers."""
+    assert len(groups) == len(GROUP_SETTINGS), f"expected 4 parameter groups, got {len(groups)}"
+    sgd_groups = []
+    for params, (lr_multiplier, decays) in zip(groups, GROUP_SETTINGS):
+        params = list(params)
+        if params:
+            sgd_groups.append({"params": params, "lr": lr_multiplier * lr,
+                               "weight_decay": weight_decay if decays else 0.0})
+    return sgd_groups
+
+
+class PolyOptimizer(torch.optim.SGD):
+    """SGD whose every group's lr is set to `poly_lr(its initial lr, global_step, max_step)`
+    before each step (SPEC §4). After `max_step` steps the last lr stays, as in the reference.
+
+    `global_step` and `max_step` travel in `state_dict()`, and each group's initial lr is
+    stored in the group ("initial_lr"), so a resumed run continues the same schedule."""
+
+    def __init__(self, params: Iterable[Any], lr: float, max_step: int, *,
+                 momentum: float = REFERENCE_MOMENTUM, weight_decay: float = 0.0,
+                 power: float = POLY_POWER):
+        assert max_step >= 1, f"max_step must be positive, got {max_step}"
+        super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.max_step = max_step
+        self.global_step = 0
+        self.power = power
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        self.param_groups[-1].setdefault("initial_lr", self.param_groups[-1]["lr"])
+
+    def step(self, closure=None):
+        if self.global_step < self.max_step:
+            for group in self.param_groups:
+                group["lr"] = poly_lr(group["initial_lr"], self.global_step, self.max_step, self.power)
+        loss = super().step(closure)
+        self.global_step += 1
+        return loss
+
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        state["global_step"] = self.global_step
+        state["max_step"] = self.max_step
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        if "global_step" not in state_dict or "max_step" not in state_dict:
+            raise UserError("optimizer state has no global_step/max_step: it was not saved by "
+                            "PolyOptimizer; resume from a checkpoint written by train_cpn.py")
+        self.global_step = state_dict.pop("global_step")
+        self.max_step = state_dict.pop("max_step")
+        super().load_state_dict(state_dict)

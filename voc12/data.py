@@ -1,0 +1,245 @@
+"""VOC2012 image lists, class labels and the training / inference datasets (SPEC §3, §5).
+
+Datasets return dicts with named fields (STYLE 4). Every training sample is a pure function
+of (seed, epoch, index), so a resumed run, any worker count and any machine see the same
+augmentations.
+"""
+from __future__ import annotations
+
+import operator
+import os
+import pickle
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from network.resnet38d import Normalize
+from tool.constants import CROP_SIZE, IGNORE_INDEX, INFER_SCALES, NUM_FG_CLASSES, RESIZE_LONG, VOC_CLASSES
+from tool.fileio import UserError, read_label_png, read_rgb
+from tool.imutils import PATCH_STRATEGIES, complementary_patch, scale_image, train_transform
+
+IMAGE_FOLDER = "JPEGImages"
+ANNOTATION_FOLDER = "Annotations"
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+MAKE_LABELS_HINT = "make one with: python voc12/make_cls_labels.py --voc12_root <VOC2012 folder>"
+FG_CLASS_INDEX = {name: index for index, name in enumerate(VOC_CLASSES[1:])}   # name -> 0..19
+
+
+def image_name_from_line(line: str) -> str:
+    """The image name of one list line: a plain name ("2007_000032") or the reference's
+    "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png" form."""
+    file_name = PurePosixPath(line.split()[0]).name
+    if file_name.lower().endswith(IMAGE_SUFFIXES):
+        return file_name.rsplit(".", 1)[0]
+    return file_name
+
+
+def load_image_list(path: str | os.PathLike) -> list[str]:
+    """The image names of a list file, in file order; blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"image list not found: {path}; check the path")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError:
+        raise UserError(f"image list {path} is not a text file; pass a list with one image name per line") from None
+    names = [image_name_from_line(line) for line in lines if line.strip()]
+    if not names:
+        raise UserError(f"image list {path} is empty; it needs one image name per line")
+    return names
+
+
+def check_voc_root(root: str | os.PathLike) -> Path:
+    """The VOC2012 folder (the one holding JPEGImages), or a UserError saying which folder to pass."""
+    root = Path(root)
+    if not root.is_dir():
+        raise UserError(f"VOC2012 folder not found: {root}; pass --voc12_root .../VOCdevkit/VOC2012")
+    if (root / IMAGE_FOLDER).is_dir():
+        return root
+    for candidate in (root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (candidate / IMAGE_FOLDER).is_dir():
+            raise UserError(f"{root} is not the VOC2012 folder (it has no {IMAGE_FOLDER}); pass {candidate}")
+    raise UserError(f"{root} has no {IMAGE_FOLDER} folder; pass the VOC2012 folder of VOCdevkit")
+
+
+class ClsLabels(dict):
+    """name -> float32[20] multi-hot, remembering the file it was read from (for error messages)."""
+
+    def __init__(self, labels: Mapping[str, np.ndarray], path: Path):
+        super().__init__(labels)
+        self.path = path
+
+
+def load_cls_labels(path: str | os.PathLike) -> ClsLabels:
+    """The reference's cls_labels.npy: a pickled dict name -> float32[20] multi-hot
+    (class order VOC_CLASSES[1:]). Files written by numpy 1 load under numpy 2 as well."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"class-label file not found: {path}; {MAKE_LABELS_HINT}")
+    try:
+        content = np.load(path, allow_pickle=True)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        raise UserError(f"cannot read class-label file {path}: {error}; {MAKE_LABELS_HINT}") from None
+    if not (isinstance(content, np.ndarray) and content.dtype == object and content.shape == ()
+            and isinstance(content.item(), dict)):
+        raise UserError(f"{path} does not hold a dict of image name -> class vector; {MAKE_LABELS_HINT}")
+    labels = {}
+    for name, vector in content.item().items():
+        vector = np.asarray(vector, dtype=np.float32)
+        if not isinstance(name, str) or vector.shape != (NUM_FG_CLASSES,):
+            raise UserError(f"{path}: entry {name!r} is not an image name with a {NUM_FG_CLASSES}-class vector "
+                            f"(got shape {vector.shape}); {MAKE_LABELS_HINT}")
+        labels[name] = vector
+    return ClsLabels(labels, path)
+
+
+def cls_label_from_xml(xml_path: Path) -> np.ndarray:
+    """Multi-hot float32[20] of the objects in one VOC annotation. Like the reference, every
+    object counts (difficult and truncated ones too) and names outside the 20 classes are ignored."""
+    if not xml_path.is_file():
+        raise UserError(f"annotation not found: {xml_path}; the VOC2012 folder is incomplete")
+    try:
+        annotation = ET.parse(xml_path).getroot()
+    except ET.ParseError as error:
+        raise UserError(f"cannot parse annotation {xml_path}: {error}; replace the file") from None
+    label = np.zeros(NUM_FG_CLASSES, np.float32)
+    for element in annotation.iter("object"):
+        class_index = FG_CLASS_INDEX.get((element.findtext("name") or "").strip())
+        if class_index is not None:
+            label[class_index] = 1.0
+    return label
+
+
+def cls_labels_from_xml(voc_root: str | os.PathLike, names: Sequence[str]) -> dict[str, np.ndarray]:
+    annotation_dir = Path(voc_root) / ANNOTATION_FOLDER
+    return {name: cls_label_from_xml(annotation_dir / f"{name}.xml") for name in names}
+
+
+def cls_labels_from_png(png_dir: str | os.PathLike, names: Sequence[str]) -> dict[str, np.ndarray]:
+    """Multi-hot float32[20] of the classes present in each segmentation PNG (0 and 255 excluded)."""
+    labels = {}
+    for name in names:
+        png_path = Path(png_dir) / f"{name}.png"
+        present = np.unique(read_label_png(png_path))
+        present = present[(present != 0) & (present != IGNORE_INDEX)]
+        if present.size and present.max() > NUM_FG_CLASSES:
+            raise UserError(f"label image {png_path} holds index {present.max()}, not a VOC class "
+                            f"(0..{NUM_FG_CLASSES} or {IGNORE_INDEX})")
+        label = np.zeros(NUM_FG_CLASSES, np.float32)
+        label[present.astype(np.int64) - 1] = 1.0
+        labels[name] = label
+    return labels
+
+
+def sample_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of one training sample: the same (seed, epoch, index) always gives the same augmentation."""
+    return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1)[0])
+
+
+def _labels_of(names: Sequence[str], cls_labels: Mapping[str, np.ndarray] | str | os.PathLike) -> list[np.ndarray]:
+    """The label of each name, from a loaded dict or a cls_labels.npy path."""
+    if isinstance(cls_labels, (str, os.PathLike)):
+        cls_labels = load_cls_labels(cls_labels)
+    source = f"class-label file {cls_labels.path}" if isinstance(cls_labels, ClsLabels) else "the class labels given"
+    missing = [name for name in names if name not in cls_labels]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"image {missing[0]}{more} of the list has no class label in {source}; "
+                        f"regenerate the labels for this dataset ({MAKE_LABELS_HINT}) or fix the list")
+    return [np.asarray(cls_labels[name], dtype=np.float32) for name in names]
+
+
+def _image_paths(voc_root: Path, names: Sequence[str]) -> list[Path]:
+    """Checked up front so a missing file stops the run before training, not hours into it."""
+    paths = [voc_root / IMAGE_FOLDER / f"{name}.jpg" for name in names]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise UserError(f"image not found: {missing[0]}{more}; the list does not match {voc_root}")
+    return paths
+
+
+class _VocDataset(Dataset):
+    def __init__(self, voc_root: str | os.PathLike, names: Sequence[str],
+                 cls_labels: Mapping[str, np.ndarray] | str | os.PathLike):
+        self.voc_root = check_voc_root(voc_root)
+        self.names = list(names)
+        self.labels = _labels_of(self.names, cls_labels)
+        self.image_paths = _image_paths(self.voc_root, self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def _checked_index(self, index: int) -> int:
+        index = operator.index(index)
+        if not -len(self) <= index < len(self):
+            raise IndexError(f"index {index} out of range for {len(self)} images")
+        return index % len(self)
+
+
+class TrainDataset(_VocDataset):
+    """SPEC §3: the augmented crop, its complementary patch pair and the class vector.
+
+    `dataset[index]` is epoch 0; `dataset[epoch, index]` gives that epoch's augmentation.
+    """
+
+    def __init__(self, voc_root: str | os.PathLike, names: Sequence[str],
+                 cls_labels: Mapping[str, np.ndarray] | str | os.PathLike, crop_size: int = CROP_SIZE,
+                 resize_long: tuple[int, int] = RESIZE_LONG, patch_strategy: str = "superpixel", seed: int = 0):
+        if patch_strategy not in PATCH_STRATEGIES:
+            raise UserError(f"unknown patch strategy {patch_strategy!r}; choose one of {', '.join(PATCH_STRATEGIES)}")
+        super().__init__(voc_root, names, cls_labels)
+        self.crop_size = crop_size
+        self.resize_long = resize_long
+        self.patch_strategy = patch_strategy
+        self.seed = seed
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index = self._checked_index(index)
+        image = read_rgb(self.image_paths[index])
+        seed = sample_seed(self.seed, epoch, index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            img = train_transform(image, crop_size=self.crop_size, resize_long=self.resize_long)
+            img_kept, img_hidden, kept_fraction, hidden_fraction = complementary_patch(
+                img, self.patch_strategy, np.random.default_rng(seed))
+        return {
+            "name": self.names[index],
+            "img": img,
+            "img_kept": img_kept,
+            "img_hidden": img_hidden,
+            "label": torch.from_numpy(self.labels[index].copy()),
+            "kept_fraction": torch.tensor(kept_fraction, dtype=torch.float32),
+            "hidden_fraction": torch.tensor(hidden_fraction, dtype=torch.float32),
+        }
+
+
+class InferDataset(_VocDataset):
+    """SPEC §5: each scale of the original image, normalised, with its horizontal flip."""
+
+    def __init__(self, voc_root: str | os.PathLike, names: Sequence[str],
+                 cls_labels: Mapping[str, np.ndarray] | str | os.PathLike,
+                 scales: Sequence[float] = INFER_SCALES):
+        super().__init__(voc_root, names, cls_labels)
+        self.scales = tuple(scales)
+        self.normalize = Normalize()
+
+    def __getitem__(self, index: int) -> dict:
+        index = self._checked_index(index)
+        image = read_rgb(self.image_paths[index])
+        inputs = []
+        for scale in self.scales:
+            scaled = self.normalize(np.asarray(scale_image(image, scale)))
+            chw = torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
+            inputs.append(torch.stack([chw, chw.flip(-1)]))
+        return {
+            "name": self.names[index],
+            "image": np.array(image),
+            "label": torch.from_numpy(self.labels[index].copy()),
+            "inputs": inputs,
+        }

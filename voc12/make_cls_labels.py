@@ -1,0 +1,65 @@
+"""Write cls_labels.npy and the train / val / train_aug image lists for a VOC2012 folder.
+
+    python voc12/make_cls_labels.py --voc12_root .../VOCdevkit/VOC2012 [--out_dir voc12]
+
+Names come from ImageSets/Segmentation/{train,val}.txt plus, when the folder has one, the
+PNG names of SegmentationClassAug (the SBD-augmented labels). Class vectors come from the
+Annotations XML, as the reference made its cls_labels.npy: every object counts, difficult
+ones included. train_aug = (aug ∪ train) − val. Lists are sorted, one image name per line
+(the ImageSets form; voc12.data.load_image_list also reads the reference's path form).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run as a plain script
+
+from tool.fileio import atomic_path, run_main, save_npy
+from voc12.data import check_voc_root, cls_labels_from_xml, load_image_list
+
+AUG_FOLDER = "SegmentationClassAug"
+
+
+def make_cls_labels(voc12_root: str | os.PathLike, out_dir: str | os.PathLike = "voc12") -> dict[str, Path]:
+    """Write the four files into `out_dir`; return their paths keyed
+    "cls_labels", "train", "val", "train_aug"."""
+    root = check_voc_root(voc12_root)
+    split_dir = root / "ImageSets" / "Segmentation"
+    train = set(load_image_list(split_dir / "train.txt"))
+    val = set(load_image_list(split_dir / "val.txt"))
+    aug_dir = root / AUG_FOLDER
+    aug = {path.stem for path in aug_dir.glob("*.png")} if aug_dir.is_dir() else set()
+    splits = {"train": sorted(train), "val": sorted(val), "train_aug": sorted((aug | train) - val)}
+
+    out_dir = Path(out_dir)
+    paths = {"cls_labels": out_dir / "cls_labels.npy"}
+    save_npy(paths["cls_labels"], cls_labels_from_xml(root, sorted(train | val | aug)))
+    for split, names in splits.items():
+        paths[split] = out_dir / f"{split}.txt"
+        with atomic_path(paths[split]) as tmp_path:
+            tmp_path.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+    return paths
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description="Write cls_labels.npy and train/val/train_aug lists "
+                                                 "from a VOC2012 folder.")
+    parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages, Annotations)")
+    parser.add_argument("--out_dir", default="voc12", help="where to write the four files (default: voc12)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    paths = make_cls_labels(args.voc12_root, args.out_dir)
+    for split in ("train", "val", "train_aug"):
+        print(f"wrote {paths[split]} ({len(load_image_list(paths[split]))} images)")
+    print(f"wrote {paths['cls_labels']}")
+
+
+if __name__ == "__main__":
+    run_main(main)
