@@ -127,3 +127,21 @@ def test_loading_a_plain_sgd_state_is_a_user_error():
     plain = torch.optim.SGD(cpn_param_groups(groups, LR, WEIGHT_DECAY), LR)
     with pytest.raises(UserError, match="PolyOptimizer"):
         make_optimizer(groups).load_state_dict(plain.state_dict())
+
+
+def test_batchnorm_statistics_are_those_of_the_images():
+    from tool.torchutils import estimate_batchnorm_statistics
+    torch.manual_seed(0)
+    conv = torch.nn.Conv2d(3, 4, 3)
+    model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5), torch.nn.Conv2d(4, 2, 1))
+    model.train()
+    images = torch.randn(5, 3, 9, 7) * 3 + 1
+    estimate_batchnorm_statistics(model, images)
+    features = conv(images).detach()
+    norm = model[1]
+    torch.testing.assert_close(norm.running_mean, features.mean(dim=(0, 2, 3)))
+    torch.testing.assert_close(norm.running_var, features.var(dim=(0, 2, 3), unbiased=True))
+    assert norm.momentum == 0.1 and model.training and norm.training
+    model.eval()
+    normalised = norm(features)
+    torch.testing.assert_close(normalised.mean(dim=(0, 2, 3)), torch.zeros(4), atol=1e-5, rtol=0)

@@ -79,3 +79,24 @@ class PolyOptimizer(torch.optim.SGD):
         self.global_step = state_dict.pop("global_step")
         self.max_step = state_dict.pop("max_step")
         super().load_state_dict(state_dict)
+
+
+@torch.no_grad()
+def estimate_batchnorm_statistics(model: nn.Module, images: torch.Tensor) -> None:
+    """Set every BatchNorm's running mean/var to the statistics of `images` passed through `model`.
+
+    Only for random starts (`--weights none`, not in the reference): training keeps BN frozen
+    (SPEC §1), and with the identity statistics of a fresh BatchNorm a random ResNet-38's
+    activations vanish (conv6 std ≈ 2e-3), so nothing can be learnt. Measured statistics make the
+    frozen BNs normalise as they would after ImageNet training. Dropout stays off meanwhile."""
+    was_training = model.training
+    model.eval()
+    norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
+    for norm in norms:
+        norm.reset_running_stats()
+        norm.momentum = None        # a cumulative average over the batch
+        norm.train()
+    model(images)
+    for norm in norms:
+        norm.momentum = 0.1
+    model.train(was_training)

@@ -1,0 +1,163 @@
+"""Training throughput: the reference-equivalent step (fp32, three forwards) against ours (one batched
+forward, channels_last, AMP), each alone and end to end with its data loader, plus the loader alone.
+
+    python bench/train_step.py                       # GPU: batch 4, crop 448; CPU: batch 2, crop 96
+    python bench/train_step.py --device cpu --crop 64 --steps 3
+
+Prints one table and appends it, with the device name, to bench/RESULTS.md. VOC-sized JPEGs cut from
+scikit-image's sample photos stand in for VOC (no data set is needed); a random-init network stands in for the ImageNet weights.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import itertools
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import skimage.data
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from network import build_network  # noqa: E402
+from tool.losses import cpn_loss  # noqa: E402
+from tool.runtime import autocast, default_num_workers, resolve_amp, resolve_device  # noqa: E402
+from tool.torchutils import PolyOptimizer, cpn_param_groups  # noqa: E402
+from voc12.data import TrainDataset  # noqa: E402
+
+REFERENCE_WORKERS = 2
+SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+
+
+def make_images(root: Path, count: int, seed: int = 0) -> tuple[list[str], dict[str, np.ndarray]]:
+    """VOC-sized (500×375) JPEGs cut from scikit-image's bundled photos (SLIC's cost depends on real
+    image content: noise-like synthetic images give it a different amount of work), one class each."""
+    rng = np.random.default_rng(seed)
+    (root / "JPEGImages").mkdir(parents=True)
+    photos = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in SAMPLE_PHOTOS]
+    names, labels = [], {}
+    for index in range(count):
+        photo = photos[index % len(photos)]
+        scale = rng.uniform(1.0, 1.5) * max(500 / photo.width, 375 / photo.height)
+        photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)
+        left, top = rng.integers(0, photo.width - 500 + 1), rng.integers(0, photo.height - 375 + 1)
+        name = f"bench_{index:04d}"
+        photo.crop((left, top, left + 500, top + 375)).save(root / "JPEGImages" / f"{name}.jpg", quality=90)
+        names.append(name)
+        labels[name] = np.eye(20, dtype=np.float32)[index % 20]
+    return names, labels
+
+
+def make_loader(dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
+                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
+                      prefetch_factor=4 if workers > 0 else None)
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_steps(model, optimizer, batches, count: int, device, amp_dtype, batched: bool, memory_format,
+               warmup: int) -> float:
+    """Seconds per step over `count` batches drawn from `batches` after `warmup` more."""
+    started = None
+    for index, batch in zip(range(warmup + count), batches):
+        if index == warmup:
+            synchronize(device)
+            started = time.perf_counter()
+        views = [batch[key].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                 for key in ("img", "img_kept", "img_hidden")]
+        with autocast(device, amp_dtype):
+            losses = cpn_loss(model, *views, batch["label"].to(device), batch["kept_fraction"].to(device),
+                              batch["hidden_fraction"].to(device), batched=batched)
+        optimizer.zero_grad(set_to_none=True)
+        losses["loss"].backward()
+        optimizer.step()
+    synchronize(device)
+    return (time.perf_counter() - started) / count
+
+
+def loader_rate(loader, batches: int) -> float:
+    """Images per second the loader alone delivers (after its first batch)."""
+    iterator = iter(loader)
+    next(iterator)
+    started = time.perf_counter()
+    for _ in range(batches):
+        next(iterator)
+    return batches * loader.batch_size / (time.perf_counter() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--batch", type=int, default=None)
+    parser.add_argument("--crop", type=int, default=None)
+    parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
+    parser.add_argument("--workers", type=int, default=None, help="our loader workers (default: the core count)")
+    parser.add_argument("--images", type=int, default=64)
+    args = parser.parse_args()
+    device = resolve_device(args.device)
+    on_gpu = device.type == "cuda"
+    batch = args.batch or (4 if on_gpu else 2)
+    crop = args.crop or (448 if on_gpu else 96)
+    steps = args.steps or (20 if on_gpu else 3)
+    warmup = 3 if on_gpu else 1
+    workers = args.workers if args.workers is not None else default_num_workers()
+    amp_dtype = resolve_amp("auto", device)
+    torch.backends.cudnn.benchmark = on_gpu
+    device_name = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({platform.processor() or 'x86_64'}, " \
+        f"{torch.get_num_threads()} threads)"
+
+    with tempfile.TemporaryDirectory() as tmp:
+        names, labels = make_images(Path(tmp), args.images)
+        dataset = TrainDataset(tmp, names, labels, crop_size=crop,
+                               resize_long=(crop, round(crop * 768 / 448)), patch_strategy="superpixel")
+        fixed = next(iter(make_loader(dataset, batch, 0, device)))
+
+        model = build_network("network.resnet38_CPN")
+        model.train()
+        rows = []
+        configs = [("reference: fp32, three forwards", None, False, torch.contiguous_format, REFERENCE_WORKERS),
+                   (f"ours: {'AMP ' + str(amp_dtype).split('.')[-1] if amp_dtype else 'fp32'}, one batched "
+                    f"forward{', channels_last' if on_gpu else ''}", amp_dtype, True,
+                    torch.channels_last if on_gpu else torch.contiguous_format, workers)]
+        for label, dtype, batched, memory_format, config_workers in configs:
+            model.to(device, memory_format=memory_format)
+            optimizer = PolyOptimizer(cpn_param_groups(model.get_parameter_groups(), 0.01, 5e-4), lr=0.01,
+                                      weight_decay=5e-4, max_step=10 ** 6)
+            step_s = time_steps(model, optimizer, itertools.repeat(fixed), steps, device, dtype, batched,
+                                memory_format, warmup)
+            loader = make_loader(dataset, batch, config_workers, device)
+            loader_ips = loader_rate(loader, steps)
+            end_to_end_s = time_steps(model, optimizer, itertools.chain.from_iterable(itertools.repeat(loader)),
+                                      steps, device, dtype, batched, memory_format, warmup)
+            rows.append((label, step_s, batch / step_s, config_workers, loader_ips, end_to_end_s))
+            del loader, optimizer
+
+    speedup = rows[0][5] / rows[1][5]
+    full_run_h = rows[1][5] * 21160 / 3600 * 4 / batch
+    header = (f"\n### train_step — {device_name} — {datetime.date.today()}\n\n"
+              f"batch {batch}, crop {crop}, {steps} timed steps after {warmup} warm-up, superpixel patches, "
+              f"500×375 JPEGs cut from scikit-image's sample photos\n\n"
+              "| configuration | step s | images/s (step only) | loader workers | loader images/s | "
+              "end-to-end s/step |\n|---|---|---|---|---|---|\n")
+    table = header + "".join(f"| {r[0]} | {r[1]:.3f} | {r[2]:.1f} | {r[3]} | {r[4]:.1f} | {r[5]:.3f} |\n"
+                             for r in rows)
+    table += (f"\nend-to-end speed-up over the reference: {speedup:.1f}×; the full schedule (21,160 steps of "
+              f"batch 4) at this rate: {full_run_h:.2f} h\n")
+    print(table)
+    with open(Path(__file__).resolve().parent / "RESULTS.md", "a", encoding="utf-8") as results:
+        results.write(table)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""Device, precision and process-group decisions, made once per script (STYLE 7)."""
+from __future__ import annotations
+
+import contextlib
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from tool.fileio import UserError
+
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def add_runtime_arguments(parser) -> None:
+    """`--device` and `--amp`, shared by the training and inference scripts."""
+    parser.add_argument("--device", default=None,
+                        help="cuda, cuda:N or cpu (default: cuda when available, else cpu)")
+    parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
+                        help="mixed precision on CUDA (default auto: bf16 where the GPU supports it; "
+                             "always off on the CPU)")
+
+
+def resolve_device(requested: str | None, local_rank: int = 0) -> torch.device:
+    if requested is None:
+        requested = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise UserError(f"unknown --device {requested!r}; use cuda, cuda:N or cpu") from None
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError("--device cuda was asked for but PyTorch sees no CUDA GPU; use --device cpu")
+        if device.index is None:
+            device = torch.device("cuda", local_rank)
+    elif device.type != "cpu":
+        raise UserError(f"unsupported --device {requested!r}; use cuda, cuda:N or cpu")
+    return device
+
+
+def resolve_amp(requested: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype, or None for full fp32."""
+    if device.type != "cuda":
+        if requested in AMP_DTYPES:
+            raise UserError(f"--amp {requested} needs a CUDA device; use --amp off on the CPU")
+        return None
+    if requested == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    if requested == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError("this GPU has no bf16 support; use --amp fp16 or --amp off")
+    return AMP_DTYPES.get(requested)
+
+
+def autocast(device: torch.device, amp_dtype: torch.dtype | None):
+    if amp_dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=amp_dtype)
+
+
+@dataclass(frozen=True)
+class ProcessGroup:
+    """This process's place among the `torchrun` processes (rank 0 of 1 without torchrun)."""
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init_process_group(device_request: str | None) -> ProcessGroup:
+    """Join the torchrun job described by the environment: nccl on CUDA, gloo on the CPU."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return ProcessGroup()
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    wants_cuda = (device_request or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
+    if wants_cuda:
+        torch.cuda.set_device(local_rank)
+    dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
+    return ProcessGroup(rank=dist.get_rank(), world_size=world_size, local_rank=local_rank)
+
+
+def default_num_workers(processes_per_node: int = 1) -> int:
+    """Loader workers per process: the cores this process may use, shared among the node's processes."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(16, cores // max(1, processes_per_node)))
