@@ -277,7 +277,7 @@ def main(argv=None) -> None:
              f"amp {amp_dtype or 'off'}, {num_workers} loader workers"
              + (f"; resumed from {resume_path} at step {start_step}" if resume_path else ""))
 
-    last_step = min(total_steps, args.max_steps) if args.max_steps else total_steps
+    last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
     step, last_checkpoint = start_step, resume_path
     started = time.perf_counter()
     try:

@@ -1,0 +1,121 @@
+"""tool/crf.py (SPEC §7): the CRF's constants, what it does to a noisy labelling, SEAM's
+background score, and the error when pydensecrf is missing."""
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+
+import numpy as np
+import pytest
+
+from tool import crf
+from tool.fileio import UserError
+
+needs_pydensecrf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
+                                      reason="pydensecrf is not installed")
+
+
+def two_region_image(height: int = 24, width: int = 32) -> tuple[np.ndarray, np.ndarray]:
+    """A dark left half and a bright right half, and its true labelling (0 left, 1 right)."""
+    image = np.zeros((height, width, 3), np.uint8)
+    image[:, width // 2:] = 220
+    truth = np.zeros((height, width), np.int64)
+    truth[:, width // 2:] = 1
+    return image, truth
+
+
+@needs_pydensecrf
+def test_crf_returns_distributions_and_cleans_a_noisy_labelling():
+    image, truth = two_region_image()
+    rng = np.random.default_rng(0)
+    # Scores that favour the truth at 0.6 vs 0.4, with 25% of the pixels flipped.
+    noisy = np.where(rng.random(truth.shape) < 0.25, 1 - truth, truth)
+    probs = np.stack([np.where(noisy == 0, 0.6, 0.4), np.where(noisy == 1, 0.6, 0.4)]).astype(np.float32)
+    refined = crf.crf_inference(image, probs, labels=2)
+    assert refined.shape == probs.shape and refined.dtype == np.float32
+    np.testing.assert_allclose(refined.sum(axis=0), 1.0, atol=1e-5)
+    errors_before = (probs.argmax(axis=0) != truth).mean()
+    errors_after = (refined.argmax(axis=0) != truth).mean()
+    assert errors_before > 0.2 and errors_after < 0.02
+
+
+@needs_pydensecrf
+def test_crf_keeps_a_confident_labelling():
+    image, truth = two_region_image()
+    probs = np.stack([truth == 0, truth == 1]).astype(np.float32) * 0.98 + 0.01
+    np.testing.assert_array_equal(crf.crf_inference(image, probs).argmax(axis=0), truth)
+
+
+class RecordingCRF:
+    """Stands in for pydensecrf's DenseCRF2D and records what it is given."""
+    calls: list = []
+
+    def __init__(self, width, height, num_labels):
+        self.shape = (num_labels, height, width)
+        RecordingCRF.calls.append(("DenseCRF2D", width, height, num_labels))
+
+    def setUnaryEnergy(self, unary):
+        RecordingCRF.calls.append(("unary", unary.copy()))
+
+    def addPairwiseGaussian(self, **kwargs):
+        RecordingCRF.calls.append(("gaussian", kwargs))
+
+    def addPairwiseBilateral(self, **kwargs):
+        RecordingCRF.calls.append(("bilateral", {key: value for key, value in kwargs.items() if key != "rgbim"}))
+
+    def inference(self, iterations):
+        RecordingCRF.calls.append(("inference", iterations))
+        return np.full((self.shape[0], self.shape[1] * self.shape[2]), 1.0 / self.shape[0], np.float32)
+
+
+@pytest.fixture
+def recording_pydensecrf(monkeypatch):
+    def unary_from_softmax(probs):
+        return -np.log(np.clip(probs, 1e-5, 1.0)).reshape(len(probs), -1).astype(np.float32)
+    package = types.ModuleType("pydensecrf")
+    package.densecrf = types.SimpleNamespace(DenseCRF2D=RecordingCRF)
+    package.utils = types.SimpleNamespace(unary_from_softmax=unary_from_softmax)
+    monkeypatch.setitem(sys.modules, "pydensecrf", package)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", package.densecrf)
+    monkeypatch.setitem(sys.modules, "pydensecrf.utils", package.utils)
+    RecordingCRF.calls = []
+    return RecordingCRF.calls
+
+
+def test_crf_uses_spec_constants(recording_pydensecrf):
+    image = np.zeros((5, 7, 3), np.uint8)
+    probs = np.full((3, 5, 7), 0.5, np.float32)
+    probs[1] = 0.0
+    crf.crf_inference(image, probs, scale_factor=2.0)
+    calls = dict((call[0], call[1:]) for call in recording_pydensecrf)
+    assert calls["DenseCRF2D"] == (7, 5, 3)
+    np.testing.assert_allclose(calls["unary"][0][1], -np.log(1e-5), rtol=1e-6)   # probabilities, not logits
+    assert calls["gaussian"] == ({"sxy": 1.5, "compat": 3},)
+    assert calls["bilateral"] == ({"sxy": 25.0, "srgb": 13, "compat": 10},)
+    assert calls["inference"] == (5,)
+
+
+def test_missing_pydensecrf_is_a_user_error(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pydensecrf", None)
+    monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
+    with pytest.raises(UserError, match="pip install pydensecrf2"):
+        crf.crf_inference(np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 2), 0.5, np.float32))
+
+
+def test_seam_background_score_by_hand():
+    fg_maps = np.array([[[0.0, 0.5]], [[0.2, 0.1]]], np.float32)     # 2 classes, 1×2 pixels
+    np.testing.assert_allclose(crf.seam_background_score(fg_maps, 4), [[0.8 ** 4, 0.5 ** 4]], rtol=1e-6)
+    np.testing.assert_array_equal(crf.seam_background_score(np.zeros((0, 1, 2), np.float32), 4), [[1.0, 1.0]])
+
+
+def test_seam_crf_scores_stacks_background_first(recording_pydensecrf):
+    image = np.zeros((1, 2, 3), np.uint8)
+    fg_maps = np.array([[[0.0, 0.5]]], np.float32)
+    scores = crf.seam_crf_scores(image, fg_maps, alpha=2)
+    assert scores.shape == (2, 1, 2)
+    unary = recording_pydensecrf[1][1]
+    np.testing.assert_allclose(unary[0], -np.log([1.0, 0.25]), rtol=1e-6)      # (1 - max fg)^alpha
+    np.testing.assert_allclose(unary[1], -np.log([1e-5, 0.5]), rtol=1e-6)
+    # No class at all: background everywhere, no CRF needed.
+    assert np.array_equal(crf.seam_crf_scores(image, np.zeros((0, 1, 2), np.float32), alpha=2), np.ones((1, 1, 2)))

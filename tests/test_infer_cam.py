@@ -1,0 +1,287 @@
+"""infer_cam.py (SPEC §5): the batched multi-scale CAM against a direct loop over the 8
+inputs, every output format read back by its own reader's rules, resume, sharding, and
+the command line. A randomly initialised CPN on the smallest toy images keeps it quick."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+import infer_cam
+from network import build_network
+from network.resnet38d import Normalize
+from tool.constants import VOC_PALETTE
+from tool.fileio import UserError, read_rgb
+from tool.imutils import scale_image
+from voc12.data import InferDataset, load_cls_labels, load_image_list
+
+REPO = Path(__file__).resolve().parent.parent
+SCALES = (0.5, 1.0)
+HAS_PYDENSECRF = importlib.util.find_spec("pydensecrf") is not None
+
+
+# --- Reference implementations, written from SPEC §5/§6 and IRN's readers ----------------
+
+def reference_normalize(sum_cam: np.ndarray) -> np.ndarray:
+    """SPEC §5 as the reference writes it in numpy, before the halving."""
+    sum_cam = sum_cam.copy()
+    sum_cam[sum_cam < 0] = 0
+    cam_max = np.max(sum_cam, (1, 2), keepdims=True)
+    cam_min = np.min(sum_cam, (1, 2), keepdims=True)
+    sum_cam[sum_cam < cam_min + 1e-5] = 0
+    return (sum_cam - cam_min - 1e-5) / (cam_max - cam_min + 1e-5)
+
+
+def direct_loop_cam(model, image_path: Path, label: np.ndarray, scales) -> np.ndarray:
+    """The reference's loop: every scale and its flip forwarded alone, the second output's
+    foreground channels resized to the original size, times the label, flipped back, summed."""
+    image = read_rgb(image_path)
+    height, width = image.height, image.width
+    normalize = Normalize()
+    maps = []
+    for scale in scales:
+        chw = torch.from_numpy(normalize(np.asarray(scale_image(image, scale))).transpose(2, 0, 1).copy())
+        for flipped in (False, True):
+            x = (chw.flip(-1) if flipped else chw)[None]
+            with torch.no_grad():
+                _, cam_rv = model(x)
+            cam = F.interpolate(cam_rv[:, 1:], (height, width), mode="bilinear", align_corners=False)[0]
+            cam = cam.numpy() * label.reshape(20, 1, 1)
+            maps.append(np.flip(cam, -1) if flipped else cam)
+    return reference_normalize(np.sum(maps, axis=0))
+
+
+def evaluation_prediction(cam_dict: dict, threshold: float) -> np.ndarray:
+    """SPEC §6's npy reader (the reference's evaluation_cam.py)."""
+    h, w = list(cam_dict.values())[0].shape
+    tensor = np.zeros((21, h, w), np.float32)
+    for key in cam_dict:
+        tensor[key + 1] = cam_dict[key]
+    tensor[0] = threshold
+    return np.argmax(tensor, axis=0).astype(np.uint8)
+
+
+def irn_prediction(cam_dict: dict, threshold: float) -> np.ndarray:
+    """IRN's cam_to_ir_label / eval_cam reading of its own format."""
+    cams = np.pad(cam_dict["high_res"], ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=threshold)
+    keys = np.pad(cam_dict["keys"] + 1, (1, 0), mode="constant")
+    return keys[np.argmax(cams, axis=0)]
+
+
+# --- Fixtures ------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return build_network("network.resnet38_CPN").eval()
+
+
+@pytest.fixture(scope="module")
+def weights(model, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "random_cpn.pth"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny(toy_voc, toy_lists, tmp_path_factory) -> dict:
+    """The three smallest training images of the toy set, as a list file."""
+    names = load_image_list(toy_lists["train"])
+    sizes = {name: Image.open(toy_voc / "JPEGImages" / f"{name}.jpg").size for name in names}
+    chosen = sorted(names, key=lambda name: sizes[name][0] * sizes[name][1])[:3]
+    list_path = tmp_path_factory.mktemp("lists") / "tiny.txt"
+    list_path.write_text("\n".join(chosen) + "\n")
+    return {"names": chosen, "list": list_path, "cls_labels": load_cls_labels(toy_lists["cls_labels"])}
+
+
+def cli_args(toy_voc, toy_lists, weights, tiny, out: Path, *extra: str, crf: bool = HAS_PYDENSECRF) -> list[str]:
+    args = ["--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels", str(toy_lists["cls_labels"]),
+            "--infer_list", str(tiny["list"]), "--scales", ",".join(map(str, SCALES)), "--num_workers", "0",
+            "--device", "cpu", "--post_workers", "0",
+            "--out_cam", str(out / "cam"), "--out_cam_irn", str(out / "irn"),
+            "--out_cam_pred", str(out / "pred"), "--out_cam_pred_alpha", "0.2", "--vis_dir", str(out / "vis")]
+    if crf:
+        args += ["--out_crf", str(out / "crf"), "--crf_alphas", "4,24", "--crf_scores"]
+    return args + list(extra)
+
+
+@pytest.fixture(scope="module")
+def run_dir(toy_voc, toy_lists, weights, tiny, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("infer")
+    infer_cam.main(cli_args(toy_voc, toy_lists, weights, tiny, out))
+    return out
+
+
+# --- SPEC §5 core --------------------------------------------------------------------------
+
+def test_normalize_cams_matches_reference_numpy():
+    rng = np.random.default_rng(0)
+    summed = rng.normal(size=(20, 7, 9)).astype(np.float32)
+    summed[3] = 0.0                      # an absent class: -1 everywhere (the quirk)
+    summed[4] = np.abs(summed[4]) + 2.0  # min well above zero: zeroed pixels go negative
+    ours = infer_cam.normalize_cams(torch.from_numpy(summed)).numpy()
+    np.testing.assert_allclose(ours, reference_normalize(summed), rtol=1e-6, atol=1e-6)
+    assert np.allclose(ours[3], -1.0)
+    assert ours[4].min() < -0.1 and ours.max() <= 1.0
+
+
+def test_multiscale_cam_equals_direct_loop(model, toy_voc, tiny):
+    name = tiny["names"][0]
+    sample = InferDataset(toy_voc, [name], tiny["cls_labels"], scales=SCALES)[0]
+    size = sample["image"].shape[:2]
+    # Every class on, so that all 20 channels are compared; a random network leaves some
+    # channels of its second output at zero (constant maps), the others must vary.
+    label = np.ones(20, np.float32)
+    with torch.no_grad():
+        batched = infer_cam.multiscale_cam(model, sample["inputs"], torch.from_numpy(label), size).numpy()
+        channels_last = infer_cam.multiscale_cam(model, sample["inputs"], torch.from_numpy(label), size,
+                                                 memory_format=torch.channels_last).numpy()
+    expected = direct_loop_cam(model, toy_voc / "JPEGImages" / f"{name}.jpg", label, SCALES)
+    varying = np.ptp(expected, axis=(1, 2)) > 0.5
+    assert batched.shape == (20, *size) and varying.sum() >= 3
+    np.testing.assert_allclose(batched, expected, atol=2e-5)
+    np.testing.assert_allclose(channels_last, expected, atol=2e-5)
+    # The test can fail: forgetting to flip back the flipped halves changes the maps.
+    wrong = sample["inputs"][:1] + [pair.flip(0) for pair in sample["inputs"][1:]]
+    with torch.no_grad():
+        unflipped = infer_cam.multiscale_cam(model, wrong, torch.from_numpy(label), size).numpy()
+    assert np.abs(unflipped - expected)[varying].max() > 1e-2
+
+
+def test_second_output_rejects_a_classifier():
+    with pytest.raises(UserError, match="resnet38_CPN"):
+        infer_cam.second_output(torch.zeros(1, 20))
+
+
+# --- Output formats ------------------------------------------------------------------------
+
+def test_reference_npy_format(run_dir, tiny, toy_voc):
+    for name in tiny["names"]:
+        cam_dict = np.load(run_dir / "cam" / f"{name}.npy", allow_pickle=True).item()
+        height, width = np.asarray(Image.open(toy_voc / "JPEGImages" / f"{name}.jpg")).shape[:2]
+        assert sorted(cam_dict) == np.flatnonzero(tiny["cls_labels"][name]).tolist()
+        for key, cam in cam_dict.items():
+            assert type(key) is int and cam.dtype == np.float32 and cam.shape == (height, width)
+            assert cam.max() <= 0.5
+        assert evaluation_prediction(cam_dict, 0.2).shape == (height, width)
+
+
+def test_irn_format_reads_like_irn(run_dir, tiny):
+    for name in tiny["names"]:
+        irn = np.load(run_dir / "irn" / f"{name}.npy", allow_pickle=True).item()
+        cam_dict = np.load(run_dir / "cam" / f"{name}.npy", allow_pickle=True).item()
+        assert irn["keys"].dtype == np.int64 and irn["keys"].tolist() == sorted(cam_dict)
+        high_res = irn["high_res"]
+        assert high_res.dtype == np.float32 and high_res.shape == (len(cam_dict), *cam_dict[irn["keys"][0]].shape)
+        assert high_res.min() >= 0.0 and high_res.max() <= 1.0
+        # high_res is the un-halved map; away from the quirk's clipped negatives they agree.
+        halved = np.stack([cam_dict[key] for key in irn["keys"]])
+        np.testing.assert_allclose(high_res, np.clip(2 * halved, 0, 1), atol=1e-6)
+        # IRN's reader at threshold t = evaluation's reader at t / 2 on the halved maps.
+        np.testing.assert_array_equal(irn_prediction(irn, 0.4), evaluation_prediction(cam_dict, 0.2))
+
+
+def test_cam_pred_png_is_the_evaluation_prediction(run_dir, tiny):
+    for name in tiny["names"]:
+        with Image.open(run_dir / "pred" / f"{name}.png") as png:
+            assert png.mode == "P"
+            assert np.array_equal(np.asarray(png.getpalette(), np.uint8).reshape(-1, 3), VOC_PALETTE)
+            label = np.asarray(png)
+        cam_dict = np.load(run_dir / "cam" / f"{name}.npy", allow_pickle=True).item()
+        np.testing.assert_array_equal(label, evaluation_prediction(cam_dict, 0.2))
+
+
+def test_visualization_jpeg(run_dir, tiny):
+    for name in tiny["names"]:
+        cam_dict = np.load(run_dir / "cam" / f"{name}.npy", allow_pickle=True).item()
+        height, width = next(iter(cam_dict.values())).shape
+        with Image.open(run_dir / "vis" / f"{name}.jpg") as jpeg:
+            assert jpeg.format == "JPEG" and jpeg.mode == "RGB"
+            assert jpeg.width >= (len(cam_dict) + 2) * width and jpeg.height > height
+
+
+@pytest.mark.skipif(not HAS_PYDENSECRF, reason="pydensecrf is not installed")
+def test_crf_outputs_are_palette_pngs(run_dir, tiny):
+    for alpha in ("4", "24"):
+        for name in tiny["names"]:
+            with Image.open(run_dir / "crf" / f"alpha_{alpha}" / f"{name}.png") as png:
+                assert png.mode == "P"
+                assert np.array_equal(np.asarray(png.getpalette(), np.uint8).reshape(-1, 3), VOC_PALETTE)
+                label = np.asarray(png)
+            present = set((np.flatnonzero(tiny["cls_labels"][name]) + 1).tolist())
+            assert set(np.unique(label).tolist()) <= present | {0}
+            scores = np.load(run_dir / "crf" / f"alpha_{alpha}" / f"{name}.npy", allow_pickle=True).item()
+            assert sorted(scores) == sorted(present | {0})
+            stacked = np.stack([scores[key] for key in sorted(scores)])
+            np.testing.assert_allclose(stacked.sum(axis=0), 1.0, atol=1e-4)
+            np.testing.assert_array_equal(label, np.array(sorted(scores))[stacked.argmax(axis=0)])
+
+
+# --- Long runs: resume and sharding ---------------------------------------------------------
+
+def test_resume_skips_done_images(run_dir, toy_voc, toy_lists, weights, tiny, capsys):
+    files = sorted(path for path in run_dir.rglob("*") if path.is_file())
+    before = {path: path.stat().st_mtime_ns for path in files}
+    capsys.readouterr()
+    infer_cam.main(cli_args(toy_voc, toy_lists, weights, tiny, run_dir))
+    assert "3 already done, 0 to do" in capsys.readouterr().out
+    assert {path: path.stat().st_mtime_ns for path in files} == before
+    assert sorted(path for path in run_dir.rglob("*") if path.is_file()) == files
+
+    redone = run_dir / "pred" / f"{tiny['names'][1]}.png"
+    redone.unlink()
+    infer_cam.main(cli_args(toy_voc, toy_lists, weights, tiny, run_dir))
+    assert "2 already done, 1 to do" in capsys.readouterr().out
+    assert redone.is_file()
+    changed = {path for path in files if path.stat().st_mtime_ns != before[path]}
+    assert changed and all(tiny["names"][1] in path.name for path in changed)
+
+
+def test_torchrun_rank_takes_its_share(toy_voc, toy_lists, weights, tiny, tmp_path, monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    infer_cam.main(["--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels",
+                    str(toy_lists["cls_labels"]), "--infer_list", str(tiny["list"]), "--scales", "0.5",
+                    "--num_workers", "0", "--device", "cpu", "--post_workers", "0", "--out_cam", str(tmp_path)])
+    assert sorted(path.stem for path in tmp_path.glob("*.npy")) == tiny["names"][1::2]
+
+
+def test_no_output_requested_is_a_user_error(toy_voc, weights):
+    with pytest.raises(UserError, match="nothing to write"):
+        infer_cam.main(["--weights", str(weights), "--voc12_root", str(toy_voc)])
+
+
+# --- Command line ---------------------------------------------------------------------------
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(REPO / "infer_cam.py"), *args], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_cli_writes_cams_with_a_worker_pool(toy_voc, toy_lists, weights, tiny, tmp_path):
+    result = run_cli("--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels",
+                     str(toy_lists["cls_labels"]), "--infer_list", str(tiny["list"]), "--scales", "0.5",
+                     "--num_workers", "1", "--post_workers", "1", "--out_cam", str(tmp_path / "cam"),
+                     "--out_cam_pred", str(tmp_path / "pred"))
+    assert result.returncode == 0, result.stderr
+    assert sorted(path.stem for path in (tmp_path / "cam").glob("*.npy")) == sorted(tiny["names"])
+    assert sorted(path.stem for path in (tmp_path / "pred").glob("*.png")) == sorted(tiny["names"])
+
+
+def test_cli_image_missing_from_labels(toy_voc, toy_lists, weights, tiny, tmp_path):
+    bad_list = tmp_path / "bad.txt"
+    bad_list.write_text(tiny["list"].read_text() + "not_an_image\n")
+    result = run_cli("--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels",
+                     str(toy_lists["cls_labels"]), "--infer_list", str(bad_list), "--out_cam", str(tmp_path / "cam"))
+    assert result.returncode != 0
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "not_an_image" in lines[0] and "class label" in lines[0]
+    assert not (tmp_path / "cam").exists()

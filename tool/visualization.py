@@ -1,0 +1,93 @@
+"""Pictures of CAMs for people: heat maps over the image, label maps in the VOC palette,
+and a side-by-side panel of both. Pure functions of arrays returning arrays or PIL
+images; nothing here opens a window (matplotlib is used for its colour map only)."""
+from __future__ import annotations
+
+import matplotlib
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from tool.constants import VOC_CLASSES, VOC_PALETTE
+
+HEATMAP_OPACITY = 0.5      # the reference's color_pro blends image and colour map half and half
+TITLE_HEIGHT = 16          # pixels of the strip that holds a tile's title
+TILE_GAP = 4               # pixels between tiles
+_JET = (matplotlib.colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
+
+
+def heatmap_overlay(image: np.ndarray, cam: np.ndarray, opacity: float = HEATMAP_OPACITY) -> np.ndarray:
+    """A CAM as a 'jet' heat map blended over the image.
+
+    image: uint8 H×W×3; cam: H×W scores, 0 = blue and 1 = red (clipped to 0..1);
+    opacity: weight of the heat map. Returns uint8 H×W×3."""
+    assert image.shape[:2] == cam.shape and image.dtype == np.uint8, (image.shape, cam.shape, image.dtype)
+    levels = np.round(np.clip(cam, 0.0, 1.0) * 255).astype(np.uint8)
+    colour = _JET[levels].astype(np.float32)
+    blended = (1.0 - opacity) * image.astype(np.float32) + opacity * colour
+    return np.round(blended).astype(np.uint8)
+
+
+def colorize_label(label: np.ndarray) -> np.ndarray:
+    """A label map (class indices, 255 = ignore) in VOC palette colours, uint8 H×W×3."""
+    return VOC_PALETTE[label]
+
+
+def label_image(label: np.ndarray) -> Image.Image:
+    """A label map as a palette ('P') image with the VOC palette: the PNG format of
+    VOC's SegmentationClass, readable as class indices by any VOC tool."""
+    assert label.ndim == 2 and label.dtype == np.uint8, (label.shape, label.dtype)
+    image = Image.frombytes("P", (label.shape[1], label.shape[0]), np.ascontiguousarray(label).tobytes())
+    image.putpalette(VOC_PALETTE.tobytes())
+    return image
+
+
+def _class_name(label: int) -> str:
+    return VOC_CLASSES[label] if label < len(VOC_CLASSES) else "ignore"
+
+
+def _titled_tile(picture: np.ndarray, title: str, font: ImageFont.ImageFont) -> Image.Image:
+    height, width = picture.shape[:2]
+    tile = Image.new("RGB", (width, height + TITLE_HEIGHT), "white")
+    tile.paste(Image.fromarray(picture), (0, TITLE_HEIGHT))
+    ImageDraw.Draw(tile).text((2, 2), title, fill="black", font=font)
+    return tile
+
+
+def _legend(labels: list[int], font: ImageFont.ImageFont) -> Image.Image:
+    """One strip: a colour swatch and the class name for each label."""
+    names = [_class_name(label) for label in labels]
+    name_widths = [int(np.ceil(font.getlength(name))) for name in names]
+    strip = Image.new("RGB", (sum(name_widths) + 24 * len(labels) + 2, TITLE_HEIGHT), "white")
+    draw = ImageDraw.Draw(strip)
+    left = 2
+    for label, name, name_width in zip(labels, names, name_widths):
+        draw.rectangle((left, 3, left + 10, 13), fill=tuple(int(v) for v in VOC_PALETTE[label]), outline="black")
+        draw.text((left + 14, 2), name, fill="black", font=font)
+        left += 24 + name_width
+    return strip
+
+
+def cam_panel(image: np.ndarray, cams: dict[int, np.ndarray], label: np.ndarray,
+              label_title: str = "prediction") -> Image.Image:
+    """Side by side: the image, each class's CAM over it, and the label map in the VOC
+    palette, each tile titled, with a colour legend of the label map underneath.
+
+    image: uint8 H×W×3; cams: {foreground class index 0..19: H×W map in 0..1};
+    label: uint8 H×W class indices (0 = background). Returns a PIL RGB image."""
+    font = ImageFont.load_default()
+    tiles = [_titled_tile(image, "image", font)]
+    tiles += [_titled_tile(heatmap_overlay(image, cam), _class_name(fg_class + 1), font)
+              for fg_class, cam in sorted(cams.items())]
+    tiles.append(_titled_tile(colorize_label(label), label_title, font))
+
+    legend = _legend([int(value) for value in np.unique(label)], font)
+
+    tiles_width = sum(tile.width for tile in tiles) + TILE_GAP * (len(tiles) - 1)
+    height = tiles[0].height
+    panel = Image.new("RGB", (max(tiles_width, legend.width), height + legend.height), "white")
+    left = 0
+    for tile in tiles:
+        panel.paste(tile, (left, 0))
+        left += tile.width + TILE_GAP
+    panel.paste(legend, (0, height))
+    return panel
