@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
+DEMO_DIR ?= demo_out
+DEMO_STEPS ?= 150
+
 .PHONY: install test demo clean
 
 install: $(STAMP)
@@ -16,6 +19,9 @@ $(STAMP): requirements.txt
 
 test: install
 	$(PY) -m pytest -q tests
+
+demo: install
+	bash tool/demo.sh $(PY) $(DEMO_DIR) $(DEMO_STEPS)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache

@@ -13,13 +13,13 @@ from tool.fileio import UserError
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def add_runtime_arguments(parser) -> None:
+def add_runtime_arguments(parser, amp_default: str = "auto") -> None:
     """`--device` and `--amp`, shared by the training and inference scripts."""
     parser.add_argument("--device", default=None,
                         help="cuda, cuda:N or cpu (default: cuda when available, else cpu)")
-    parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default="auto",
-                        help="mixed precision on CUDA (default auto: bf16 where the GPU supports it; "
-                             "always off on the CPU)")
+    parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=amp_default,
+                        help=f"mixed precision on CUDA (default {amp_default}; auto: bf16 where the GPU "
+                             "supports it; always off on the CPU)")
 
 
 def resolve_device(requested: str | None, local_rank: int = 0) -> torch.device:
