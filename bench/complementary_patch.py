@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import sys
 import time
@@ -26,6 +25,7 @@ from skimage import data
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.results import cpu_name, publish  # noqa: E402
 from tool import imutils  # noqa: E402
 from tool.constants import CROP_SIZE  # noqa: E402
 
@@ -62,16 +62,6 @@ def timed(function, *args) -> tuple[float, object]:
     start = time.perf_counter()
     result = function(*args)
     return time.perf_counter() - start, result
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def main() -> None:
@@ -111,9 +101,7 @@ def main() -> None:
     table += "".join(f"| {label} | {len(times)} | {1e3 * statistics.mean(times):.2f} | {1e3 * min(times):.2f} | "
                      f"{1 / statistics.mean(times):.1f} |\n" for label, times in rows)
     table += f"\nmasking speed-up over the reference loop: {speedup:.0f}×\n"
-    print(table)
-    with open(Path(__file__).resolve().parent / "RESULTS.md", "a", encoding="utf-8") as results:
-        results.write(table)
+    publish(table)
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import argparse
 import datetime
 import functools
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.results import RESULTS_PATH, cpu_name, publish  # noqa: E402
 from evaluation_cam import count_all, evaluate_image, read_class_maps  # noqa: E402
 from tool.constants import IGNORE_INDEX, NUM_CLASSES, SWEEP_THRESHOLDS, VOC_PALETTE  # noqa: E402
 from tool.fileio import read_label_png, save_npy, save_png  # noqa: E402
@@ -38,7 +38,6 @@ IMAGE_SIZES = ((375, 500), (500, 375), (333, 500), (500, 500))   # (H, W), VOC's
 SIZE_WEIGHTS = (0.6, 0.25, 0.1, 0.05)
 CLASSES_PER_IMAGE_WEIGHTS = (0.6, 0.3, 0.1)                       # 1, 2 or 3 classes
 OBJECT_LEVELS = (0.45, 0.8)  # ground truth object where its CAM exceeds a fraction of its peak drawn from here
-RESULTS_TITLE = "# Benchmark results\n"
 BORDER = 2                   # VOC's void band around objects, in pixels each side
 
 
@@ -123,15 +122,6 @@ def reference_counts(data_dir: Path, name: str, threshold: float) -> np.ndarray:
     return counts
 
 
-def cpu_name() -> str:
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    return platform.processor() or platform.machine()
-
-
 def seconds(work: Callable[[], object]) -> float:
     start = time.perf_counter()
     work()
@@ -145,7 +135,7 @@ def main() -> None:
     parser.add_argument("--naive_images", type=int, default=50, help="images the naive loop is timed on")
     parser.add_argument("--naive_thresholds", type=int, default=3, help="thresholds the naive loop is timed on")
     parser.add_argument("--workers", type=int, default=2, help="also time the sweep with this many processes")
-    parser.add_argument("--results", default=str(Path(__file__).resolve().parent / "RESULTS.md"),
+    parser.add_argument("--results", default=str(RESULTS_PATH),
                         help="markdown file the table is appended to")
     args = parser.parse_args()
 
@@ -189,17 +179,11 @@ def main() -> None:
                   f"21-channel argmax, 63 masked sums); its counts equal the fast ones at t = {naive_thresholds} "
                   f"on {len(naive_names)} images."]
     text = "\n".join(table)
-    print(text)
 
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     header = (f"\n### eval_sweep — CPU ({cpu_name()}, {cores} cores usable, "
               f"files in the page cache) — {datetime.date.today()}\n\n")
-    results_path = Path(args.results)
-    with open(results_path, "a", encoding="utf-8") as results:
-        if results.tell() == 0:
-            results.write(RESULTS_TITLE)
-        results.write(header + text + "\n")
-    print(f"appended to {results_path}")
+    publish(header + text + "\n", args.results)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import sys
 import tempfile
 import time
@@ -24,6 +23,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import infer_cam  # noqa: E402
+from bench.results import cpu_name, publish  # noqa: E402
 from bench.train_step import make_images  # noqa: E402
 from network import build_network  # noqa: E402
 from network.resnet38d import Normalize  # noqa: E402
@@ -123,7 +123,7 @@ def main() -> None:
     warmup = 3 if on_gpu else 1
     e2e_images = args.e2e_images if args.e2e_images is not None else (300 if on_gpu else 0)
     device_name = (torch.cuda.get_device_name(device) if on_gpu
-                   else f"CPU ({platform.processor() or 'x86_64'}, {torch.get_num_threads()} threads)")
+                   else f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)")
 
     torch.manual_seed(0)
     model = build_network("network.resnet38_CPN").eval().to(device, memory_format=infer_cam.memory_format_for(device))
@@ -160,9 +160,7 @@ def main() -> None:
                 startup, rate, wall = time_end_to_end(device, e2e_images, amp, Path(tmp))
                 table += (f"| {amp} | {startup:.1f} | {rate:.2f} | {wall:.1f} "
                           f"| {(startup + VOC_TRAIN_IMAGES / rate) / 60:.2f} |\n")
-    print(table)
-    with open(Path(__file__).resolve().parent / "RESULTS.md", "a", encoding="utf-8") as results:
-        results.write(table)
+    publish(table)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import itertools
-import platform
 import sys
 import tempfile
 import time
@@ -26,6 +25,7 @@ from torch.utils.data import DataLoader
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.results import cpu_name, publish  # noqa: E402
 from network import build_network  # noqa: E402
 from tool.losses import cpn_loss  # noqa: E402
 from tool.runtime import autocast, default_num_workers, resolve_amp, resolve_device  # noqa: E402
@@ -114,7 +114,7 @@ def main() -> None:
     workers = args.workers if args.workers is not None else default_num_workers()
     amp_dtype = resolve_amp("auto", device)
     torch.backends.cudnn.benchmark = on_gpu
-    device_name = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({platform.processor() or 'x86_64'}, " \
+    device_name = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({cpu_name()}, " \
         f"{torch.get_num_threads()} threads)"
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -154,9 +154,7 @@ def main() -> None:
                              for r in rows)
     table += (f"\nend-to-end speed-up over the reference: {speedup:.1f}×; the full schedule (21,160 steps of "
               f"batch 4) at this rate: {full_run_h:.2f} h\n")
-    print(table)
-    with open(Path(__file__).resolve().parent / "RESULTS.md", "a", encoding="utf-8") as results:
-        results.write(table)
+    publish(table)
 
 
 if __name__ == "__main__":
