@@ -2,24 +2,25 @@
 # `make demo`: the real pipeline on the synthetic toy VOC set, on the CPU, end to end:
 # toy set → class labels → train_cpn.py → infer_cam.py → evaluation_cam.py, for the trained
 # network and for the same network untrained (the baseline the training must beat).
-# Usage: tool/demo.sh PYTHON OUT_DIR [TRAIN_STEPS]
+# Usage: tool/demo.sh PYTHON OUT_DIR [TRAIN_STEPS] [DEVICE]   (DEVICE: cpu or cuda, default cpu)
 set -euo pipefail
 PY=$1
 OUT=$2
-STEPS=${3:-150}
+STEPS=${3:-100}
+DEVICE=${4:-cpu}
 cd "$(dirname "$0")/.."
 
 VOC="$OUT/VOC2012"
 LISTS="$OUT/lists"
-COMMON=(--voc12_root "$VOC" --cls_labels "$LISTS/cls_labels.npy" --device cpu)
+COMMON=(--voc12_root "$VOC" --cls_labels "$LISTS/cls_labels.npy" --device "$DEVICE")
 
 echo "== 1/4 toy VOC set and class labels"
 [ -d "$VOC/JPEGImages" ] || "$PY" -m voc12.toy "$VOC"
 "$PY" voc12/make_cls_labels.py --voc12_root "$VOC" --out_dir "$LISTS"
 
-echo "== 2/4 train_cpn.py: $STEPS steps at crop 48 from a random start (no ImageNet weights here)"
+echo "== 2/4 train_cpn.py: $STEPS steps at crop 64 from a random start (no ImageNet weights here)"
 # --momentum 0.9 instead of the reference's 5e-4 quirk: a random start learns too slowly without it.
-TRAIN=("${COMMON[@]}" --train_list "$LISTS/train.txt" --weights none --crop_size 48 --resize_long 48 72
+TRAIN=("${COMMON[@]}" --train_list "$LISTS/train.txt" --weights none --crop_size 64 --resize_long 64 96
        --batch_size 4 --num_workers 1 --max_epoches 100 --lr 0.01 --momentum 0.9 --out_dir "$OUT/CPN"
        --log_every 25)
 "$PY" train_cpn.py "${TRAIN[@]}" --session_name untrained --max_steps 0
