@@ -19,6 +19,7 @@ import argparse
 import collections
 import multiprocessing
 import os
+import signal
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -280,6 +281,10 @@ def write_outputs(cams: ImageCams, outputs: Outputs) -> None:
                 save_npy(outputs.crf_dir(alpha) / f"{name}.npy", crf_scores)
 
 
+def ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
 class OutputWriter:
     """Runs `write_outputs` in worker processes (CRF and PNG/JPEG encoding are CPU work
     that would otherwise stall the GPU), at most two jobs per worker queued; with 0
@@ -293,7 +298,9 @@ class OutputWriter:
         if num_workers > 0:
             context = multiprocessing.get_context("forkserver")
             context.set_forkserver_preload(["infer_cam"])
-            self.pool = ProcessPoolExecutor(num_workers, mp_context=context)
+            # Ctrl-C reaches the whole process group: the main process stops the pool, the
+            # workers finish their (atomic) write instead of each printing a traceback.
+            self.pool = ProcessPoolExecutor(num_workers, mp_context=context, initializer=ignore_sigint)
             # Start the fork server now, so that its imports overlap the model's loading.
             self.pool.submit(os.getpid)
         self.max_pending = 2 * num_workers

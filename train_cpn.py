@@ -124,9 +124,10 @@ class RunLog:
                 raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
             self.board = SummaryWriter(tensorboard_dir)
 
-    def line(self, text: str) -> None:
+    def line(self, text: str, console: bool = True) -> None:
         if self.enabled:
-            tqdm.write(text)
+            if console:
+                tqdm.write(text)
             self.file.write(text + "\n")
             self.file.flush()
 
@@ -335,9 +336,10 @@ def main(argv=None) -> None:
             bar.close()
             start_batch = 0
     except KeyboardInterrupt:
-        log.line(f"interrupted at step {step}; resume with --resume auto"
-                 + (f" (from {last_checkpoint})" if last_checkpoint else ""))
-        raise
+        message = (f"interrupted at step {step}; resume with --resume auto"
+                   + (f" (from {last_checkpoint})" if last_checkpoint else " (no checkpoint yet)"))
+        log.line(message, console=False)
+        raise KeyboardInterrupt(message) from None   # run_main prints it as the last line
     finally:
         log.close()
 

@@ -28,13 +28,15 @@ def user_message(error: UserError) -> str:
 
 def run_main(main: Callable[[], object]) -> None:
     """Run a script's `main`: a UserError becomes one line on stderr and exit 1,
-    Ctrl-C becomes exit 130 without a traceback."""
+    Ctrl-C becomes one line (the KeyboardInterrupt's message, if any) and exit 130."""
     try:
         main()
     except UserError as error:
         sys.exit(f"error: {user_message(error)}")
-    except KeyboardInterrupt:
-        sys.exit("interrupted")
+    except KeyboardInterrupt as interrupt:
+        # A script may re-raise Ctrl-C with one line saying how to go on (train_cpn: how to resume).
+        print(str(interrupt) or "interrupted", file=sys.stderr)
+        sys.exit(130)
 
 
 @contextlib.contextmanager
