@@ -36,7 +36,8 @@ from network.weights import load_weights
 from tool.constants import INFER_SCALES, NUM_FG_CLASSES
 from tool.crf import SEAM_CRF_ALPHAS, require_pydensecrf, seam_crf_scores
 from tool.fileio import UserError, run_main, save_jpeg, save_npy, save_png
-from tool.runtime import ProcessGroup, add_runtime_arguments, autocast, resolve_amp, resolve_device
+from tool.runtime import (ProcessGroup, add_runtime_arguments, autocast, memory_format_for, resolve_amp,
+                          resolve_device, usable_cores)
 from tool.visualization import cam_panel, label_image
 from voc12.data import InferDataset, check_voc_root, load_cls_labels, load_image_list
 
@@ -325,26 +326,13 @@ class OutputWriter:
 
 # --- Script -----------------------------------------------------------------------------
 
-def process_group_from_env() -> ProcessGroup:
-    """This process's rank under torchrun. Each rank writes its own images' files, so no
-    process group (and no collective) is needed."""
-    return ProcessGroup(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")),
-                        local_rank=int(os.environ.get("LOCAL_RANK", "0")))
-
-
 def default_post_workers(num_loader_workers: int, processes_per_node: int) -> int:
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(8, cores // max(1, processes_per_node) - num_loader_workers - 1))
+    return max(1, min(8, usable_cores() // max(1, processes_per_node) - num_loader_workers - 1))
 
 
 def first_item(batch: list[dict]) -> dict:
     """DataLoader collate for batch size 1: the dataset's dict as it is (inputs differ in size)."""
     return batch[0]
-
-
-def memory_format_for(device: torch.device) -> torch.memory_format:
-    """channels_last lets cuDNN use its fastest (NHWC) convolutions on tensor cores."""
-    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
 def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGroup) -> torch.nn.Module:
@@ -364,7 +352,8 @@ def main(argv=None) -> None:
     if not any((outputs.out_cam, outputs.out_cam_irn, outputs.out_cam_pred, outputs.out_crf, outputs.vis_dir)):
         raise UserError("nothing to write: pass at least one of --out_cam, --out_cam_irn, --out_cam_pred, "
                         "--out_crf, --vis_dir")
-    group = process_group_from_env()
+    # Each rank writes its own images' files: no process group (and no collective) is needed.
+    group = ProcessGroup.from_env()
     device = resolve_device(args.device, group.local_rank)
     amp_dtype = resolve_amp(args.amp, device)
     voc_root = check_voc_root(args.voc12_root)

@@ -29,7 +29,7 @@ from tool.constants import CROP_SIZE, RESIZE_LONG
 from tool.fileio import UserError, atomic_path, run_main
 from tool.losses import cpn_loss
 from tool.runtime import (ProcessGroup, add_runtime_arguments, autocast, default_num_workers,
-                          init_process_group, resolve_amp, resolve_device)
+                          init_process_group, memory_format_for, resolve_amp, resolve_device)
 from tool.torchutils import REFERENCE_MOMENTUM, PolyOptimizer, cpn_param_groups, estimate_batchnorm_statistics
 from voc12.data import TrainDataset, check_voc_root, load_cls_labels, load_image_list
 
@@ -220,7 +220,7 @@ def main(argv=None) -> None:
     torch.manual_seed(args.seed + group.rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # fixed crop size: pick the fastest kernels once
-    memory_format = torch.channels_last if device.type == "cuda" else torch.contiguous_format
+    memory_format = memory_format_for(device)
 
     # Data: SPEC §3 augmentation, then the complementary patch pair.
     check_voc_root(args.voc12_root)

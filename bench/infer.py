@@ -29,7 +29,7 @@ from network import build_network  # noqa: E402
 from network.resnet38d import Normalize  # noqa: E402
 from tool.constants import INFER_SCALES  # noqa: E402
 from tool.imutils import scale_image  # noqa: E402
-from tool.runtime import resolve_amp, resolve_device  # noqa: E402
+from tool.runtime import memory_format_for, resolve_amp, resolve_device  # noqa: E402
 
 VOC_TRAIN_IMAGES = 1464
 CLASSES_PER_IMAGE = 2     # maps copied back per image (VOC averages about 1.5 classes)
@@ -59,7 +59,7 @@ def time_multiscale_cam(model, inputs, size, device, amp_dtype, images: int, war
     label = torch.zeros(20)
     label[:CLASSES_PER_IMAGE] = 1
     keys = torch.arange(CLASSES_PER_IMAGE, device=device)
-    memory_format = infer_cam.memory_format_for(device)
+    memory_format = memory_format_for(device)
     latencies = []
     with torch.inference_mode():
         for index in range(warmup + images):
@@ -126,7 +126,7 @@ def main() -> None:
                    else f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)")
 
     torch.manual_seed(0)
-    model = build_network("network.resnet38_CPN").eval().to(device, memory_format=infer_cam.memory_format_for(device))
+    model = build_network("network.resnet38_CPN").eval().to(device, memory_format=memory_format_for(device))
     inputs = make_inputs(height, width, INFER_SCALES, pin=on_gpu)
     settings = [("fp32", None)]
     amp_dtype = resolve_amp("auto", device)

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.results import cpu_name, publish  # noqa: E402
 from network import build_network  # noqa: E402
 from tool.losses import cpn_loss  # noqa: E402
-from tool.runtime import autocast, default_num_workers, resolve_amp, resolve_device  # noqa: E402
+from tool.runtime import autocast, default_num_workers, memory_format_for, resolve_amp, resolve_device  # noqa: E402
 from tool.torchutils import PolyOptimizer, cpn_param_groups  # noqa: E402
 from voc12.data import TrainDataset  # noqa: E402
 
@@ -129,7 +129,7 @@ def main() -> None:
         configs = [("reference: fp32, three forwards", None, False, torch.contiguous_format, REFERENCE_WORKERS),
                    (f"ours: {'AMP ' + str(amp_dtype).split('.')[-1] if amp_dtype else 'fp32'}, one batched "
                     f"forward{', channels_last' if on_gpu else ''}", amp_dtype, True,
-                    torch.channels_last if on_gpu else torch.contiguous_format, workers)]
+                    memory_format_for(device), workers)]
         for label, dtype, batched, memory_format, config_workers in configs:
             model.to(device, memory_format=memory_format)
             optimizer = PolyOptimizer(cpn_param_groups(model.get_parameter_groups(), 0.01, 5e-4), lr=0.01,

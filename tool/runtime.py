@@ -58,12 +58,22 @@ def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     return torch.autocast(device_type=device.type, dtype=amp_dtype)
 
 
+def memory_format_for(device: torch.device) -> torch.memory_format:
+    """channels_last lets cuDNN use its fastest (NHWC) convolutions on tensor cores."""
+    return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
 @dataclass(frozen=True)
 class ProcessGroup:
     """This process's place among the `torchrun` processes (rank 0 of 1 without torchrun)."""
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+
+    @classmethod
+    def from_env(cls) -> "ProcessGroup":
+        return cls(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")),
+                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
     @property
     def is_main(self) -> bool:
@@ -76,18 +86,20 @@ class ProcessGroup:
 
 def init_process_group(device_request: str | None) -> ProcessGroup:
     """Join the torchrun job described by the environment: nccl on CUDA, gloo on the CPU."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    if world_size == 1:
-        return ProcessGroup()
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    group = ProcessGroup.from_env()
+    if not group.distributed:
+        return group
     wants_cuda = (device_request or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
     if wants_cuda:
-        torch.cuda.set_device(local_rank)
+        torch.cuda.set_device(group.local_rank)
     dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
-    return ProcessGroup(rank=dist.get_rank(), world_size=world_size, local_rank=local_rank)
+    return group
+
+
+def usable_cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 def default_num_workers(processes_per_node: int = 1) -> int:
     """Loader workers per process: the cores this process may use, shared among the node's processes."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(16, cores // max(1, processes_per_node)))
+    return max(1, min(16, usable_cores() // max(1, processes_per_node)))
