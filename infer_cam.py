@@ -35,7 +35,7 @@ from network import build_network
 from network.weights import load_weights
 from tool.constants import INFER_SCALES, NUM_FG_CLASSES
 from tool.crf import SEAM_CRF_ALPHAS, require_pydensecrf, seam_crf_scores
-from tool.fileio import UserError, run_main, save_jpeg, save_npy, save_png
+from tool.fileio import UserError, check_writable_dir, run_main, save_jpeg, save_npy, save_png
 from tool.runtime import (ProcessGroup, add_runtime_arguments, autocast, memory_format_for, resolve_amp,
                           resolve_device, usable_cores)
 from tool.visualization import cam_panel, label_image
@@ -223,6 +223,11 @@ class Outputs:
                    out_crf=path(args.out_crf), crf_alphas=args.crf_alphas, crf_scores=args.crf_scores,
                    vis_dir=path(args.vis_dir))
 
+    def folders(self) -> list[Path]:
+        crf_dirs = [self.crf_dir(alpha) for alpha in self.crf_alphas] if self.out_crf is not None else []
+        return [folder for folder in (self.out_cam, self.out_cam_irn, self.out_cam_pred, self.vis_dir)
+                if folder is not None] + crf_dirs
+
     def crf_dir(self, alpha: float) -> Path:
         return self.out_crf / f"alpha_{alpha:g}"
 
@@ -349,9 +354,11 @@ def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGro
 def main(argv=None) -> None:
     args = parse_args(argv)
     outputs = Outputs.from_args(args)
-    if not any((outputs.out_cam, outputs.out_cam_irn, outputs.out_cam_pred, outputs.out_crf, outputs.vis_dir)):
+    if not outputs.folders():
         raise UserError("nothing to write: pass at least one of --out_cam, --out_cam_irn, --out_cam_pred, "
                         "--out_crf, --vis_dir")
+    for folder in outputs.folders():
+        check_writable_dir(folder)
     # Each rank writes its own images' files: no process group (and no collective) is needed.
     group = ProcessGroup.from_env()
     device = resolve_device(args.device, group.local_rank)

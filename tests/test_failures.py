@@ -22,7 +22,7 @@ import evaluation_cam
 import infer_cam
 import train_cpn
 from network import build_network
-from tool.fileio import read_rgb, run_main, save_npy
+from tool.fileio import UserError, check_writable_dir, read_rgb, run_main, save_npy
 from voc12 import make_cls_labels
 from voc12.data import load_cls_labels, load_image_list
 
@@ -83,7 +83,9 @@ def test_unwritable_out_dir_train(toy_voc, toy_lists, blocked, capsys):
     assert message.startswith(f"error: cannot write {blocked}") and "writable --out_dir" in message
 
 
-def test_unwritable_out_dir_infer(toy_voc, toy_lists, weights, blocked, capsys):
+def test_unwritable_out_dir_infer(toy_voc, toy_lists, weights, blocked, capsys, monkeypatch):
+    monkeypatch.setattr(infer_cam, "load_model",
+                        lambda *args: pytest.fail("output folders must be checked before the model is loaded"))
     message = one_line_error(infer_cam.main, infer_args(toy_voc, toy_lists, weights, "--out_cam", str(blocked)),
                              capsys)
     assert message.startswith(f"error: cannot write {blocked}") and "writable output folder" in message
@@ -239,3 +241,10 @@ def test_ctrl_c_during_inference_leaves_whole_files(toy_voc, toy_lists, weights,
         assert cam_dict and all(value.ndim == 2 for value in cam_dict.values())
     for path in preds:
         Image.open(path).load()
+
+
+def test_writable_check_creates_nothing(tmp_path, blocked):
+    check_writable_dir(tmp_path / "new" / "deeper")
+    assert not (tmp_path / "new").exists()
+    with pytest.raises(UserError, match="is a file, not a folder"):
+        check_writable_dir(blocked / "deeper")

@@ -58,6 +58,22 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def check_writable_dir(path: str | os.PathLike) -> None:
+    """Fail now, not at a long run's first output, when folder `path` could not be created or
+    written; creates nothing (a run stopped by bad input leaves no empty folders)."""
+    path = Path(path).absolute()
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        reason = f"{existing} is a file, not a folder"
+    elif not os.access(existing, os.W_OK | os.X_OK):
+        reason = f"no permission to write in {existing}"
+    else:
+        return
+    raise UserError(f"cannot write {path}: {reason}; choose a writable output folder")
+
+
 def save_npy(path: str | os.PathLike, value) -> None:
     """np.save `value` (an array or a pickled dict, as the reference writes CAMs) atomically."""
     with atomic_path(path) as tmp_path, open(tmp_path, "wb") as handle:
