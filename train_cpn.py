@@ -240,9 +240,9 @@ def main(argv=None) -> None:
                         generator=torch.Generator())   # keep the loader off the global RNG (dropout's)
 
     # Model and optimiser: frozen BN and early layers (SPEC §1), poly SGD (SPEC §4).
-    model = build_network(args.network)
-    if not hasattr(model, "get_parameter_groups") or args.network.rsplit(".", 1)[-1] != "resnet38_CPN":
+    if args.network.rsplit(".", 1)[-1] != "resnet38_CPN":
         raise UserError(f"train_cpn.py trains network.resnet38_CPN, not {args.network!r}")
+    model = build_network(args.network)
     if args.weights.lower() != "none":
         report = load_weights(model, args.weights)
         if group.is_main:
