@@ -18,7 +18,6 @@ import math
 import multiprocessing
 import numbers
 import os
-import pickle
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -28,7 +27,7 @@ from matplotlib.figure import Figure
 from tqdm import tqdm
 
 from tool.constants import NUM_FG_CLASSES, SWEEP_THRESHOLDS, VOC_CLASSES
-from tool.fileio import UserError, atomic_path, read_label_png, run_main
+from tool.fileio import UserError, atomic_path, load_npy_dict, read_label_png, run_main
 from tool.metrics import (InvalidLabelsError, accumulate_counts, best_threshold_index, iou, label_counts,
                           miou_percent, threshold_sweep_counts)
 from tool.runtime import default_num_workers
@@ -111,16 +110,9 @@ def check_files(names: list[str], folder: Path, suffix: str, what: str, hint: st
 
 def read_class_maps(path: Path) -> dict[int, np.ndarray]:
     """A CAM file in the reference format, as {fg class 0..19: float32 H×W}."""
-    try:
-        content = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
-        raise UserError(f"cannot read prediction {path}: {error}; expected {CAM_FORMAT}") from None
-    if not (isinstance(content, np.ndarray) and content.dtype == object and content.shape == ()
-            and isinstance(content.item(), dict)):
-        raise UserError(f"prediction {path} is not a CAM dict; expected {CAM_FORMAT} "
-                        "(label PNGs are evaluated with --type png)")
+    content = load_npy_dict(path, "CAM", f"expected {CAM_FORMAT} (label PNGs are evaluated with --type png)")
     class_maps = {}
-    for key, values in content.item().items():
+    for key, values in content.items():
         values = np.asarray(values)
         if not (isinstance(key, numbers.Integral) and 0 <= key < NUM_FG_CLASSES):
             raise UserError(f"prediction {path} has key {key!r}; expected class indices 0..{NUM_FG_CLASSES - 1}")

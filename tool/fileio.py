@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import pickle
 import sys
 import tempfile
 from pathlib import Path
@@ -72,6 +73,20 @@ def check_writable_dir(path: str | os.PathLike) -> None:
     else:
         return
     raise UserError(f"cannot write {path}: {reason}; choose a writable output folder")
+
+
+def load_npy_dict(path: str | os.PathLike, what: str, hint: str) -> dict:
+    """The dict inside an np.save'd object array (the reference's format for class labels and
+    CAMs); an unreadable file or other content is a UserError naming `what` and the file."""
+    path = Path(path)
+    try:
+        content = np.load(path, allow_pickle=True)
+    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
+        raise UserError(f"cannot read {what} {path}: {error}; {hint}") from None
+    if not (isinstance(content, np.ndarray) and content.dtype == object and content.shape == ()
+            and isinstance(content.item(), dict)):
+        raise UserError(f"{what} {path} is not a {what} dict; {hint}")
+    return content.item()
 
 
 def save_npy(path: str | os.PathLike, value) -> None:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import operator
 import os
-import pickle
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
 from pathlib import Path, PurePosixPath
@@ -19,7 +18,7 @@ from torch.utils.data import Dataset
 
 from network.resnet38d import Normalize
 from tool.constants import CROP_SIZE, IGNORE_INDEX, INFER_SCALES, NUM_FG_CLASSES, RESIZE_LONG, VOC_CLASSES
-from tool.fileio import UserError, read_label_png, read_rgb
+from tool.fileio import UserError, load_npy_dict, read_label_png, read_rgb
 from tool.imutils import PATCH_STRATEGIES, complementary_patch, scale_image, train_transform
 
 IMAGE_FOLDER = "JPEGImages"
@@ -80,15 +79,9 @@ def load_cls_labels(path: str | os.PathLike) -> ClsLabels:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"class-label file not found: {path}; {MAKE_LABELS_HINT}")
-    try:
-        content = np.load(path, allow_pickle=True)
-    except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
-        raise UserError(f"cannot read class-label file {path}: {error}; {MAKE_LABELS_HINT}") from None
-    if not (isinstance(content, np.ndarray) and content.dtype == object and content.shape == ()
-            and isinstance(content.item(), dict)):
-        raise UserError(f"{path} does not hold a dict of image name -> class vector; {MAKE_LABELS_HINT}")
+    content = load_npy_dict(path, "class-label", f"expected a dict image name -> class vector; {MAKE_LABELS_HINT}")
     labels = {}
-    for name, vector in content.item().items():
+    for name, vector in content.items():
         vector = np.asarray(vector, dtype=np.float32)
         if not isinstance(name, str) or vector.shape != (NUM_FG_CLASSES,):
             raise UserError(f"{path}: entry {name!r} is not an image name with a {NUM_FG_CLASSES}-class vector "
