@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import os
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.results import RESULTS_PATH, cpu_name, publish  # noqa: E402
+from tool.runtime import usable_cores  # noqa: E402
 from evaluation_cam import count_all, evaluate_image, read_class_maps  # noqa: E402
 from tool.constants import IGNORE_INDEX, NUM_CLASSES, SWEEP_THRESHOLDS, VOC_PALETTE  # noqa: E402
 from tool.fileio import read_label_png, save_npy, save_png  # noqa: E402
@@ -180,8 +180,7 @@ def main() -> None:
                   f"on {len(naive_names)} images."]
     text = "\n".join(table)
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    header = (f"\n### eval_sweep — CPU ({cpu_name()}, {cores} cores usable, "
+    header = (f"\n### eval_sweep — CPU ({cpu_name()}, {usable_cores()} cores usable, "
               f"files in the page cache) — {datetime.date.today()}\n\n")
     publish(header + text + "\n", args.results)
 
