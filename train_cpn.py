@@ -248,7 +248,7 @@ def main(argv=None) -> None:
         if group.is_main:
             print(report.summary())
     else:
-        calibration = torch.stack([dataset[0, index]["img"] for index in range(min(len(dataset), 16))])
+        calibration = torch.stack([dataset.augmented_image(0, index) for index in range(min(len(dataset), 16))])
         estimate_batchnorm_statistics(model, calibration)
     total_steps = sampler.batches_per_epoch * args.max_epoches
     optimizer = PolyOptimizer(cpn_param_groups(model.get_parameter_groups(), args.lr, args.wt_dec),

@@ -191,16 +191,21 @@ class TrainDataset(_VocDataset):
         self.patch_strategy = patch_strategy
         self.seed = seed
 
+    def augmented_image(self, epoch: int, index: int) -> torch.Tensor:
+        """The SPEC §3 crop alone (3×C×C), without the patch pair's superpixels."""
+        index = self._checked_index(index)
+        image = read_rgb(self.image_paths[index])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            return train_transform(image, crop_size=self.crop_size, resize_long=self.resize_long)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         index = self._checked_index(index)
-        image = read_rgb(self.image_paths[index])
-        seed = sample_seed(self.seed, epoch, index)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            img = train_transform(image, crop_size=self.crop_size, resize_long=self.resize_long)
-            img_kept, img_hidden, kept_fraction, hidden_fraction = complementary_patch(
-                img, self.patch_strategy, np.random.default_rng(seed))
+        img = self.augmented_image(epoch, index)
+        # The patches draw only from this numpy generator, so they are seeded apart from torch.
+        img_kept, img_hidden, kept_fraction, hidden_fraction = complementary_patch(
+            img, self.patch_strategy, np.random.default_rng(sample_seed(self.seed, epoch, index)))
         return {
             "name": self.names[index],
             "img": img,
