@@ -8,6 +8,12 @@ thresholds (SPEC §6).
 
 Every file is read once: one pass gives the counts at all thresholds (tool/metrics.py), exactly
 those of the reference's per-threshold argmax.
+
+Every output states the protocol, since most "lower than the paper" mIoUs come from it: the list
+and its size, the ground-truth and prediction folders, the prediction type, and how the background
+score was chosen (the sweep's best on these ground-truth labels, as the paper does, or a fixed
+--t). Per class it reports IoU, precision and recall at that score, and it warns on stderr about
+ground truth or lists the paper's CAM figures were not measured on. Numpy only: no torch import.
 """
 from __future__ import annotations
 
@@ -18,25 +24,31 @@ import math
 import multiprocessing
 import numbers
 import os
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
-from matplotlib.figure import Figure
 from tqdm import tqdm
 
-from tool.constants import NUM_FG_CLASSES, SWEEP_THRESHOLDS, VOC_CLASSES
+from tool.constants import NUM_FG_CLASSES, SWEEP_THRESHOLDS, VOC_CLASSES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
+from tool.cores import default_num_workers
 from tool.fileio import UserError, atomic_path, load_npy_dict, read_label_png, run_main
 from tool.metrics import (InvalidLabelsError, accumulate_counts, best_threshold_index, iou, label_counts,
-                          miou_percent, threshold_sweep_counts)
-from tool.runtime import default_num_workers
-from voc12.data import load_image_list
+                          miou_percent, precision, recall, threshold_sweep_counts)
+from voc12.lists import AUG_FOLDER, SEGMENTATION_FOLDER, load_image_list
 
 PREDICTION_SUFFIX = {"npy": ".npy", "png": ".png"}
 GT_SUFFIX = ".png"
 MISSING_SHOWN = 5          # names quoted when files are missing; the rest are counted
 CAM_FORMAT = "np.save of a dict {class index 0..19: H×W float map}, as infer_cam.py writes"
+PREDICTION_KIND = {"npy": "npy CAMs", "png": "png labels"}
+# How the reported background score was chosen (SPEC §6); the paper reports the sweep's best.
+BEST_ON_GROUND_TRUTH = "best on these ground-truth labels (the paper's protocol)"
+FIXED_THRESHOLD = "fixed --t"
+NO_THRESHOLD = "none (png labels)"
+PAPER_CAM_MIOU = 57.4      # the paper's CAM mIoU, on VOC train (VOC_TRAIN_IMAGES images)
 
 
 def parse_bool(text: str) -> bool:
@@ -67,8 +79,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--curve", type=parse_bool, nargs="?", const=True, default=None, metavar="True|False",
                         help="the reference's switch, kept for its command lines: '--curve' or '--curve True' "
                              "asks for the sweep (the default without --t), '--curve False' for --t alone")
-    parser.add_argument("--json", default=None, help="write thresholds, mIoU and per-class IoU at each, "
-                                                     "and the best threshold to this JSON file")
+    parser.add_argument("--json", default=None,
+                        help="write the protocol, any warnings, thresholds, mIoU and per-class IoU at each, the "
+                             "best threshold and per-class IoU, precision and recall at it to this JSON file")
     parser.add_argument("--plot", default=None, help="write a PNG of mIoU against the threshold, best marked")
     parser.add_argument("--num_workers", type=int, default=None,
                         help="processes reading and counting files (default: the usable cores; 0 = none)")
@@ -93,6 +106,44 @@ def chosen_thresholds(args: argparse.Namespace) -> tuple[float, ...] | None:
     if not math.isfinite(args.t):
         raise UserError(f"--t {args.t} is not a number; give a background score such as 0.3")
     return (args.t,)
+
+
+def threshold_choice(thresholds: tuple[float, ...] | None) -> str:
+    """How the reported background score is chosen: the sweep's best, --t, or none for label PNGs."""
+    if thresholds is None:
+        return NO_THRESHOLD
+    return FIXED_THRESHOLD if len(thresholds) == 1 else BEST_ON_GROUND_TRUTH
+
+
+def evaluation_protocol(args: argparse.Namespace, num_images: int, thresholds: tuple[float, ...] | None) -> dict:
+    """What is scored against what, stated by every output: list, folders (absolute), prediction
+    type and how the background score is chosen."""
+    return {"list": os.path.abspath(args.list), "num_images": num_images, "gt_dir": os.path.abspath(args.gt_dir),
+            "predict_dir": os.path.abspath(args.predict_dir), "type": args.type,
+            "threshold_choice": threshold_choice(thresholds)}
+
+
+def protocol_warnings(protocol: dict) -> list[str]:
+    """One line for each way this protocol departs from the paper's CAM figures (SPEC §6: VOC
+    SegmentationClass ground truth; the paper's CAM mIoU is on train)."""
+    warnings = []
+    if Path(protocol["gt_dir"]).name == AUG_FOLDER:
+        warnings.append(f"--gt_dir {protocol['gt_dir']} holds SBD's {AUG_FOLDER} masks, coarser than VOC's; the "
+                        f"paper scores CAMs against VOC2012/{SEGMENTATION_FOLDER}, so this mIoU is not comparable "
+                        "with its figures")
+    if protocol["num_images"] == VOC_VAL_IMAGES:
+        warnings.append(f"the list has {VOC_VAL_IMAGES:,} images, as VOC2012 val does; the paper's CAM mIoU "
+                        f"({PAPER_CAM_MIOU} %) is on train ({VOC_TRAIN_IMAGES:,} images): pass --list "
+                        ".../ImageSets/Segmentation/train.txt to compare with it")
+    return warnings
+
+
+def protocol_lines(protocol: dict) -> list[str]:
+    """The protocol as the console states it, just above the mIoU line."""
+    return [f"list: {protocol['list']} ({protocol['num_images']} images)",
+            f"ground truth: {protocol['gt_dir']}",
+            f"predictions: {protocol['predict_dir']} ({PREDICTION_KIND[protocol['type']]})",
+            f"background score: {protocol['threshold_choice']}"]
 
 
 def check_files(names: list[str], folder: Path, suffix: str, what: str, hint: str) -> str | None:
@@ -159,10 +210,29 @@ def count_all(names: list[str], count_one: Callable[[str], np.ndarray], num_work
         return accumulate_counts(progress(pool.imap_unordered(count_one, names, chunksize=chunk_size)))
 
 
-def class_table(iou_by_class: dict[str, float]) -> str:
-    """The reference's per-class printout: two classes a line, IoU in percent."""
-    cells = [f"{class_name:>11s}:{value:7.3f}%" for class_name, value in iou_by_class.items()]
-    return "\n".join("\t".join(cells[start:start + 2]) for start in range(0, len(cells), 2))
+def percent_or_none(fraction: float) -> float | None:
+    """A 0..1 score in percent; None (JSON null) for NaN, an undefined precision or recall."""
+    return None if math.isnan(fraction) else float(fraction * 100)
+
+
+def per_class_scores(counts: np.ndarray) -> list[dict]:
+    """{name, iou, precision, recall} of each class in percent, from one [21, 3] counts array."""
+    return [{"name": name, "iou": float(class_iou * 100), "precision": percent_or_none(class_precision),
+             "recall": percent_or_none(class_recall)}
+            for name, class_iou, class_precision, class_recall
+            in zip(VOC_CLASSES, iou(counts), precision(counts), recall(counts))]
+
+
+def percent_cell(value: float | None) -> str:
+    return f"{'n/a':>11s}" if value is None else f"{value:10.3f}%"
+
+
+def class_table(per_class: list[dict]) -> str:
+    """One class a line: IoU, precision and recall in percent ("n/a" where undefined)."""
+    rows = [f"{'class':>11s}{'IoU':>11s}{'precision':>11s}{'recall':>11s}"]
+    rows += [f"{scores['name']:>11s}" + "".join(percent_cell(scores[key]) for key in ("iou", "precision", "recall"))
+             for scores in per_class]
+    return "\n".join(rows)
 
 
 def summary(counts: np.ndarray, thresholds: tuple[float, ...] | None) -> dict:
@@ -176,19 +246,21 @@ def summary(counts: np.ndarray, thresholds: tuple[float, ...] | None) -> dict:
         "iou": (iou(counts) * 100).tolist(),
         "best_threshold": thresholds[best] if thresholds is not None else None,
         "best_miou": float(mious[best]),
-        "best_iou": dict(zip(VOC_CLASSES, (iou(counts[best]) * 100).tolist())),
+        "per_class": per_class_scores(counts[best]),
     }
 
 
 def log_record(result: dict) -> dict:
-    """The reference's log dict: the mIoU list of a sweep, else per-class IoU and mIoU."""
+    """The reference's log dict (the mIoU list of a sweep, else per-class IoU and mIoU), then the
+    protocol's fields: added after the reference's, so its readers still parse the line."""
     if result["thresholds"] is not None and len(result["thresholds"]) > 1:
-        return {"mIoU": result["miou"], "best_t": result["best_threshold"], "best_mIoU": result["best_miou"]}
-    record = dict(result["best_iou"])
-    if result["thresholds"] is not None:
-        record["t"] = result["best_threshold"]
-    record["mIoU"] = result["best_miou"]
-    return record
+        record = {"mIoU": result["miou"], "best_t": result["best_threshold"], "best_mIoU": result["best_miou"]}
+    else:
+        record = {scores["name"]: scores["iou"] for scores in result["per_class"]}
+        if result["thresholds"] is not None:
+            record["t"] = result["best_threshold"]
+        record["mIoU"] = result["best_miou"]
+    return {**record, **result["protocol"]}
 
 
 def append_log(path: Path, record: dict, comment: str) -> None:
@@ -207,7 +279,10 @@ def write_json(path: Path, result: dict) -> None:
 
 
 def write_plot(path: Path, result: dict) -> None:
-    """mIoU against the background threshold, the best one marked (matplotlib's Agg canvas, no pyplot)."""
+    """mIoU against the background threshold, the best one marked (matplotlib's Agg canvas, no pyplot;
+    imported here so that runs without --plot never load it)."""
+    from matplotlib.figure import Figure
+
     figure = Figure(figsize=(6, 4), dpi=100)
     axes = figure.add_subplot()
     axes.plot(result["thresholds"], result["miou"], marker=".")
@@ -229,6 +304,7 @@ def main(argv: list[str] | None = None) -> dict:
     if num_workers < 0:
         raise UserError(f"--num_workers {num_workers} is negative; use 0 to read in this process")
     names = load_image_list(args.list)
+    protocol = evaluation_protocol(args, len(names), thresholds)
     predict_dir, gt_dir = Path(args.predict_dir), Path(args.gt_dir)
     complaints = [check_files(names, predict_dir, PREDICTION_SUFFIX[args.type], "prediction",
                               "pass --predict_dir with infer_cam.py's output"),
@@ -240,23 +316,24 @@ def main(argv: list[str] | None = None) -> dict:
     count_one = functools.partial(evaluate_image, predict_dir=predict_dir, gt_dir=gt_dir,
                                   prediction_type=args.type, thresholds=thresholds)
     counts = count_all(names, count_one, num_workers)
-    result = summary(counts, thresholds)
+    result = {"protocol": protocol, "warnings": protocol_warnings(protocol), **summary(counts, thresholds)}
 
     if thresholds is not None and len(thresholds) > 1:
         for threshold, miou in zip(thresholds, result["miou"]):
             print(f"background score: {threshold:.3f}\tmIoU: {miou:.3f}%")
         print(f"per class at the best background score {result['best_threshold']:.3f}:")
-    print(class_table(result["best_iou"]))
+    print(class_table(result["per_class"]))
     print("======================================================")
+    print("\n".join(protocol_lines(protocol)))
     threshold_note = "" if thresholds is None else f" at background score {result['best_threshold']:.3f}"
-    print(f"{'mIoU':>11s}:{result['best_miou']:7.3f}%{threshold_note} over {len(names)} images")
+    print(f"{'mIoU':>11s}:{result['best_miou']:7.3f}%{threshold_note} over {len(names)} images", flush=True)
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
 
     if args.logfile:
         append_log(Path(args.logfile), log_record(result), args.comment)
     if args.json:
-        write_json(Path(args.json), {"type": args.type, "list": str(args.list), "predict_dir": str(predict_dir),
-                                     "gt_dir": str(gt_dir), "num_images": len(names), "comment": args.comment,
-                                     **result})
+        write_json(Path(args.json), {"comment": args.comment, **result})
     if args.plot:
         write_plot(Path(args.plot), result)
     return result

@@ -27,13 +27,12 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.results import RESULTS_PATH, cpu_name, publish  # noqa: E402
-from tool.runtime import usable_cores  # noqa: E402
 from evaluation_cam import count_all, evaluate_image, read_class_maps  # noqa: E402
-from tool.constants import IGNORE_INDEX, NUM_CLASSES, SWEEP_THRESHOLDS, VOC_PALETTE  # noqa: E402
+from tool.constants import IGNORE_INDEX, NUM_CLASSES, SWEEP_THRESHOLDS, VOC_PALETTE, VOC_TRAIN_IMAGES  # noqa: E402
+from tool.cores import usable_cores  # noqa: E402
 from tool.fileio import read_label_png, save_npy, save_png  # noqa: E402
 from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE, accumulate_counts  # noqa: E402
 
-VOC_TRAIN_IMAGES = 1464
 IMAGE_SIZES = ((375, 500), (500, 375), (333, 500), (500, 500))   # (H, W), VOC's most common
 SIZE_WEIGHTS = (0.6, 0.25, 0.1, 0.05)
 CLASSES_PER_IMAGE_WEIGHTS = (0.6, 0.3, 0.1)                       # 1, 2 or 3 classes

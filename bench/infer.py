@@ -27,11 +27,10 @@ from bench.results import cpu_name, publish  # noqa: E402
 from bench.train_step import make_images  # noqa: E402
 from network import build_network  # noqa: E402
 from network.resnet38d import Normalize  # noqa: E402
-from tool.constants import INFER_SCALES  # noqa: E402
+from tool.constants import INFER_SCALES, VOC_TRAIN_IMAGES  # noqa: E402
 from tool.imutils import scale_image  # noqa: E402
 from tool.runtime import memory_format_for, resolve_amp, resolve_device  # noqa: E402
 
-VOC_TRAIN_IMAGES = 1464
 CLASSES_PER_IMAGE = 2     # maps copied back per image (VOC averages about 1.5 classes)
 
 
@@ -65,8 +64,8 @@ def time_multiscale_cam(model, inputs, size, device, amp_dtype, images: int, war
         for index in range(warmup + images):
             synchronize(device)
             started = time.perf_counter()
-            cams = infer_cam.multiscale_cam(model, inputs, label, size, amp_dtype=amp_dtype,
-                                            memory_format=memory_format)
+            (cams,) = infer_cam.multiscale_cam(model, inputs, label, [size], amp_dtype=amp_dtype,
+                                               memory_format=memory_format)
             cams[keys].cpu()
             if index >= warmup:
                 latencies.append(time.perf_counter() - started)

@@ -27,8 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.results import cpu_name, publish  # noqa: E402
 from network import build_network  # noqa: E402
+from tool.cores import default_num_workers  # noqa: E402
 from tool.losses import cpn_loss  # noqa: E402
-from tool.runtime import autocast, default_num_workers, memory_format_for, resolve_amp, resolve_device  # noqa: E402
+from tool.runtime import autocast, memory_format_for, resolve_amp, resolve_device  # noqa: E402
 from tool.torchutils import PolyOptimizer, cpn_param_groups  # noqa: E402
 from voc12.data import TrainDataset  # noqa: E402
 

@@ -1,4 +1,5 @@
-"""voc12/data.py and voc12/make_cls_labels.py: lists, labels, datasets, and the errors a user can cause."""
+"""voc12/data.py and voc12/make_cls_labels.py: labels, datasets, and the errors a user can cause
+(list reading is tested in test_lists.py)."""
 import io
 import pickle
 import shutil
@@ -15,8 +16,8 @@ from torch.utils.data import default_collate
 
 from tool.constants import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
 from tool.fileio import UserError, run_main
-from voc12.data import (InferDataset, TrainDataset, check_voc_root, cls_labels_from_png, cls_labels_from_xml,
-                        load_cls_labels, load_image_list, sample_seed)
+from voc12.data import (InferDataset, TrainDataset, cls_labels_from_png, cls_labels_from_xml, load_cls_labels,
+                        load_image_list, sample_seed)
 from voc12.make_cls_labels import main as make_cls_labels_main
 from voc12.make_cls_labels import make_cls_labels
 from voc12.toy import make_toy_voc
@@ -63,46 +64,6 @@ def random_image(seed: int, width: int, height: int, mode: str = "RGB") -> Image
     channels = {"RGB": 3, "RGBA": 4, "L": 1}[mode]
     pixels = np.random.default_rng(seed).integers(0, 256, (height, width, channels), dtype=np.uint8)
     return Image.fromarray(pixels.squeeze(-1) if channels == 1 else pixels)
-
-
-# ---------- image lists ----------
-
-def test_list_forms_blank_lines_and_crlf(tmp_path):
-    path = tmp_path / "list.txt"
-    path.write_bytes(b"2007_000032\r\n\r\n/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n"
-                     b"JPEGImages/2008_000001.jpg SegmentationClassAug/2008_000001.png\n  \n  2009_000002  \n"
-                     b"name.with.dots\n")
-    assert load_image_list(path) == ["2007_000032", "2007_000039", "2008_000001", "2009_000002", "name.with.dots"]
-
-
-def test_empty_or_missing_list_is_a_user_error(tmp_path):
-    empty = tmp_path / "empty.txt"
-    empty.write_text("\n   \n")
-    with pytest.raises(UserError, match="empty.txt.*empty"):
-        load_image_list(empty)
-    with pytest.raises(UserError, match="missing.txt"):
-        load_image_list(tmp_path / "missing.txt")
-    binary = tmp_path / "labels.npy"
-    binary.write_bytes(b"\x93NUMPY\xff\xfe")
-    with pytest.raises(UserError, match="labels.npy"):
-        load_image_list(binary)
-
-
-# ---------- VOC root ----------
-
-def test_voc_root_checks(tmp_path):
-    devkit = tmp_path / "VOCdevkit"
-    (devkit / "VOC2012" / "JPEGImages").mkdir(parents=True)
-    assert check_voc_root(devkit / "VOC2012") == devkit / "VOC2012"
-    with pytest.raises(UserError, match=f"pass {devkit / 'VOC2012'}$"):
-        check_voc_root(devkit)
-    with pytest.raises(UserError, match=f"pass {devkit / 'VOC2012'}$"):
-        check_voc_root(tmp_path)
-    with pytest.raises(UserError, match="not found: .*nowhere"):
-        check_voc_root(tmp_path / "nowhere")
-    (tmp_path / "other").mkdir()
-    with pytest.raises(UserError, match="other has no JPEGImages"):
-        check_voc_root(tmp_path / "other")
 
 
 # ---------- class labels ----------

@@ -1,7 +1,10 @@
-"""evaluation_cam.py end to end on tiny synthetic predictions, against the naive SPEC §6 loop."""
+"""evaluation_cam.py end to end on tiny synthetic predictions, against the naive SPEC §6 loop;
+its protocol statement and warnings; and that it stays a numpy job (no torch import)."""
 from __future__ import annotations
 
+import argparse
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,12 +15,14 @@ from PIL import Image
 
 import evaluation_cam
 from test_metrics import naive_counts, naive_prediction, naive_sweep, random_case
-from tool.constants import IGNORE_INDEX, NUM_CLASSES, SWEEP_THRESHOLDS, VOC_CLASSES, VOC_PALETTE
+from tool.constants import (IGNORE_INDEX, NUM_CLASSES, SWEEP_THRESHOLDS, VOC_CLASSES, VOC_PALETTE, VOC_TRAIN_IMAGES,
+                            VOC_VAL_IMAGES)
 from tool.fileio import UserError, save_npy
 from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [f"img_{index}" for index in range(5)]
+HEAVY_MODULES = ("torch", "torchvision", "skimage", "matplotlib")   # a numpy job imports none of them
 
 
 def save_label_png(path: Path, labels: np.ndarray) -> None:
@@ -53,6 +58,30 @@ def naive_iou_percent(counts: np.ndarray) -> np.ndarray:
     return tp / (truth + predicted - tp + 1e-10) * 100
 
 
+def naive_per_class(counts: np.ndarray) -> list[dict]:
+    """{name, iou, precision, recall} in percent from one [21, 3] counts array, None where undefined."""
+    rows = []
+    for name, (tp, predicted, truth) in zip(VOC_CLASSES, counts[:, [TRUE_POSITIVE, PREDICTED, GROUND_TRUTH]]):
+        rows.append({"name": name, "iou": tp / (truth + predicted - tp + 1e-10) * 100,
+                     "precision": tp / predicted * 100 if predicted else None,
+                     "recall": tp / truth * 100 if truth else None})
+    return rows
+
+
+def assert_per_class_equal(actual: list[dict], expected: list[dict]) -> None:
+    assert [row["name"] for row in actual] == [row["name"] for row in expected]
+    for got, want in zip(actual, expected):
+        for key in ("iou", "precision", "recall"):
+            assert got[key] == (None if want[key] is None else pytest.approx(want[key], abs=1e-9)), (got, key)
+
+
+def strict_json(path: Path):
+    """JSON as other languages read it: NaN or Infinity would be an error."""
+    def reject(constant: str):
+        raise AssertionError(f"{path} holds {constant}, which is not JSON")
+    return json.loads(path.read_text(), parse_constant=reject)
+
+
 def test_sweep_matches_naive_and_writes_json_plot_log(dataset, capsys):
     root, cases = dataset
     evaluation_cam.main(arguments(root, "--json", str(root / "out" / "eval.json"), "--plot",
@@ -63,35 +92,60 @@ def test_sweep_matches_naive_and_writes_json_plot_log(dataset, capsys):
     expected_miou = expected_iou.mean(axis=1)
     best = int(np.argmax(expected_miou))
 
-    written = json.loads((root / "out" / "eval.json").read_text())
+    written = strict_json(root / "out" / "eval.json")
     assert written["thresholds"] == list(SWEEP_THRESHOLDS)
     assert written["classes"] == list(VOC_CLASSES)
     np.testing.assert_allclose(written["miou"], expected_miou, rtol=0, atol=1e-9)
     np.testing.assert_allclose(written["iou"], expected_iou, rtol=0, atol=1e-9)
     assert written["best_threshold"] == SWEEP_THRESHOLDS[best]
     assert written["best_miou"] == pytest.approx(expected_miou[best], abs=1e-9)
-    assert written["num_images"] == len(NAMES)
+    assert written["protocol"] == {"list": str(root / "list.txt"), "num_images": len(NAMES), "gt_dir": str(root / "gt"),
+                                   "predict_dir": str(root / "cams"), "type": "npy",
+                                   "threshold_choice": "best on these ground-truth labels (the paper's protocol)"}
+    assert written["warnings"] == []
+    assert_per_class_equal(written["per_class"], naive_per_class(expected[best]))
 
     with Image.open(root / "out" / "curve.png") as plot:
         assert plot.format == "PNG" and plot.size[0] > 100
     log = (root / "eval.txt").read_text()
-    assert "\trun-a\n" in log and "mIoU:[" in log and f"best_t:{SWEEP_THRESHOLDS[best]}" in log
+    assert "\trun-a\n" in log
+    fields = log.splitlines()[1].split("  ")
+    # the reference's fields first, the protocol's after them
+    assert fields[0].startswith("mIoU:[") and fields[1] == f"best_t:{SWEEP_THRESHOLDS[best]}"
+    assert fields[2].startswith("best_mIoU:")
+    assert fields[3:] == [f"list:{root / 'list.txt'}", f"num_images:{len(NAMES)}", f"gt_dir:{root / 'gt'}",
+                          f"predict_dir:{root / 'cams'}", "type:npy",
+                          "threshold_choice:best on these ground-truth labels (the paper's protocol)", ""]
 
-    printed = capsys.readouterr().out
-    assert printed.count("background score:") == len(SWEEP_THRESHOLDS)
-    assert f"{'aeroplane':>11s}:{expected_iou[best, 1]:7.3f}%" in printed
-    assert f"{expected_miou[best]:7.3f}%" in printed
+    printed = capsys.readouterr()
+    lines = printed.out.splitlines()
+    assert sum(line.startswith("background score: 0.") for line in lines) == len(SWEEP_THRESHOLDS)
+    aeroplane = naive_per_class(expected[best])[1]
+    assert (f"{'aeroplane':>11s}{aeroplane['iou']:10.3f}%{aeroplane['precision']:10.3f}%"
+            f"{aeroplane['recall']:10.3f}%") in lines
+    assert lines[-5:-1] == [f"list: {root / 'list.txt'} ({len(NAMES)} images)", f"ground truth: {root / 'gt'}",
+                            f"predictions: {root / 'cams'} (npy CAMs)",
+                            "background score: best on these ground-truth labels (the paper's protocol)"]
+    assert lines[-1] == (f"{'mIoU':>11s}:{expected_miou[best]:7.3f}% at background score "
+                         f"{SWEEP_THRESHOLDS[best]:.3f} over {len(NAMES)} images")
+    assert "warning" not in printed.err
 
 
-def test_single_threshold_with_workers_equals_naive(dataset):
+def test_single_threshold_with_workers_equals_naive(dataset, capsys):
     root, cases = dataset
     result = evaluation_cam.main(arguments(root, "--t", "0.3", "--num_workers", "2", "--json", str(root / "t.json")))
     expected = sum(naive_counts(naive_prediction(class_maps, ground_truth.shape, 0.3), ground_truth)
                    for class_maps, ground_truth in cases.values())
     assert result["thresholds"] == [0.3]
     np.testing.assert_allclose(result["iou"][0], naive_iou_percent(expected), rtol=0, atol=1e-9)
-    log = (root / "eval.txt").read_text()
-    assert "t:0.3  " in log and "aeroplane:" in log and "mIoU:" in log
+    assert_per_class_equal(result["per_class"], naive_per_class(expected))
+    assert strict_json(root / "t.json")["protocol"]["threshold_choice"] == "fixed --t"
+    fields = (root / "eval.txt").read_text().splitlines()[1].split("  ")
+    assert [field.split(":")[0] for field in fields[:NUM_CLASSES + 2]] == [*VOC_CLASSES, "t", "mIoU"]
+    assert fields[NUM_CLASSES] == "t:0.3" and "threshold_choice:fixed --t" in fields
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2:] == ["background score: fixed --t", f"{'mIoU':>11s}:{result['best_miou']:7.3f}% at background "
+                                                         f"score 0.300 over {len(NAMES)} images"]
 
 
 def test_png_mode_equals_naive(dataset):
@@ -108,7 +162,79 @@ def test_png_mode_equals_naive(dataset):
                                            "--json", str(root / "png.json")))
     assert result["thresholds"] is None
     np.testing.assert_allclose(result["iou"][0], naive_iou_percent(expected), rtol=0, atol=1e-9)
-    assert json.loads((root / "png.json").read_text())["best_threshold"] is None
+    assert_per_class_equal(result["per_class"], naive_per_class(expected))
+    written = strict_json(root / "png.json")
+    assert written["best_threshold"] is None
+    assert written["protocol"]["type"] == "png" and written["protocol"]["threshold_choice"] == "none (png labels)"
+
+
+def test_undefined_precision_and_recall_are_null_and_n_a(tmp_path, capsys):
+    # ground truth holds background and aeroplane only; the prediction adds bicycle, never cat
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "labels").mkdir()
+    save_label_png(tmp_path / "gt" / "a.png", np.array([[0, 0, 1, 1]], np.uint8))
+    save_label_png(tmp_path / "labels" / "a.png", np.array([[0, 2, 1, 0]], np.uint8))
+    (tmp_path / "list.txt").write_text("a\n")
+    evaluation_cam.main(["--list", str(tmp_path / "list.txt"), "--predict_dir", str(tmp_path / "labels"),
+                         "--gt_dir", str(tmp_path / "gt"), "--type", "png", "--logfile", "", "--num_workers", "0",
+                         "--json", str(tmp_path / "eval.json")])
+    per_class = {row["name"]: row for row in strict_json(tmp_path / "eval.json")["per_class"]}
+    assert per_class["background"] == {"name": "background", "iou": pytest.approx(100 / 3), "precision": 50.0,
+                                       "recall": 50.0}
+    assert per_class["aeroplane"] == {"name": "aeroplane", "iou": pytest.approx(50.0), "precision": 100.0,
+                                      "recall": 50.0}
+    assert per_class["bicycle"] == {"name": "bicycle", "iou": 0.0, "precision": 0.0, "recall": None}
+    assert per_class["cat"] == {"name": "cat", "iou": 0.0, "precision": None, "recall": None}
+    lines = capsys.readouterr().out.splitlines()
+    assert f"{'bicycle':>11s}{0:10.3f}%{0:10.3f}%{'n/a':>11s}" in lines
+    assert f"{'cat':>11s}{0:10.3f}%{'n/a':>11s}{'n/a':>11s}" in lines
+
+
+def protocol_of(num_images: int, gt_dir: str) -> dict:
+    args = argparse.Namespace(list="train.txt", gt_dir=gt_dir, predict_dir="out_cam", type="npy")
+    return evaluation_cam.evaluation_protocol(args, num_images, SWEEP_THRESHOLDS)
+
+
+@pytest.mark.parametrize("num_images, gt_dir, expected", [
+    (VOC_TRAIN_IMAGES, "VOCdevkit/VOC2012/SegmentationClass", []),
+    (VOC_TRAIN_IMAGES, "VOCdevkit/VOC2012/SegmentationClassAug", ["SegmentationClassAug"]),
+    (VOC_TRAIN_IMAGES, "VOCdevkit/VOC2012/SegmentationClassAug/", ["SegmentationClassAug"]),
+    (VOC_TRAIN_IMAGES, "SegmentationClassAug/../SegmentationClass", []),
+    (VOC_VAL_IMAGES, "VOCdevkit/VOC2012/SegmentationClass", ["1,449 images"]),
+    (VOC_VAL_IMAGES, "SegmentationClassAug", ["SegmentationClassAug", "1,449 images"]),
+    (VOC_VAL_IMAGES - 1, "SegmentationClass", []),
+])
+def test_protocol_warnings(num_images, gt_dir, expected):
+    warnings = evaluation_cam.protocol_warnings(protocol_of(num_images, gt_dir))
+    assert len(warnings) == len(expected)
+    for warning, phrase in zip(warnings, expected):
+        assert phrase in warning and "\n" not in warning
+    if expected[:1] == ["SegmentationClassAug"]:
+        assert warnings[0].startswith(f"--gt_dir {os.path.abspath(gt_dir)} holds SBD's")
+        assert "VOC2012/SegmentationClass," in warnings[0]
+    if "1,449 images" in expected:
+        assert "57.4 %" in warnings[-1] and "train (1,464 images)" in warnings[-1]
+
+
+def test_protocol_states_how_the_background_score_is_chosen():
+    args = argparse.Namespace(list="l.txt", gt_dir="gt", predict_dir="p", type="npy")
+    choices = [evaluation_cam.evaluation_protocol(args, 3, thresholds)["threshold_choice"]
+               for thresholds in (SWEEP_THRESHOLDS, (0.3,), None)]
+    assert choices == ["best on these ground-truth labels (the paper's protocol)", "fixed --t", "none (png labels)"]
+
+
+def test_segmentation_class_aug_ground_truth_warns_on_stderr_and_in_json(dataset, capsys):
+    root, _ = dataset
+    aug = root / "SegmentationClassAug"
+    (root / "gt").rename(aug)
+    result = evaluation_cam.main(arguments(root, "--gt_dir", str(aug), "--json", str(root / "aug.json")))
+    printed = capsys.readouterr()
+    err_lines = printed.err.splitlines()
+    warning_lines = [line for line in err_lines if line.startswith("warning:")]
+    assert warning_lines == [f"warning: {warning}" for warning in result["warnings"]]
+    assert len(warning_lines) == 1 and "SegmentationClassAug masks, coarser" in warning_lines[0]
+    assert "warning" not in printed.out
+    assert strict_json(root / "aug.json")["warnings"] == result["warnings"]
 
 
 @pytest.mark.parametrize("extra, message", [
@@ -129,6 +255,28 @@ def test_curve_flag_forms_run_the_sweep(dataset):
     assert evaluation_cam.main(arguments(root, "--curve"))["thresholds"] == list(SWEEP_THRESHOLDS)
     assert evaluation_cam.main(arguments(root, "--curve", "True"))["thresholds"] == list(SWEEP_THRESHOLDS)
     assert evaluation_cam.main(arguments(root, "--t", "0.25", "--curve", "False"))["thresholds"] == [0.25]
+
+
+def test_import_and_run_load_no_torch_skimage_or_matplotlib(dataset):
+    root, _ = dataset
+    script = ("import sys, evaluation_cam\n"
+              f"heavy = {HEAVY_MODULES!r}\n"
+              "print(sorted(set(heavy) & set(sys.modules)))\n"
+              f"evaluation_cam.main({arguments(root, '--json', str(root / 'e.json'))!r})\n"
+              "print(sorted(set(heavy) & set(sys.modules)))\n")
+    completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    lines = completed.stdout.splitlines()
+    assert lines[0] == "[]", "importing evaluation_cam loaded " + lines[0]
+    assert lines[-1] == "[]", "running evaluation_cam loaded " + lines[-1]
+    assert (root / "e.json").is_file()
+
+
+def test_help_runs_as_a_script():
+    completed = subprocess.run([sys.executable, str(REPO / "evaluation_cam.py"), "--help"], capture_output=True,
+                               text=True, cwd=REPO, timeout=300)
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.startswith("usage: evaluation_cam.py") and "--gt_dir" in completed.stdout
 
 
 def test_missing_files_are_listed_and_exit_nonzero(dataset):

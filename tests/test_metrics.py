@@ -1,12 +1,15 @@
 """tool/metrics.py against slow, obviously-correct versions of SPEC §6 written here."""
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import pytest
 
 from tool.constants import IGNORE_INDEX, NUM_CLASSES, NUM_FG_CLASSES, SWEEP_THRESHOLDS
 from tool.metrics import (GROUND_TRUTH, PREDICTED, TRUE_POSITIVE, InvalidLabelsError, accumulate_counts,
-                          best_threshold_index, iou, label_counts, miou_percent, threshold_sweep_counts)
+                          best_threshold_index, iou, label_counts, miou_percent, precision, recall,
+                          threshold_sweep_counts)
 
 
 def naive_prediction(class_maps: dict, shape: tuple[int, int], threshold: float) -> np.ndarray:
@@ -147,6 +150,31 @@ def test_iou_miou_and_best_by_hand():
     assert iou(counts)[0, 2] == 0.0   # empty class: 0 / 1e-10
     np.testing.assert_allclose(miou_percent(counts), [1.5 / NUM_CLASSES * 100, 1 / NUM_CLASSES * 100])
     assert best_threshold_index(np.array([40.0, 41.0, 41.0, 39.0])) == 1
+
+
+def test_precision_recall_by_hand_nan_where_undefined():
+    counts = np.zeros((2, NUM_CLASSES, 3), np.int64)
+    counts[0, 0] = (3, 4, 6)          # precision 3/4, recall 3/6
+    counts[0, 1] = (0, 0, 5)          # nothing predicted: precision NaN, recall 0
+    counts[0, 2] = (0, 3, 0)          # no ground truth: precision 0, recall NaN
+    counts[1, 0] = (2, 2, 8)          # classes 3.. and the rest of row 1: no pixels at all, both NaN
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no division-by-zero warnings either
+        precisions, recalls = precision(counts), recall(counts)
+    assert precisions.shape == recalls.shape == (2, NUM_CLASSES)
+    np.testing.assert_array_equal(precisions[0, :3], [0.75, np.nan, 0.0])
+    np.testing.assert_array_equal(recalls[0, :3], [0.5, 0.0, np.nan])
+    assert precisions[1, 0] == 1.0 and recalls[1, 0] == 0.25
+    assert np.isnan(precisions[0, 3:]).all() and np.isnan(recalls[1, 1:]).all()
+
+
+def test_precision_recall_of_a_label_image_by_hand():
+    # pixels: (prediction, ground truth) = (1, 1), (1, 0), (0, 0), (255: no class, 1), (2, 255: ignored)
+    prediction = np.array([[1, 1, 0, IGNORE_INDEX, 2]], np.uint8)
+    ground_truth = np.array([[1, 0, 0, 1, IGNORE_INDEX]], np.uint8)
+    counts = label_counts(prediction, ground_truth)
+    np.testing.assert_array_equal(precision(counts)[:3], [1.0, 0.5, np.nan])   # class 2 only on an ignored pixel
+    np.testing.assert_array_equal(recall(counts)[:3], [0.5, 0.5, np.nan])
 
 
 def test_accumulate_is_the_sum():

@@ -1,4 +1,4 @@
-"""The one home of every shared constant: VOC classes and palette, ImageNet
+"""The one home of every shared constant: VOC classes, palette and split sizes, ImageNet
 statistics, the inference scales and the background-threshold sweep."""
 import numpy as np
 
@@ -10,6 +10,8 @@ VOC_CLASSES = (
 NUM_CLASSES = len(VOC_CLASSES)          # 21, background included
 NUM_FG_CLASSES = NUM_CLASSES - 1        # 20
 IGNORE_INDEX = 255                      # VOC's "void" label (object borders)
+VOC_TRAIN_IMAGES = 1464                 # ImageSets/Segmentation/train.txt: the paper's CAM figures
+VOC_VAL_IMAGES = 1449                   # ImageSets/Segmentation/val.txt
 
 
 def _voc_palette() -> np.ndarray:

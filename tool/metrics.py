@@ -1,6 +1,6 @@
-"""Segmentation metrics of SPEC §6: per-class confusion counts and IoU, for CAM dicts over a
-sweep of background thresholds (one pass over the pixels gives every threshold) and for
-label images.
+"""Segmentation metrics of SPEC §6: per-class confusion counts, IoU, precision and recall, for
+CAM dicts over a sweep of background thresholds (one pass over the pixels gives every
+threshold) and for label images.
 
 Counts arrays are int64 with a last axis of size 3, indexed by TRUE_POSITIVE, PREDICTED and
 GROUND_TRUTH, over the NUM_CLASSES classes (background first); ignored pixels (IGNORE_INDEX
@@ -164,6 +164,23 @@ def iou(counts: np.ndarray) -> np.ndarray:
     true_positive = counts[..., TRUE_POSITIVE]
     union = counts[..., GROUND_TRUTH] + counts[..., PREDICTED] - true_positive
     return true_positive / (union + IOU_EPSILON)
+
+
+def _ratio_or_nan(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
+    """numerator / denominator as float64, NaN where the denominator is 0."""
+    return np.divide(numerator, denominator, out=np.full(np.shape(numerator), np.nan), where=denominator > 0)
+
+
+def precision(counts: np.ndarray) -> np.ndarray:
+    """Per-class precision TP / PREDICTED in 0..1, shape counts.shape[:-1]. NaN for a class no
+    pixel was predicted as: undefined, unlike IoU, whose SPEC §6 epsilon makes an empty class 0."""
+    return _ratio_or_nan(counts[..., TRUE_POSITIVE], counts[..., PREDICTED])
+
+
+def recall(counts: np.ndarray) -> np.ndarray:
+    """Per-class recall TP / GROUND_TRUTH in 0..1, shape counts.shape[:-1]. NaN for a class with
+    no ground-truth pixels (ignored pixels do not count)."""
+    return _ratio_or_nan(counts[..., TRUE_POSITIVE], counts[..., GROUND_TRUTH])
 
 
 def miou_percent(counts: np.ndarray) -> np.ndarray:

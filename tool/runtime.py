@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+# Re-exported: the training and inference scripts take them with the device helpers.
+from tool.cores import default_num_workers, usable_cores  # noqa: F401
 from tool.fileio import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -94,12 +96,3 @@ def init_process_group(device_request: str | None) -> ProcessGroup:
         torch.cuda.set_device(group.local_rank)
     dist.init_process_group(backend="nccl" if wants_cuda else "gloo")
     return group
-
-
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
-def default_num_workers(processes_per_node: int = 1) -> int:
-    """Loader workers per process: the cores this process may use, shared among the node's processes."""
-    return max(1, min(16, usable_cores() // max(1, processes_per_node)))

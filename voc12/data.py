@@ -1,4 +1,5 @@
-"""VOC2012 image lists, class labels and the training / inference datasets (SPEC §3, §5).
+"""VOC2012 class labels and the training / inference datasets (SPEC §3, §5); the image lists
+themselves are read by the torch-free voc12/lists.py.
 
 Datasets return dicts with named fields (STYLE 4). Every training sample is a pure function
 of (seed, epoch, index), so a resumed run, any worker count and any machine see the same
@@ -10,7 +11,7 @@ import operator
 import os
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping, Sequence
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -20,49 +21,12 @@ from network.resnet38d import Normalize
 from tool.constants import CROP_SIZE, IGNORE_INDEX, INFER_SCALES, NUM_FG_CLASSES, RESIZE_LONG, VOC_CLASSES
 from tool.fileio import UserError, load_npy_dict, read_label_png, read_rgb
 from tool.imutils import PATCH_STRATEGIES, complementary_patch, scale_image, train_transform
+# load_image_list is re-exported: the scripts read lists and build datasets from this one module.
+from voc12.lists import IMAGE_FOLDER, check_voc_root, load_image_list  # noqa: F401
 
-IMAGE_FOLDER = "JPEGImages"
 ANNOTATION_FOLDER = "Annotations"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 MAKE_LABELS_HINT = "make one with: python voc12/make_cls_labels.py --voc12_root <VOC2012 folder>"
 FG_CLASS_INDEX = {name: index for index, name in enumerate(VOC_CLASSES[1:])}   # name -> 0..19
-
-
-def image_name_from_line(line: str) -> str:
-    """The image name of one list line: a plain name ("2007_000032") or the reference's
-    "/JPEGImages/2007_000032.jpg /SegmentationClassAug/2007_000032.png" form."""
-    file_name = PurePosixPath(line.split()[0]).name
-    if file_name.lower().endswith(IMAGE_SUFFIXES):
-        return file_name.rsplit(".", 1)[0]
-    return file_name
-
-
-def load_image_list(path: str | os.PathLike) -> list[str]:
-    """The image names of a list file, in file order; blank lines are skipped."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"image list not found: {path}; check the path")
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except UnicodeDecodeError:
-        raise UserError(f"image list {path} is not a text file; pass a list with one image name per line") from None
-    names = [image_name_from_line(line) for line in lines if line.strip()]
-    if not names:
-        raise UserError(f"image list {path} is empty; it needs one image name per line")
-    return names
-
-
-def check_voc_root(root: str | os.PathLike) -> Path:
-    """The VOC2012 folder (the one holding JPEGImages), or a UserError saying which folder to pass."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"VOC2012 folder not found: {root}; pass --voc12_root .../VOCdevkit/VOC2012")
-    if (root / IMAGE_FOLDER).is_dir():
-        return root
-    for candidate in (root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
-        if (candidate / IMAGE_FOLDER).is_dir():
-            raise UserError(f"{root} is not the VOC2012 folder (it has no {IMAGE_FOLDER}); pass {candidate}")
-    raise UserError(f"{root} has no {IMAGE_FOLDER} folder; pass the VOC2012 folder of VOCdevkit")
 
 
 class ClsLabels(dict):
