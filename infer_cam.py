@@ -6,12 +6,15 @@ Several:   torchrun --nproc_per_node=N infer_cam.py ...  (each process takes eve
 
 Outputs, each optional (at least one):
   --out_cam DIR       <name>.npy, the reference's format: {class index 0..19: float32 H×W}, halved
-  --out_cam_irn DIR   <name>.npy, IRN's format (read by its cam_to_ir_label and eval_cam):
-                      {"keys": present class indices 0..19, "high_res": K×H×W float32 in 0..1}
+  --out_cam_irn DIR   <name>.npy, IRN's make_cam format (read unchanged by its cam_to_ir_label, eval_cam
+                      and make_sem_seg_labels): {"keys": present class indices 0..19,
+                      "cam": K×h×w float32 torch tensor on the stride-4 grid, "high_res": K×H×W float32}
   --out_cam_pred DIR  <name>.png, palette label map: background = --out_cam_pred_alpha (evaluation's rule)
   --out_crf DIR       alpha_<a>/<name>.png per --crf_alphas: SEAM-style dense-CRF pseudo labels
   --vis_dir DIR       <name>.jpg: the image, each class's CAM over it, and the label map
-Images whose requested outputs all exist are skipped, so an interrupted run resumes.
+Images whose requested outputs all exist are skipped, so an interrupted run resumes. Each folder
+gets a manifest.json (tool/manifest.py): a run whose weights or settings differ from the ones that
+wrote the folder stops before any work, unless --overwrite.
 """
 from __future__ import annotations
 
@@ -36,8 +39,9 @@ from network.weights import load_weights
 from tool.constants import INFER_SCALES, NUM_FG_CLASSES
 from tool.crf import SEAM_CRF_ALPHAS, require_pydensecrf, seam_crf_scores
 from tool.fileio import UserError, check_writable_dir, run_main, save_jpeg, save_npy, save_png
-from tool.runtime import (ProcessGroup, add_runtime_arguments, autocast, memory_format_for, resolve_amp,
-                          resolve_device, usable_cores)
+from tool.manifest import FolderManifest, git_commit, weights_sha256
+from tool.runtime import (ProcessGroup, add_runtime_arguments, autocast, memory_format_for, precision_name,
+                          resolve_amp, resolve_device, set_fp32_precision, usable_cores)
 from tool.visualization import cam_panel, label_image
 from voc12.data import InferDataset, check_voc_root, load_cls_labels, load_image_list
 
@@ -49,6 +53,7 @@ REFERENCE_CAM_DIVISOR = 2.0
 # Background score of --out_cam_pred, on the scale of the halved maps (evaluation's t).
 # 0.26 is SEAM's default for its out_cam_pred; pass the best t of evaluation_cam.py's curve.
 DEFAULT_PRED_BACKGROUND = 0.26
+IRN_CAM_STRIDE = 4          # SPEC_IRN §11: IRN's `cam` entry lies on the network's stride-4 grid
 REFERENCE_NUM_WORKERS = 4   # the reference's --num_workers default
 
 
@@ -79,12 +84,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     # Ours.
     # fp32 by default: the CAMs are what gets evaluated and handed on, and fp32 already meets
     # the speed goal on one H100 (bench/RESULTS.md); --amp bf16 is ~1.7× faster.
-    add_runtime_arguments(parser, amp_default="off")
+    add_runtime_arguments(parser)
     parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
     parser.add_argument("--scales", type=float_list, default=INFER_SCALES, metavar="S,S,...",
                         help="image scales, each also flipped (default: 0.5,1.0,1.5,2.0, SPEC §5)")
     parser.add_argument("--out_cam_irn", default=None, metavar="DIR",
-                        help="IRN-format CAMs: <name>.npy = {'keys', 'high_res'}, for IRN's second stage")
+                        help="IRN-format CAMs: <name>.npy = {'keys', 'cam', 'high_res'}, for IRN's second stage")
     parser.add_argument("--out_cam_pred", default=None, metavar="DIR",
                         help="label PNGs: argmax of (background score, halved CAMs)")
     parser.add_argument("--out_cam_pred_alpha", type=float, default=DEFAULT_PRED_BACKGROUND, metavar="T",
@@ -101,6 +106,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--post_workers", type=int, default=None,
                         help="processes that build and write the outputs while the network runs "
                              "(0: in the main process; default: the cores the loader leaves, at most 8)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="rewrite every output of the listed images and each folder's manifest, even "
+                             "when the folder was written with other weights or settings")
     return parser.parse_args(argv)
 
 
@@ -115,26 +123,29 @@ def second_output(outputs) -> torch.Tensor:
 
 
 def summed_cams(model: torch.nn.Module, inputs: Sequence[torch.Tensor], label: torch.Tensor,
-                size: tuple[int, int], *, amp_dtype: torch.dtype | None = None,
-                memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """SPEC §5 up to the sum: the foreground channels of the second output of every input,
-    bilinearly resized to `size` (align_corners=False), flipped back where flipped, summed,
-    times the class vector. Returns float32 20×H×W on the model's device.
+                sizes: Sequence[tuple[int, int]], *, amp_dtype: torch.dtype | None = None,
+                memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
+    """SPEC §5 up to the sum, at each of `sizes` from the same forwards: the foreground channels
+    of the second output of every input, bilinearly resized to the size (align_corners=False),
+    flipped back where flipped, summed, times the class vector. Returns per size float32 20×h×w
+    on the model's device.
 
     inputs: per scale a 2×3×h×w batch (the image, its horizontal flip), run as one forward;
     label: float[20]. Resizing and summing are in float32 whatever `amp_dtype`."""
     device = next(model.parameters()).device
-    total = torch.zeros((NUM_FG_CLASSES, *size), dtype=torch.float32, device=device)
+    totals = [torch.zeros((NUM_FG_CLASSES, *size), dtype=torch.float32, device=device) for size in sizes]
     for pair in inputs:
         assert pair.ndim == 4 and pair.shape[0] == 2, pair.shape
         batch = pair.to(device, non_blocking=True).contiguous(memory_format=memory_format)
         with autocast(device, amp_dtype):
-            cam_rv = second_output(model(batch))
-        foreground = F.interpolate(cam_rv[:, 1:].float(), size, mode="bilinear", align_corners=False)
-        total += foreground[0] + foreground[1].flip(-1)
+            cam_rv = second_output(model(batch))[:, 1:].float()
+        for total, size in zip(totals, sizes):
+            foreground = F.interpolate(cam_rv, size, mode="bilinear", align_corners=False)
+            total += foreground[0] + foreground[1].flip(-1)
     # The reference multiplies each of the 8 maps by the 0/1 class vector before summing;
     # multiplying the sum once is the same.
-    return total * label.to(device, torch.float32)[:, None, None]
+    class_vector = label.to(device, torch.float32)[:, None, None]
+    return [total * class_vector for total in totals]
 
 
 def normalize_cams(summed: torch.Tensor) -> torch.Tensor:
@@ -151,11 +162,18 @@ def normalize_cams(summed: torch.Tensor) -> torch.Tensor:
 
 
 def multiscale_cam(model: torch.nn.Module, inputs: Sequence[torch.Tensor], label: torch.Tensor,
-                   size: tuple[int, int], *, amp_dtype: torch.dtype | None = None,
-                   memory_format: torch.memory_format = torch.contiguous_format) -> torch.Tensor:
-    """SPEC §5: the normalised (not yet halved) multi-scale CAM, float32 20×H×W."""
-    return normalize_cams(summed_cams(model, inputs, label, size, amp_dtype=amp_dtype,
-                                      memory_format=memory_format))
+                   sizes: Sequence[tuple[int, int]], *, amp_dtype: torch.dtype | None = None,
+                   memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
+    """SPEC §5: the normalised (not yet halved) multi-scale CAM at each of `sizes`, each
+    normalised over its own pixels (SPEC_IRN §11), float32 20×h×w."""
+    return [normalize_cams(summed) for summed in summed_cams(model, inputs, label, sizes, amp_dtype=amp_dtype,
+                                                             memory_format=memory_format)]
+
+
+def irn_cam_size(image_size: tuple[int, int]) -> tuple[int, int]:
+    """SPEC_IRN §11: the size of IRN's `cam`, ((H-1)//4+1, (W-1)//4+1) (IRN's get_strided_size)."""
+    height, width = image_size
+    return (height - 1) // IRN_CAM_STRIDE + 1, (width - 1) // IRN_CAM_STRIDE + 1
 
 
 def present_classes(label) -> np.ndarray:
@@ -176,10 +194,13 @@ def unit_maps(fg_maps: np.ndarray) -> np.ndarray:
     return np.clip(fg_maps, 0.0, 1.0).astype(np.float32)
 
 
-def irn_cam_dict(fg_maps: np.ndarray, keys: np.ndarray) -> dict[str, np.ndarray]:
-    """IRN's make_cam format: `keys` 0-based class indices (IRN pads `keys + 1` with a
-    background 0), `high_res` K×H×W float32 in 0..1 (IRN pads a background threshold)."""
-    return {"keys": keys.astype(np.int64), "high_res": unit_maps(fg_maps)}
+def irn_cam_dict(fg_maps: np.ndarray, irn_fg_maps: np.ndarray, keys: np.ndarray) -> dict:
+    """IRN's make_cam format (SPEC_IRN §11): `keys` 0-based class indices (IRN pads `keys + 1`
+    with a background 0), `high_res` K×H×W float32 in 0..1 (IRN pads a background threshold),
+    `cam` K×h×w on the stride-4 grid, a float32 CPU torch tensor because make_sem_seg_labels
+    calls `.cuda()` on it."""
+    return {"keys": keys.astype(np.int64), "cam": torch.from_numpy(unit_maps(irn_fg_maps)),
+            "high_res": unit_maps(fg_maps)}
 
 
 def threshold_label(fg_maps: np.ndarray, keys: np.ndarray, background: float) -> np.ndarray:
@@ -223,10 +244,30 @@ class Outputs:
                    out_crf=path(args.out_crf), crf_alphas=args.crf_alphas, crf_scores=args.crf_scores,
                    vis_dir=path(args.vis_dir))
 
+    def folder_formats(self) -> list[tuple[Path, str, dict]]:
+        """Each output folder, the flag that names it, and the settings of that flag that change
+        its files besides the CAMs themselves (its manifest's format settings)."""
+        formats = [(self.out_cam, "out_cam", {}), (self.out_cam_irn, "out_cam_irn", {}),
+                   (self.out_cam_pred, "out_cam_pred", {"out_cam_pred_alpha": self.pred_background}),
+                   (self.vis_dir, "vis_dir", {"out_cam_pred_alpha": self.pred_background})]
+        if self.out_crf is not None:
+            formats += [(self.crf_dir(alpha), "out_crf", {"crf_alpha": alpha}) for alpha in self.crf_alphas]
+        return [(folder, flag, settings) for folder, flag, settings in formats if folder is not None]
+
     def folders(self) -> list[Path]:
-        crf_dirs = [self.crf_dir(alpha) for alpha in self.crf_alphas] if self.out_crf is not None else []
-        return [folder for folder in (self.out_cam, self.out_cam_irn, self.out_cam_pred, self.vis_dir)
-                if folder is not None] + crf_dirs
+        return [folder for folder, _, _ in self.folder_formats()]
+
+    def check_separate_folders(self) -> None:
+        """One output per folder: a folder's manifest describes one format."""
+        flags_by_folder: dict[Path, str] = {}
+        for folder, flag, _ in self.folder_formats():
+            other = flags_by_folder.setdefault(folder.resolve(), flag)
+            if other != flag:
+                raise UserError(f"--{other} and --{flag} both write to {folder}; give each output its own folder")
+
+    def cam_sizes(self, image_size: tuple[int, int]) -> list[tuple[int, int]]:
+        """The sizes the CAMs are summed at: the image's, and for --out_cam_irn IRN's stride-4 grid."""
+        return [image_size] + ([irn_cam_size(image_size)] if self.out_cam_irn is not None else [])
 
     def crf_dir(self, alpha: float) -> Path:
         return self.out_crf / f"alpha_{alpha:g}"
@@ -256,11 +297,13 @@ class Outputs:
 @dataclass
 class ImageCams:
     """One image's result, sent to a post-processing worker: the original image (uint8
-    H×W×3), its present classes (0..19) and their normalised, un-halved maps (K×H×W)."""
+    H×W×3), its present classes (0..19) and their normalised, un-halved maps (K×H×W), and
+    for --out_cam_irn the same on IRN's stride-4 grid (K×h×w)."""
     name: str
     image: np.ndarray
     keys: np.ndarray
     fg_maps: np.ndarray = field(repr=False)
+    irn_fg_maps: np.ndarray | None = field(default=None, repr=False)
 
 
 def write_outputs(cams: ImageCams, outputs: Outputs) -> None:
@@ -269,7 +312,7 @@ def write_outputs(cams: ImageCams, outputs: Outputs) -> None:
     if outputs.out_cam is not None:
         save_npy(outputs.out_cam / f"{name}.npy", reference_cam_dict(fg_maps, keys))
     if outputs.out_cam_irn is not None:
-        save_npy(outputs.out_cam_irn / f"{name}.npy", irn_cam_dict(fg_maps, keys))
+        save_npy(outputs.out_cam_irn / f"{name}.npy", irn_cam_dict(fg_maps, cams.irn_fg_maps, keys))
     if outputs.out_cam_pred is not None or outputs.vis_dir is not None:
         label = threshold_label(fg_maps, keys, outputs.pred_background)
         if outputs.out_cam_pred is not None:
@@ -351,18 +394,34 @@ def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGro
     return model.eval().to(device, memory_format=memory_format_for(device))
 
 
+def folder_manifests(args: argparse.Namespace, outputs: Outputs, precision: str) -> list[FolderManifest]:
+    """Each output folder's manifest (tool/manifest.py): the weights' checksum (hashed once) and
+    every setting that changes that folder's files. The list, the weights' path and the code
+    version are recorded, not compared."""
+    checksum = weights_sha256(args.weights)
+    # Sorted: the sum over scales does not depend on their order.
+    run_settings = {"network": args.network, "scales": sorted(args.scales), "precision": precision}
+    version = git_commit()
+    return [FolderManifest(folder, weights=args.weights, weights_sha256=checksum,
+                           settings={"output": flag, **run_settings, **format_settings},
+                           input_list=args.infer_list, version=version)
+            for folder, flag, format_settings in outputs.folder_formats()]
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
     outputs = Outputs.from_args(args)
     if not outputs.folders():
         raise UserError("nothing to write: pass at least one of --out_cam, --out_cam_irn, --out_cam_pred, "
                         "--out_crf, --vis_dir")
+    outputs.check_separate_folders()
     for folder in outputs.folders():
         check_writable_dir(folder)
     # Each rank writes its own images' files: no process group (and no collective) is needed.
     group = ProcessGroup.from_env()
     device = resolve_device(args.device, group.local_rank)
     amp_dtype = resolve_amp(args.amp, device)
+    set_fp32_precision(allow_tf32=not args.no_tf32)
     voc_root = check_voc_root(args.voc12_root)
     cls_labels = load_cls_labels(args.cls_labels)
     all_names = load_image_list(args.infer_list)
@@ -373,16 +432,19 @@ def main(argv=None) -> None:
                         "use the labels made for this list (voc12/make_cls_labels.py) or fix the list")
     if outputs.out_crf is not None:
         require_pydensecrf()     # fail now, not in a worker after the first image
+    precision = precision_name(device, amp_dtype, allow_tf32=not args.no_tf32)
+    manifests = folder_manifests(args, outputs, precision)
+    for manifest in manifests:
+        manifest.check(args.overwrite)
 
     names = all_names[group.rank::group.world_size]
-    todo = [name for name in names if not outputs.done(name)]
+    todo = names if args.overwrite else [name for name in names if not outputs.done(name)]
     if group.is_main:
         shard = (f" (this process's share of {len(all_names)}, {group.world_size} processes)"
                  if group.distributed else "")
-        precision = str(amp_dtype).removeprefix("torch.") if amp_dtype else "off"
         scales = ",".join(f"{scale:g}" for scale in args.scales)
         print(f"{len(names)} images{shard}: {len(names) - len(todo)} already done, {len(todo)} to do; "
-              f"device {device}, amp {precision}, scales {scales}")
+              f"device {device}, {precision}, scales {scales}")
     if not todo:
         return
 
@@ -396,13 +458,20 @@ def main(argv=None) -> None:
         loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=args.num_workers,
                             collate_fn=first_item, pin_memory=device.type == "cuda")
         with torch.inference_mode():
-            for sample in tqdm(loader, desc="infer_cam", unit="img", disable=not group.is_main):
+            for index, sample in enumerate(tqdm(loader, desc="infer_cam", unit="img", disable=not group.is_main)):
                 image = sample["image"]
                 keys = present_classes(sample["label"])
-                cams = multiscale_cam(model, sample["inputs"], sample["label"], image.shape[:2],
-                                      amp_dtype=amp_dtype, memory_format=memory_format)
-                fg_maps = cams[torch.from_numpy(keys).to(device)].cpu().numpy()
-                writer.submit(write_outputs, ImageCams(sample["name"], image, keys, fg_maps), outputs)
+                sizes = outputs.cam_sizes(image.shape[:2])
+                cams = multiscale_cam(model, sample["inputs"], sample["label"], sizes, amp_dtype=amp_dtype,
+                                      memory_format=memory_format)
+                present = torch.from_numpy(keys).to(device)
+                fg_maps, *irn_fg_maps = [cam[present].cpu().numpy() for cam in cams]
+                if index == 0:   # with the folders' first files: a run that fails before leaves none
+                    for manifest in manifests:
+                        manifest.write()
+                image_cams = ImageCams(sample["name"], image, keys, fg_maps,
+                                       irn_fg_maps=irn_fg_maps[0] if irn_fg_maps else None)
+                writer.submit(write_outputs, image_cams, outputs)
     finally:
         writer.close()
     if group.is_main:

@@ -29,7 +29,8 @@ from tool.constants import CROP_SIZE, RESIZE_LONG
 from tool.fileio import UserError, atomic_path, run_main
 from tool.losses import cpn_loss
 from tool.runtime import (ProcessGroup, add_runtime_arguments, autocast, default_num_workers,
-                          init_process_group, memory_format_for, resolve_amp, resolve_device)
+                          init_process_group, memory_format_for, precision_name, resolve_amp, resolve_device,
+                          set_fp32_precision)
 from tool.torchutils import REFERENCE_MOMENTUM, PolyOptimizer, cpn_param_groups, estimate_batchnorm_statistics
 from voc12.data import TrainDataset, check_voc_root, load_cls_labels, load_image_list
 
@@ -67,6 +68,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ohem", type=float, default=0.2, help="OHEM ratio of L_cpcr (SPEC §4)")
     parser.add_argument("--momentum", type=float, default=REFERENCE_MOMENTUM,
                         help="SGD momentum; the default 5e-4 is the reference's quirk (SPEC §4), 0.9 is the usual value")
+    parser.add_argument("--freeze_backbone", action="store_true",
+                        help="train the CPN head alone (fc8, f8_3, f8_4, f9, f10); not in the reference")
     parser.add_argument("--three_pass", action="store_true",
                         help="run the three views as three forwards, as the reference does (slower, same result)")
     parser.add_argument("--seed", type=int, default=0)
@@ -217,6 +220,7 @@ def main(argv=None) -> None:
     group = init_process_group(args.device)
     device = resolve_device(args.device, group.local_rank)
     amp_dtype = resolve_amp(args.amp, device)
+    set_fp32_precision(allow_tf32=not args.no_tf32)
     torch.manual_seed(args.seed + group.rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True   # fixed crop size: pick the fastest kernels once
@@ -250,6 +254,8 @@ def main(argv=None) -> None:
     else:
         calibration = torch.stack([dataset.augmented_image(0, index) for index in range(min(len(dataset), 16))])
         estimate_batchnorm_statistics(model, calibration)
+    if args.freeze_backbone:
+        model.freeze_backbone()
     total_steps = sampler.batches_per_epoch * args.max_epoches
     optimizer = PolyOptimizer(cpn_param_groups(model.get_parameter_groups(), args.lr, args.wt_dec),
                               lr=args.lr, weight_decay=args.wt_dec, max_step=total_steps, momentum=args.momentum)
@@ -273,9 +279,10 @@ def main(argv=None) -> None:
     if group.is_main:
         with atomic_path(out_dir / f"{args.session_name}.json") as tmp_path:
             tmp_path.write_text(json.dumps(run_record(args, device, group), indent=2, default=str))
-    log.line(f"{len(dataset)} images, {sampler.batches_per_epoch} steps/epoch × {args.max_epoches} epochs = "
-             f"{total_steps} steps, batch {args.batch_size}×{group.world_size}, {device}, "
-             f"amp {amp_dtype or 'off'}, {num_workers} loader workers"
+    log.line(f"{args.train_list}: {len(dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
+             f"{args.max_epoches} epochs = {total_steps} steps, batch {args.batch_size}×{group.world_size}, {device}, "
+             f"{precision_name(device, amp_dtype, not args.no_tf32)}, {num_workers} loader workers"
+             + (", backbone frozen" if args.freeze_backbone else "")
              + (f"; resumed from {resume_path} at step {start_step}" if resume_path else ""))
 
     last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)

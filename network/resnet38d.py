@@ -167,6 +167,16 @@ class Net(nn.Module):
                 module.requires_grad_(False)
         return self
 
+    def freeze_backbone(self) -> Net:
+        """Train the head (`new_layers`) alone: every other parameter stops learning. Not in the
+        reference; an ablation (`train_cpn.py --freeze_backbone`) and the CPU demo's cheap step,
+        since no gradient then flows through the backbone."""
+        head = {id(param) for name in self.new_layers for param in getattr(self, name).parameters()}
+        for param in self.parameters():
+            if id(param) not in head:
+                param.requires_grad_(False)
+        return self
+
     def get_parameter_groups(self) -> ParameterGroups:
         """Trainable convolution parameters split as SPEC §2: pretrained vs `new_layers`,
         weights vs biases. Frozen layers and BatchNorms are left out."""

@@ -19,4 +19,4 @@ def toy_voc(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def toy_lists(toy_voc, tmp_path_factory) -> dict[str, Path]:
     """make_cls_labels on the toy set: paths keyed "cls_labels", "train", "val", "train_aug"."""
-    return make_cls_labels(toy_voc, tmp_path_factory.mktemp("lists"))
+    return make_cls_labels(toy_voc, tmp_path_factory.mktemp("lists")).paths

@@ -14,12 +14,13 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from tool.constants import IMAGENET_MEAN, IMAGENET_STD, VOC_CLASSES
+from tool.constants import (IMAGENET_MEAN, IMAGENET_STD, SBD_AUG_LABELS, VOC_CLASSES, VOC_TRAIN_AUG_IMAGES,
+                            VOC_TRAIN_IMAGES, VOC_VAL_IMAGES)
 from tool.fileio import UserError, run_main
 from voc12.data import (InferDataset, TrainDataset, cls_labels_from_png, cls_labels_from_xml, load_cls_labels,
                         load_image_list, sample_seed)
 from voc12.make_cls_labels import main as make_cls_labels_main
-from voc12.make_cls_labels import make_cls_labels
+from voc12.make_cls_labels import make_cls_labels, train_aug_warning
 from voc12.toy import make_toy_voc
 
 REPO = Path(__file__).resolve().parent.parent
@@ -127,11 +128,49 @@ def test_make_cls_labels_with_augmented_set(tmp_path):
     (root / "SegmentationClassAug").mkdir()
     for name in (names[1], names[2], names[4]):      # one val image is in the aug set too
         shutil.copy(root / "SegmentationClass" / f"{name}.png", root / "SegmentationClassAug" / f"{name}.png")
-    paths = make_cls_labels(root, tmp_path / "out")
+    written = make_cls_labels(root, tmp_path / "out")
+    paths = written.paths
+    assert written.warning is None          # not VOC 2012's official lists: nothing to compare with
     assert load_image_list(paths["train_aug"]) == [names[0], names[1], names[2], names[3]]
     assert load_image_list(paths["train"]) == [names[0], names[3]]
     assert load_image_list(paths["val"]) == [names[4], names[5]]
     assert sorted(load_cls_labels(paths["cls_labels"])) == names
+
+
+def official_splits(num_train_aug: int) -> dict[str, list[str]]:
+    return {"train": [f"t{index}" for index in range(VOC_TRAIN_IMAGES)],
+            "val": [f"v{index}" for index in range(VOC_VAL_IMAGES)],
+            "train_aug": [f"a{index}" for index in range(num_train_aug)]}
+
+
+def test_train_aug_warning_names_what_is_missing():
+    assert train_aug_warning(official_splits(VOC_TRAIN_AUG_IMAGES), SBD_AUG_LABELS) is None
+    assert train_aug_warning(official_splits(VOC_TRAIN_IMAGES), None) == (
+        "train_aug has 1,464 images, not the paper's 10,582: there is no SegmentationClassAug folder (SBD's "
+        "masks; README, step 1); the reference schedule on it is 2,928 steps instead of 21,160")
+    assert train_aug_warning(official_splits(9000), 10449) == (
+        "train_aug has 9,000 images, not the paper's 10,582: SegmentationClassAug holds 10,449 PNGs, the usual "
+        "download 12,031; the reference schedule on it is 18,000 steps instead of 21,160")
+    other_data = official_splits(100)
+    other_data["val"] = other_data["val"][:16]
+    assert train_aug_warning(other_data, None) is None
+
+
+def test_make_cls_labels_warns_on_the_official_lists_without_sbd(tmp_path, capsys):
+    root = make_toy_voc(tmp_path / "VOC2012", num_train=2, num_val=1)
+    split_dir = root / "ImageSets" / "Segmentation"
+    # VOC 2012's list sizes, names without images: list making reads the lists, the XML of each name
+    # is read for the labels, so give every name the first image's annotation.
+    first_xml = next((root / "Annotations").glob("*.xml")).read_bytes()
+    splits = official_splits(0)
+    for split in ("train", "val"):
+        split_dir.joinpath(f"{split}.txt").write_text("".join(f"{name}\n" for name in splits[split]))
+        for name in splits[split]:
+            (root / "Annotations" / f"{name}.xml").write_bytes(first_xml)
+    make_cls_labels_main(["--voc12_root", str(root), "--out_dir", str(tmp_path / "out")])
+    captured = capsys.readouterr()
+    assert "train_aug.txt (1464 images)" in captured.out
+    assert captured.err.strip() == ("warning: " + train_aug_warning(official_splits(VOC_TRAIN_IMAGES), None))
 
 
 def test_make_cls_labels_as_a_script(toy_voc, tmp_path):

@@ -23,6 +23,7 @@ import infer_cam
 import train_cpn
 from network import build_network
 from tool.fileio import UserError, check_writable_dir, read_rgb, run_main, save_npy
+from tool.manifest import MANIFEST_NAME
 from voc12 import make_cls_labels
 from voc12.data import load_cls_labels, load_image_list
 
@@ -233,7 +234,9 @@ def test_ctrl_c_during_inference_leaves_whole_files(toy_voc, toy_lists, weights,
     args[args.index("--post_workers") + 1] = "1"
     result = interrupt_when([str(REPO / "infer_cam.py"), *args], lambda: any(cam_dir.glob("*.npy")))
     assert assert_interrupted(result) == "interrupted"
-    cams, preds = list(cam_dir.iterdir()), list(pred_dir.iterdir()) if pred_dir.exists() else []
+    assert (cam_dir / MANIFEST_NAME).is_file()      # written before the folder's first CAM
+    cams = [path for path in cam_dir.iterdir() if path.name != MANIFEST_NAME]
+    preds = [path for path in pred_dir.iterdir() if path.name != MANIFEST_NAME] if pred_dir.exists() else []
     assert {path.suffix for path in cams} == {".npy"} and {path.suffix for path in preds} <= {".png"}
     assert len(cams) < len(load_image_list(toy_lists["train"]))
     for path in cams:

@@ -1,9 +1,13 @@
 """infer_cam.py (SPEC §5): the batched multi-scale CAM against a direct loop over the 8
-inputs, every output format read back by its own reader's rules, resume, sharding, and
-the command line. A randomly initialised CPN on the smallest toy images keeps it quick."""
+inputs, every output format read back by its own reader's rules (IRN's stride-4 `cam` against
+the same loop, SPEC_IRN §11), manifests, resume, --overwrite, sharding, and the command line.
+A randomly initialised CPN on the smallest toy images keeps it quick."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +24,7 @@ from network.resnet38d import Normalize
 from tool.constants import VOC_PALETTE
 from tool.fileio import UserError, read_rgb
 from tool.imutils import scale_image
+from tool.manifest import MANIFEST_NAME
 from voc12.data import InferDataset, load_cls_labels, load_image_list
 
 REPO = Path(__file__).resolve().parent.parent
@@ -39,11 +44,12 @@ def reference_normalize(sum_cam: np.ndarray) -> np.ndarray:
     return (sum_cam - cam_min - 1e-5) / (cam_max - cam_min + 1e-5)
 
 
-def direct_loop_cam(model, image_path: Path, label: np.ndarray, scales) -> np.ndarray:
+def direct_loop_cam(model, image_path: Path, label: np.ndarray, scales, size=None) -> np.ndarray:
     """The reference's loop: every scale and its flip forwarded alone, the second output's
-    foreground channels resized to the original size, times the label, flipped back, summed."""
+    foreground channels resized to `size` (default: the original size), times the label,
+    flipped back, summed, normalised."""
     image = read_rgb(image_path)
-    height, width = image.height, image.width
+    height, width = size or (image.height, image.width)
     normalize = Normalize()
     maps = []
     for scale in scales:
@@ -68,6 +74,11 @@ def evaluation_prediction(cam_dict: dict, threshold: float) -> np.ndarray:
     return np.argmax(tensor, axis=0).astype(np.uint8)
 
 
+def irn_strided_size(height: int, width: int) -> tuple[int, int]:
+    """IRN's get_strided_size(size, 4), the size of make_sem_seg_labels' edge map."""
+    return (height - 1) // 4 + 1, (width - 1) // 4 + 1
+
+
 def irn_prediction(cam_dict: dict, threshold: float) -> np.ndarray:
     """IRN's cam_to_ir_label / eval_cam reading of its own format."""
     cams = np.pad(cam_dict["high_res"], ((1, 0), (0, 0), (0, 0)), mode="constant", constant_values=threshold)
@@ -87,6 +98,15 @@ def model():
 def weights(model, tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("weights") / "random_cpn.pth"
     torch.save(model.state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def other_weights(tmp_path_factory) -> Path:
+    """Another random CPN: different checksum, different CAMs."""
+    torch.manual_seed(1)
+    path = tmp_path_factory.mktemp("weights") / "other_cpn.pth"
+    torch.save(build_network("network.resnet38_CPN").state_dict(), path)
     return path
 
 
@@ -140,9 +160,10 @@ def test_multiscale_cam_equals_direct_loop(model, toy_voc, tiny):
     # channels of its second output at zero (constant maps), the others must vary.
     label = np.ones(20, np.float32)
     with torch.no_grad():
-        batched = infer_cam.multiscale_cam(model, sample["inputs"], torch.from_numpy(label), size).numpy()
-        channels_last = infer_cam.multiscale_cam(model, sample["inputs"], torch.from_numpy(label), size,
-                                                 memory_format=torch.channels_last).numpy()
+        (batched,) = infer_cam.multiscale_cam(model, sample["inputs"], torch.from_numpy(label), [size])
+        (channels_last,) = infer_cam.multiscale_cam(model, sample["inputs"], torch.from_numpy(label), [size],
+                                                    memory_format=torch.channels_last)
+    batched, channels_last = batched.numpy(), channels_last.numpy()
     expected = direct_loop_cam(model, toy_voc / "JPEGImages" / f"{name}.jpg", label, SCALES)
     varying = np.ptp(expected, axis=(1, 2)) > 0.5
     assert batched.shape == (20, *size) and varying.sum() >= 3
@@ -151,7 +172,8 @@ def test_multiscale_cam_equals_direct_loop(model, toy_voc, tiny):
     # The test can fail: forgetting to flip back the flipped halves changes the maps.
     wrong = sample["inputs"][:1] + [pair.flip(0) for pair in sample["inputs"][1:]]
     with torch.no_grad():
-        unflipped = infer_cam.multiscale_cam(model, wrong, torch.from_numpy(label), size).numpy()
+        (unflipped,) = infer_cam.multiscale_cam(model, wrong, torch.from_numpy(label), [size])
+    unflipped = unflipped.numpy()
     assert np.abs(unflipped - expected)[varying].max() > 1e-2
 
 
@@ -186,6 +208,49 @@ def test_irn_format_reads_like_irn(run_dir, tiny):
         np.testing.assert_allclose(high_res, np.clip(2 * halved, 0, 1), atol=1e-6)
         # IRN's reader at threshold t = evaluation's reader at t / 2 on the halved maps.
         np.testing.assert_array_equal(irn_prediction(irn, 0.4), evaluation_prediction(cam_dict, 0.2))
+        # make_sem_seg_labels: `cams = cam_dict['cam']` (a CPU tensor it moves with .cuda()),
+        # `keys = np.pad(cam_dict['keys'] + 1, (1, 0))`, one map per key on the stride-4 grid.
+        cams = irn["cam"]
+        keys = np.pad(irn["keys"] + 1, (1, 0), mode="constant")
+        assert isinstance(cams, torch.Tensor) and cams.dtype == torch.float32 and cams.device.type == "cpu"
+        assert cams.shape == (len(keys) - 1, *irn_strided_size(*high_res.shape[1:]))
+        assert cams.min() >= 0.0 and cams.max() <= 1.0
+
+
+@pytest.fixture(scope="module")
+def odd_image(toy_voc, tiny, tmp_path_factory) -> dict:
+    """A 37×50 image (a toy image resized), where IRN's stride-4 grid is 10×13, not 37/4 × 50/4,
+    labelled with every class but two so that `keys` skips some indices."""
+    root = tmp_path_factory.mktemp("odd") / "VOC2012"
+    (root / "JPEGImages").mkdir(parents=True)
+    with Image.open(toy_voc / "JPEGImages" / f"{tiny['names'][0]}.jpg") as image:
+        image.convert("RGB").resize((50, 37), Image.BICUBIC).save(root / "JPEGImages" / "odd.jpg", quality=95)
+    label = np.ones(20, np.float32)
+    label[[1, 7]] = 0
+    np.save(root.parent / "labels.npy", {"odd": label})
+    (root.parent / "list.txt").write_text("odd\n")
+    return {"root": root, "label": label, "labels": root.parent / "labels.npy", "list": root.parent / "list.txt"}
+
+
+def test_irn_cam_equals_the_stride4_loop(model, weights, odd_image, tmp_path):
+    """SPEC_IRN §11: `cam` = each input's second output resized to the stride-4 grid, flipped
+    back, summed, times the labels, normalised as SPEC §5 (not halved), clipped, present classes
+    only; `high_res` the same at full size, in the same key order."""
+    infer_cam.main(["--weights", str(weights), "--voc12_root", str(odd_image["root"]), "--cls_labels",
+                    str(odd_image["labels"]), "--infer_list", str(odd_image["list"]), "--scales",
+                    ",".join(map(str, SCALES)), "--num_workers", "0", "--device", "cpu", "--post_workers", "0",
+                    "--out_cam_irn", str(tmp_path)])
+    irn = np.load(tmp_path / "odd.npy", allow_pickle=True).item()
+    image_path = odd_image["root"] / "JPEGImages" / "odd.jpg"
+    keys = np.flatnonzero(odd_image["label"])
+    strided = np.clip(direct_loop_cam(model, image_path, odd_image["label"], SCALES, size=(10, 13)), 0, 1)[keys]
+    full = np.clip(direct_loop_cam(model, image_path, odd_image["label"], SCALES), 0, 1)[keys]
+    assert irn["keys"].tolist() == keys.tolist()
+    assert isinstance(irn["cam"], torch.Tensor) and irn["cam"].dtype == torch.float32
+    assert irn["cam"].shape == (len(keys), 10, 13) and irn["high_res"].shape == (len(keys), 37, 50)
+    assert (np.ptp(strided, axis=(1, 2)) > 0.5).sum() >= 3      # maps that vary, not all-zero ones
+    np.testing.assert_allclose(irn["cam"].numpy(), strided, atol=2e-5)
+    np.testing.assert_allclose(irn["high_res"], full, atol=2e-5)
 
 
 def test_cam_pred_png_is_the_evaluation_prediction(run_dir, tiny):
@@ -245,13 +310,115 @@ def test_resume_skips_done_images(run_dir, toy_voc, toy_lists, weights, tiny, ca
 
 
 def test_torchrun_rank_takes_its_share(toy_voc, toy_lists, weights, tiny, tmp_path, monkeypatch):
+    args = ["--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels", str(toy_lists["cls_labels"]),
+            "--infer_list", str(tiny["list"]), "--scales", "0.5", "--num_workers", "0", "--device", "cpu",
+            "--post_workers", "0", "--out_cam", str(tmp_path)]
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
-    infer_cam.main(["--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels",
-                    str(toy_lists["cls_labels"]), "--infer_list", str(tiny["list"]), "--scales", "0.5",
-                    "--num_workers", "0", "--device", "cpu", "--post_workers", "0", "--out_cam", str(tmp_path)])
+    infer_cam.main(args)
     assert sorted(path.stem for path in tmp_path.glob("*.npy")) == tiny["names"][1::2]
+    # Rank 0 finds rank 1's manifest, computed alike, and shares the folder.
+    manifest = (tmp_path / MANIFEST_NAME).read_bytes()
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    infer_cam.main(args)
+    assert sorted(path.stem for path in tmp_path.glob("*.npy")) == sorted(tiny["names"])
+    assert (tmp_path / MANIFEST_NAME).read_bytes() == manifest
+
+
+# --- Manifests: one network per folder ------------------------------------------------------
+
+def sha256_of(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def file_times(folder: Path) -> dict[Path, int]:
+    return {path: path.stat().st_mtime_ns for path in folder.rglob("*") if path.is_file()}
+
+
+def test_each_folder_has_the_manifest_of_its_run(run_dir, weights, tiny):
+    formats = {"cam": ("out_cam", {}), "irn": ("out_cam_irn", {}),
+               "pred": ("out_cam_pred", {"out_cam_pred_alpha": 0.2}), "vis": ("vis_dir", {"out_cam_pred_alpha": 0.2})}
+    if HAS_PYDENSECRF:
+        formats.update({f"crf/alpha_{alpha}": ("out_crf", {"crf_alpha": alpha}) for alpha in (4, 24)})
+    checksum = sha256_of(weights)
+    for folder, (flag, format_settings) in formats.items():
+        manifest = json.loads((run_dir / folder / MANIFEST_NAME).read_text())
+        assert manifest["weights_sha256"] == checksum and manifest["weights"] == str(weights.resolve())
+        assert manifest["settings"] == {"output": flag, "network": "network.resnet38_CPN", "scales": [0.5, 1.0],
+                                        "precision": "fp32", **format_settings}
+        assert manifest["lists"] == [str(tiny["list"].resolve())]
+        assert manifest["version"] is None or re.fullmatch("[0-9a-f]{40}", manifest["version"])
+
+
+def test_other_weights_stop_before_any_work(run_dir, toy_voc, toy_lists, weights, other_weights, tiny):
+    before = file_times(run_dir)
+    result = run_cli(*cli_args(toy_voc, toy_lists, other_weights, tiny, run_dir))
+    assert result.returncode == 1 and result.stdout == ""      # no weights loaded, no images counted
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert (f"{run_dir / 'cam' / MANIFEST_NAME} was written by weights {weights.resolve()} "
+            f"(sha256 {sha256_of(weights)[:12]}…), this run uses {other_weights.resolve()} "
+            f"(sha256 {sha256_of(other_weights)[:12]}…)") in lines[0]
+    assert "new folder" in lines[0] and "--overwrite" in lines[0]
+    assert file_times(run_dir) == before
+
+
+@pytest.mark.parametrize("flag, value, difference", [
+    ("--out_cam_pred_alpha", "0.3", "out_cam_pred_alpha 0.2, this run uses out_cam_pred_alpha 0.3"),
+    ("--scales", "1.0,0.5,1.5", "scales [0.5, 1.0], this run uses scales [0.5, 1.0, 1.5]"),
+])
+def test_other_settings_stop_before_any_work(flag, value, difference, run_dir, toy_voc, toy_lists, weights, tiny,
+                                             monkeypatch):
+    monkeypatch.setattr(infer_cam, "load_model", lambda *args: pytest.fail("the manifests are checked first"))
+    before = file_times(run_dir)
+    with pytest.raises(UserError, match=re.escape(f"was written with {difference}; use a new folder")):
+        infer_cam.main(cli_args(toy_voc, toy_lists, weights, tiny, run_dir, flag, value))
+    assert file_times(run_dir) == before
+
+
+def test_overwrite_rewrites_outputs_and_manifest(toy_voc, toy_lists, weights, other_weights, tiny, tmp_path, capsys):
+    name = tiny["names"][0]
+    (tmp_path / "one.txt").write_text(name + "\n")
+    cam_path = tmp_path / "cam" / f"{name}.npy"
+
+    def run(weights_path: Path, *extra: str) -> None:
+        infer_cam.main(["--weights", str(weights_path), "--voc12_root", str(toy_voc), "--cls_labels",
+                        str(toy_lists["cls_labels"]), "--infer_list", str(tmp_path / "one.txt"), "--scales", "0.5",
+                        "--num_workers", "0", "--device", "cpu", "--post_workers", "0",
+                        "--out_cam", str(tmp_path / "cam"), *extra])
+
+    run(weights)
+    first = np.load(cam_path, allow_pickle=True).item()
+    with pytest.raises(UserError, match="--overwrite"):
+        run(other_weights)
+    run(other_weights, "--overwrite")
+    second = np.load(cam_path, allow_pickle=True).item()
+    assert sorted(first) == sorted(second) and any(not np.allclose(first[key], second[key]) for key in first)
+    manifest = json.loads((tmp_path / "cam" / MANIFEST_NAME).read_text())
+    assert manifest["weights_sha256"] == sha256_of(other_weights) and manifest["weights"] == str(other_weights.resolve())
+    capsys.readouterr()
+    run(other_weights)                                          # the rewritten folder resumes
+    assert "1 already done, 0 to do" in capsys.readouterr().out
+
+
+def test_unreadable_manifest_is_a_one_line_error(toy_voc, toy_lists, weights, tiny, tmp_path, monkeypatch):
+    monkeypatch.setattr(infer_cam, "load_model", lambda *args: pytest.fail("the manifests are checked first"))
+    manifest = tmp_path / "cam" / MANIFEST_NAME
+    manifest.parent.mkdir()
+    manifest.write_text('{"weights_sha256": ')                  # cut short
+    with pytest.raises(UserError) as error:
+        infer_cam.main(cli_args(toy_voc, toy_lists, weights, tiny, tmp_path, crf=False))
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"cannot read {manifest}") and "--overwrite" in message
+    assert [path.name for path in tmp_path.rglob("*")] == ["cam", MANIFEST_NAME]
+
+
+def test_two_outputs_in_one_folder_is_a_user_error(toy_voc, weights, tmp_path):
+    with pytest.raises(UserError, match=f"--out_cam_pred and --vis_dir both write to {tmp_path}"):
+        infer_cam.main(["--weights", str(weights), "--voc12_root", str(toy_voc), "--out_cam_pred", str(tmp_path),
+                        "--vis_dir", str(tmp_path)])
 
 
 def test_no_output_requested_is_a_user_error(toy_voc, weights):

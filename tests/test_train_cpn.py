@@ -57,6 +57,20 @@ def test_few_steps_write_every_output(toy_voc, toy_lists, tmp_path, extra):
         assert re.search(rf"{dropped} 0\.0000 ", line)
 
 
+def test_freeze_backbone_trains_the_head_alone(toy_voc, toy_lists, tmp_path):
+    train_cpn.main(run_args(toy_voc, toy_lists, tmp_path / "untrained", "--max_steps", "0"))
+    train_cpn.main(run_args(toy_voc, toy_lists, tmp_path / "frozen", "--max_steps", "2", "--freeze_backbone"))
+    before = torch.load(tmp_path / "untrained" / "run.pth", weights_only=True)
+    after = torch.load(tmp_path / "frozen" / "run.pth", weights_only=True)
+    head = build_network("resnet38_CPN").new_layers
+    changed = {key for key in before if not torch.equal(before[key], after[key])}
+    assert changed and {key.split(".")[0] for key in changed} <= set(head)
+    assert "fc8.weight" in changed
+    first_line = (tmp_path / "frozen" / "run.log").read_text().splitlines()[0]
+    assert first_line.startswith(f"{toy_lists['train']}: 48 images, 24 steps/epoch")
+    assert first_line.endswith("backbone frozen")
+
+
 def test_resumed_run_matches_uninterrupted_run(toy_voc, toy_lists, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     train_cpn.main(run_args(toy_voc, toy_lists, straight, "--max_steps", "4", "--save_every", "0"))

@@ -12,6 +12,8 @@ NUM_FG_CLASSES = NUM_CLASSES - 1        # 20
 IGNORE_INDEX = 255                      # VOC's "void" label (object borders)
 VOC_TRAIN_IMAGES = 1464                 # ImageSets/Segmentation/train.txt: the paper's CAM figures
 VOC_VAL_IMAGES = 1449                   # ImageSets/Segmentation/val.txt
+VOC_TRAIN_AUG_IMAGES = 10582            # the paper's training list: (SBD ∪ train) − val
+SBD_AUG_LABELS = 12031                  # PNGs in the usual SegmentationClassAug download (train_aug + val)
 
 
 def _voc_palette() -> np.ndarray:

@@ -15,13 +15,38 @@ from tool.fileio import UserError
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def add_runtime_arguments(parser, amp_default: str = "auto") -> None:
-    """`--device` and `--amp`, shared by the training and inference scripts."""
+def add_runtime_arguments(parser) -> None:
+    """`--device`, `--amp` and `--no_tf32`, shared by the training and inference scripts.
+
+    The default is the reference's precision: it ran fp32 on Ampere GPUs with torch 1.7, whose
+    defaults let cuBLAS and cuDNN use TF32 there. AMP is an opt-in speed switch: its effect on
+    the paper's CAM mIoU has not been measured."""
     parser.add_argument("--device", default=None,
                         help="cuda, cuda:N or cpu (default: cuda when available, else cpu)")
-    parser.add_argument("--amp", choices=("auto", "off", "bf16", "fp16"), default=amp_default,
-                        help=f"mixed precision on CUDA (default {amp_default}; auto: bf16 where the GPU "
-                             "supports it; always off on the CPU)")
+    parser.add_argument("--amp", choices=("off", "auto", "bf16", "fp16"), default="off",
+                        help="mixed precision on CUDA (default off: fp32 as the reference; auto: bf16 where "
+                             "the GPU supports it; always off on the CPU)")
+    parser.add_argument("--no_tf32", action="store_true",
+                        help="full-precision fp32 matmuls and convolutions on CUDA; by default TF32 is allowed "
+                             "where the GPU has it, as on the reference's stack")
+
+
+def set_fp32_precision(allow_tf32: bool) -> None:
+    """Let cuBLAS matmuls and cuDNN convolutions use TF32 on GPUs that have it (torch 1.7's
+    default, the reference's stack), or forbid it. No effect on the CPU."""
+    torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
+    if hasattr(torch.backends.cudnn, "conv"):      # torch >= 2.9; mixing in the old flag is an error there
+        torch.backends.cudnn.conv.fp32_precision = "tf32" if allow_tf32 else "ieee"
+    else:
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+
+
+def precision_name(device: torch.device, amp_dtype: torch.dtype | None, allow_tf32: bool) -> str:
+    """What the logs and manifests say: "bf16 autocast", "fp32 (TF32 allowed)" or "fp32"."""
+    if amp_dtype is not None:
+        return next(f"{name} autocast" for name, dtype in AMP_DTYPES.items() if dtype == amp_dtype)
+    tf32_capable = device.type == "cuda" and torch.cuda.get_device_capability(device) >= (8, 0)
+    return "fp32 (TF32 allowed)" if allow_tf32 and tf32_capable else "fp32"
 
 
 def resolve_device(requested: str | None, local_rank: int = 0) -> torch.device:

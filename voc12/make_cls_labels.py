@@ -13,36 +13,62 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run as a plain script
 
+from tool.constants import SBD_AUG_LABELS, VOC_TRAIN_AUG_IMAGES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
 from tool.fileio import atomic_path, run_main, save_npy
-from voc12.data import check_voc_root, cls_labels_from_xml, load_image_list
+from voc12.data import cls_labels_from_xml
+from voc12.lists import AUG_FOLDER, check_voc_root, load_image_list
 
-AUG_FOLDER = "SegmentationClassAug"
+REFERENCE_BATCH, REFERENCE_EPOCHS = 4, 8    # SPEC §4: the schedule a list's size turns into steps
 
 
-def make_cls_labels(voc12_root: str | os.PathLike, out_dir: str | os.PathLike = "voc12") -> dict[str, Path]:
-    """Write the four files into `out_dir`; return their paths keyed
-    "cls_labels", "train", "val", "train_aug"."""
+def train_aug_warning(splits: dict[str, list[str]], aug_labels: int | None) -> str | None:
+    """One line when the official VOC 2012 lists give a train_aug other than the paper's 10,582
+    images, naming what is missing; None otherwise (also for other data sets, such as the toy set).
+    `aug_labels`: PNGs in SegmentationClassAug, None when the folder is absent."""
+    num_train_aug = len(splits["train_aug"])
+    official = len(splits["train"]) == VOC_TRAIN_IMAGES and len(splits["val"]) == VOC_VAL_IMAGES
+    if not official or num_train_aug == VOC_TRAIN_AUG_IMAGES:
+        return None
+    if aug_labels is None:
+        cause = f"there is no {AUG_FOLDER} folder (SBD's masks; README, step 1)"
+    else:
+        cause = f"{AUG_FOLDER} holds {aug_labels:,} PNGs, the usual download {SBD_AUG_LABELS:,}"
+    steps = num_train_aug // REFERENCE_BATCH * REFERENCE_EPOCHS
+    paper_steps = VOC_TRAIN_AUG_IMAGES // REFERENCE_BATCH * REFERENCE_EPOCHS
+    return (f"train_aug has {num_train_aug:,} images, not the paper's {VOC_TRAIN_AUG_IMAGES:,}: {cause}; "
+            f"the reference schedule on it is {steps:,} steps instead of {paper_steps:,}")
+
+
+@dataclass(frozen=True)
+class WrittenLists:
+    paths: dict[str, Path]          # keyed "cls_labels", "train", "val", "train_aug"
+    warning: str | None             # train_aug_warning's line
+
+
+def make_cls_labels(voc12_root: str | os.PathLike, out_dir: str | os.PathLike = "voc12") -> WrittenLists:
+    """Write the four files into `out_dir`; return their paths and the train_aug warning."""
     root = check_voc_root(voc12_root)
     split_dir = root / "ImageSets" / "Segmentation"
     train = set(load_image_list(split_dir / "train.txt"))
     val = set(load_image_list(split_dir / "val.txt"))
     aug_dir = root / AUG_FOLDER
-    aug = {path.stem for path in aug_dir.glob("*.png")} if aug_dir.is_dir() else set()
-    splits = {"train": sorted(train), "val": sorted(val), "train_aug": sorted((aug | train) - val)}
+    aug = {path.stem for path in aug_dir.glob("*.png")} if aug_dir.is_dir() else None
+    splits = {"train": sorted(train), "val": sorted(val), "train_aug": sorted(((aug or set()) | train) - val)}
 
     out_dir = Path(out_dir)
     paths = {"cls_labels": out_dir / "cls_labels.npy"}
-    save_npy(paths["cls_labels"], cls_labels_from_xml(root, sorted(train | val | aug)))
+    save_npy(paths["cls_labels"], cls_labels_from_xml(root, sorted(train | val | (aug or set()))))
     for split, names in splits.items():
         paths[split] = out_dir / f"{split}.txt"
         with atomic_path(paths[split]) as tmp_path:
             tmp_path.write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
-    return paths
+    return WrittenLists(paths, train_aug_warning(splits, None if aug is None else len(aug)))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -55,10 +81,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    paths = make_cls_labels(args.voc12_root, args.out_dir)
+    written = make_cls_labels(args.voc12_root, args.out_dir)
+    paths = written.paths
     for split in ("train", "val", "train_aug"):
         print(f"wrote {paths[split]} ({len(load_image_list(paths[split]))} images)")
     print(f"wrote {paths['cls_labels']}")
+    if written.warning:
+        print(f"warning: {written.warning}", file=sys.stderr)
 
 
 if __name__ == "__main__":
