@@ -10,7 +10,6 @@ import json
 import math
 import os
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -28,6 +27,7 @@ from network.weights import load_weights
 from tool.constants import CROP_SIZE, RESIZE_LONG
 from tool.fileio import UserError, atomic_path, run_main
 from tool.losses import cpn_loss
+from tool.manifest import git_commit
 from tool.runtime import (ProcessGroup, add_runtime_arguments, autocast, default_num_workers,
                           init_process_group, memory_format_for, precision_name, resolve_amp, resolve_device,
                           set_fp32_precision)
@@ -193,17 +193,11 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
 
 
 def run_record(args, device: torch.device, group: ProcessGroup) -> dict:
-    here = Path(__file__).resolve().parent
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True,
-                                timeout=10).stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        commit = None
     return {
         "args": vars(args),
         "versions": {"python": platform.python_version(), "torch": torch.__version__,
                      "torchvision": torchvision.__version__, "numpy": np.__version__},
-        "git_commit": commit,
+        "git_commit": git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "world_size": group.world_size,
         "command": " ".join(sys.argv),
