@@ -5,8 +5,8 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 
 DEMO_DIR ?= demo_out
-DEMO_STEPS ?= 100
-DEMO_DEVICE ?= cpu
+DEMO_STEPS ?=
+DEMO_DEVICE ?= auto
 
 .PHONY: install test demo clean
 
@@ -22,7 +22,7 @@ test: install
 	$(PY) -m pytest -q tests
 
 demo: install
-	bash tool/demo.sh $(PY) $(DEMO_DIR) $(DEMO_STEPS) $(DEMO_DEVICE)
+	bash tool/demo.sh $(PY) $(DEMO_DIR) "$(DEMO_STEPS)" $(DEMO_DEVICE)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache
