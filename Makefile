@@ -3,12 +3,13 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
+DEV_STAMP := $(VENV)/.requirements-dev-installed
 
 DEMO_DIR ?= demo_out
 DEMO_STEPS ?=
 DEMO_DEVICE ?= auto
 
-.PHONY: install test demo clean
+.PHONY: install install-dev lint test test-fast demo clean
 
 install: $(STAMP)
 
@@ -18,11 +19,25 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install -r requirements.txt
 	touch $(STAMP)
 
-test: install
+install-dev: $(DEV_STAMP)
+
+$(DEV_STAMP): $(STAMP) requirements-dev.txt
+	$(PY) -m pip install -r requirements-dev.txt
+	touch $(DEV_STAMP)
+
+lint: install-dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+test: lint
 	$(PY) -m pytest -q tests
+
+# The inner loop: everything but the end-to-end runs marked slow (under a minute).
+test-fast: install-dev
+	$(PY) -m pytest -q -m "not slow" tests
 
 demo: install
 	bash tool/demo.sh $(PY) $(DEMO_DIR) "$(DEMO_STEPS)" $(DEMO_DEVICE)
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache
+	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

@@ -15,6 +15,7 @@ score was chosen (the sweep's best on these ground-truth labels, as the paper do
 --t). Per class it reports IoU, precision and recall at that score, and it warns on stderr about
 ground truth or lists the paper's CAM figures were not measured on. Numpy only: no torch import.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,21 +35,31 @@ from tqdm import tqdm
 
 from tool.constants import NUM_FG_CLASSES, SWEEP_THRESHOLDS, VOC_CLASSES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
 from tool.cores import default_num_workers
-from tool.fileio import UserError, atomic_path, load_npy_dict, read_label_png, run_main
-from tool.metrics import (InvalidLabelsError, accumulate_counts, best_threshold_index, iou, label_counts,
-                          miou_percent, precision, recall, threshold_sweep_counts)
+from tool.errors import UserError, run_main
+from tool.fileio import atomic_path, load_npy_dict, read_label_png
+from tool.metrics import (
+    InvalidLabelsError,
+    accumulate_counts,
+    best_threshold_index,
+    iou,
+    label_counts,
+    miou_percent,
+    precision,
+    recall,
+    threshold_sweep_counts,
+)
 from voc12.lists import AUG_FOLDER, SEGMENTATION_FOLDER, load_image_list
 
 PREDICTION_SUFFIX = {"npy": ".npy", "png": ".png"}
 GT_SUFFIX = ".png"
-MISSING_SHOWN = 5          # names quoted when files are missing; the rest are counted
+MISSING_SHOWN = 5  # names quoted when files are missing; the rest are counted
 CAM_FORMAT = "np.save of a dict {class index 0..19: H×W float map}, as infer_cam.py writes"
 PREDICTION_KIND = {"npy": "npy CAMs", "png": "png labels"}
 # How the reported background score was chosen (SPEC §6); the paper reports the sweep's best.
 BEST_ON_GROUND_TRUTH = "best on these ground-truth labels (the paper's protocol)"
 FIXED_THRESHOLD = "fixed --t"
 NO_THRESHOLD = "none (png labels)"
-PAPER_CAM_MIOU = 57.4      # the paper's CAM mIoU, on VOC train (VOC_TRAIN_IMAGES images)
+PAPER_CAM_MIOU = 57.4  # the paper's CAM mIoU, on VOC train (VOC_TRAIN_IMAGES images)
 
 
 def parse_bool(text: str) -> bool:
@@ -64,27 +75,50 @@ def parse_bool(text: str) -> bool:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="mIoU of CAMs (or label PNGs) against VOC ground truth (SPEC §6). With --type npy and "
-                    "no --t, sweeps the background threshold over 0.20, 0.21, ..., 0.59 in one pass over "
-                    "the files and reports the best; with --t, evaluates that threshold only.")
+        "no --t, sweeps the background threshold over 0.20, 0.21, ..., 0.59 in one pass over "
+        "the files and reports the best; with --t, evaluates that threshold only."
+    )
     parser.add_argument("--list", required=True, help="image list, one name per line (e.g. .../train.txt)")
     parser.add_argument("--predict_dir", default="out_cam", help="folder of <name>.npy CAM dicts or <name>.png labels")
     parser.add_argument("--gt_dir", required=True, help="VOC2012/SegmentationClass (palette PNGs, 255 ignored)")
-    parser.add_argument("--logfile", default="./eval.txt",
-                        help="text log the result is appended to, as the reference does ('' for none)")
+    parser.add_argument(
+        "--logfile",
+        default="./eval.txt",
+        help="text log the result is appended to, as the reference does ('' for none)",
+    )
     parser.add_argument("--comment", default="", help="written with the result to --logfile")
-    parser.add_argument("--type", default="npy", choices=("npy", "png"),
-                        help=f"npy: CAMs ({CAM_FORMAT}); png: label images of class indices (255 = no class)")
-    parser.add_argument("--t", type=float, default=None,
-                        help="evaluate this background threshold only (npy); without it the sweep runs")
-    parser.add_argument("--curve", type=parse_bool, nargs="?", const=True, default=None, metavar="True|False",
-                        help="the reference's switch, kept for its command lines: '--curve' or '--curve True' "
-                             "asks for the sweep (the default without --t), '--curve False' for --t alone")
-    parser.add_argument("--json", default=None,
-                        help="write the protocol, any warnings, thresholds, mIoU and per-class IoU at each, the "
-                             "best threshold and per-class IoU, precision and recall at it to this JSON file")
+    parser.add_argument(
+        "--type",
+        default="npy",
+        choices=("npy", "png"),
+        help=f"npy: CAMs ({CAM_FORMAT}); png: label images of class indices (255 = no class)",
+    )
+    parser.add_argument(
+        "--t", type=float, default=None, help="evaluate this background threshold only (npy); without it the sweep runs"
+    )
+    parser.add_argument(
+        "--curve",
+        type=parse_bool,
+        nargs="?",
+        const=True,
+        default=None,
+        metavar="True|False",
+        help="the reference's switch, kept for its command lines: '--curve' or '--curve True' "
+        "asks for the sweep (the default without --t), '--curve False' for --t alone",
+    )
+    parser.add_argument(
+        "--json",
+        default=None,
+        help="write the protocol, any warnings, thresholds, mIoU and per-class IoU at each, the "
+        "best threshold and per-class IoU, precision and recall at it to this JSON file",
+    )
     parser.add_argument("--plot", default=None, help="write a PNG of mIoU against the threshold, best marked")
-    parser.add_argument("--num_workers", type=int, default=None,
-                        help="processes reading and counting files (default: the usable cores; 0 = none)")
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="processes reading and counting files (default: the usable cores; 0 = none)",
+    )
     return parser.parse_args(argv)
 
 
@@ -92,8 +126,10 @@ def chosen_thresholds(args: argparse.Namespace) -> tuple[float, ...] | None:
     """The thresholds to evaluate: the sweep, --t alone, or None for label PNGs."""
     if args.type == "png":
         if args.t is not None or args.curve:
-            raise UserError("--t and --curve choose background thresholds for CAMs; --type png predictions "
-                            "are labels already, drop them")
+            raise UserError(
+                "--t and --curve choose background thresholds for CAMs; --type png predictions "
+                "are labels already, drop them"
+            )
         if args.plot:
             raise UserError("--plot draws mIoU against the background threshold; --type png has none, drop --plot")
         return None
@@ -118,9 +154,14 @@ def threshold_choice(thresholds: tuple[float, ...] | None) -> str:
 def evaluation_protocol(args: argparse.Namespace, num_images: int, thresholds: tuple[float, ...] | None) -> dict:
     """What is scored against what, stated by every output: list, folders (absolute), prediction
     type and how the background score is chosen."""
-    return {"list": os.path.abspath(args.list), "num_images": num_images, "gt_dir": os.path.abspath(args.gt_dir),
-            "predict_dir": os.path.abspath(args.predict_dir), "type": args.type,
-            "threshold_choice": threshold_choice(thresholds)}
+    return {
+        "list": os.path.abspath(args.list),
+        "num_images": num_images,
+        "gt_dir": os.path.abspath(args.gt_dir),
+        "predict_dir": os.path.abspath(args.predict_dir),
+        "type": args.type,
+        "threshold_choice": threshold_choice(thresholds),
+    }
 
 
 def protocol_warnings(protocol: dict) -> list[str]:
@@ -128,22 +169,28 @@ def protocol_warnings(protocol: dict) -> list[str]:
     SegmentationClass ground truth; the paper's CAM mIoU is on train)."""
     warnings = []
     if Path(protocol["gt_dir"]).name == AUG_FOLDER:
-        warnings.append(f"--gt_dir {protocol['gt_dir']} holds SBD's {AUG_FOLDER} masks, coarser than VOC's; the "
-                        f"paper scores CAMs against VOC2012/{SEGMENTATION_FOLDER}, so this mIoU is not comparable "
-                        "with its figures")
+        warnings.append(
+            f"--gt_dir {protocol['gt_dir']} holds SBD's {AUG_FOLDER} masks, coarser than VOC's; the "
+            f"paper scores CAMs against VOC2012/{SEGMENTATION_FOLDER}, so this mIoU is not comparable "
+            "with its figures"
+        )
     if protocol["num_images"] == VOC_VAL_IMAGES:
-        warnings.append(f"the list has {VOC_VAL_IMAGES:,} images, as VOC2012 val does; the paper's CAM mIoU "
-                        f"({PAPER_CAM_MIOU} %) is on train ({VOC_TRAIN_IMAGES:,} images): pass --list "
-                        ".../ImageSets/Segmentation/train.txt to compare with it")
+        warnings.append(
+            f"the list has {VOC_VAL_IMAGES:,} images, as VOC2012 val does; the paper's CAM mIoU "
+            f"({PAPER_CAM_MIOU} %) is on train ({VOC_TRAIN_IMAGES:,} images): pass --list "
+            ".../ImageSets/Segmentation/train.txt to compare with it"
+        )
     return warnings
 
 
 def protocol_lines(protocol: dict) -> list[str]:
     """The protocol as the console states it, just above the mIoU line."""
-    return [f"list: {protocol['list']} ({protocol['num_images']} images)",
-            f"ground truth: {protocol['gt_dir']}",
-            f"predictions: {protocol['predict_dir']} ({PREDICTION_KIND[protocol['type']]})",
-            f"background score: {protocol['threshold_choice']}"]
+    return [
+        f"list: {protocol['list']} ({protocol['num_images']} images)",
+        f"ground truth: {protocol['gt_dir']}",
+        f"predictions: {protocol['predict_dir']} ({PREDICTION_KIND[protocol['type']]})",
+        f"background score: {protocol['threshold_choice']}",
+    ]
 
 
 def check_files(names: list[str], folder: Path, suffix: str, what: str, hint: str) -> str | None:
@@ -154,8 +201,9 @@ def check_files(names: list[str], folder: Path, suffix: str, what: str, hint: st
     missing = [name for name in names if name + suffix not in present]
     if not missing:
         return None
-    shown = ", ".join(missing[:MISSING_SHOWN]) + (f" and {len(missing) - MISSING_SHOWN} more"
-                                                  if len(missing) > MISSING_SHOWN else "")
+    shown = ", ".join(missing[:MISSING_SHOWN]) + (
+        f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
+    )
     return f"{len(missing)} of {len(names)} listed images have no {what} {folder}/<name>{suffix}: {shown}"
 
 
@@ -168,8 +216,10 @@ def read_class_maps(path: Path) -> dict[int, np.ndarray]:
         if not (isinstance(key, numbers.Integral) and 0 <= key < NUM_FG_CLASSES):
             raise UserError(f"prediction {path} has key {key!r}; expected class indices 0..{NUM_FG_CLASSES - 1}")
         if values.ndim != 2 or values.dtype.kind not in "biuf":
-            raise UserError(f"prediction {path}: class {key} is a {values.dtype} array of shape {values.shape}; "
-                            "expected an H×W float map")
+            raise UserError(
+                f"prediction {path}: class {key} is a {values.dtype} array of shape {values.shape}; "
+                "expected an H×W float map"
+            )
         class_maps[int(key)] = values
     shapes = {values.shape for values in class_maps.values()}
     if len(shapes) > 1:
@@ -177,8 +227,9 @@ def read_class_maps(path: Path) -> dict[int, np.ndarray]:
     return class_maps
 
 
-def evaluate_image(name: str, predict_dir: Path, gt_dir: Path, prediction_type: str,
-                   thresholds: tuple[float, ...] | None) -> np.ndarray:
+def evaluate_image(
+    name: str, predict_dir: Path, gt_dir: Path, prediction_type: str, thresholds: tuple[float, ...] | None
+) -> np.ndarray:
     """Counts of one listed image: [len(thresholds), 21, 3] for CAMs, [1, 21, 3] for label PNGs."""
     prediction_path = predict_dir / f"{name}{PREDICTION_SUFFIX[prediction_type]}"
     gt_path = gt_dir / f"{name}{GT_SUFFIX}"
@@ -190,8 +241,10 @@ def evaluate_image(name: str, predict_dir: Path, gt_dir: Path, prediction_type: 
         prediction = read_label_png(prediction_path)
         shape = prediction.shape
     if shape != ground_truth.shape:
-        raise UserError(f"prediction {prediction_path} is {shape[0]}×{shape[1]} but its ground truth {gt_path} is "
-                        f"{ground_truth.shape[0]}×{ground_truth.shape[1]}; they must be the same image's size")
+        raise UserError(
+            f"prediction {prediction_path} is {shape[0]}×{shape[1]} but its ground truth {gt_path} is "
+            f"{ground_truth.shape[0]}×{ground_truth.shape[1]}; they must be the same image's size"
+        )
     try:
         if prediction_type == "npy":
             return threshold_sweep_counts(prediction, ground_truth, thresholds)
@@ -217,10 +270,17 @@ def percent_or_none(fraction: float) -> float | None:
 
 def per_class_scores(counts: np.ndarray) -> list[dict]:
     """{name, iou, precision, recall} of each class in percent, from one [21, 3] counts array."""
-    return [{"name": name, "iou": float(class_iou * 100), "precision": percent_or_none(class_precision),
-             "recall": percent_or_none(class_recall)}
-            for name, class_iou, class_precision, class_recall
-            in zip(VOC_CLASSES, iou(counts), precision(counts), recall(counts))]
+    return [
+        {
+            "name": name,
+            "iou": float(class_iou * 100),
+            "precision": percent_or_none(class_precision),
+            "recall": percent_or_none(class_recall),
+        }
+        for name, class_iou, class_precision, class_recall in zip(
+            VOC_CLASSES, iou(counts), precision(counts), recall(counts)
+        )
+    ]
 
 
 def percent_cell(value: float | None) -> str:
@@ -230,8 +290,10 @@ def percent_cell(value: float | None) -> str:
 def class_table(per_class: list[dict]) -> str:
     """One class a line: IoU, precision and recall in percent ("n/a" where undefined)."""
     rows = [f"{'class':>11s}{'IoU':>11s}{'precision':>11s}{'recall':>11s}"]
-    rows += [f"{scores['name']:>11s}" + "".join(percent_cell(scores[key]) for key in ("iou", "precision", "recall"))
-             for scores in per_class]
+    rows += [
+        f"{scores['name']:>11s}" + "".join(percent_cell(scores[key]) for key in ("iou", "precision", "recall"))
+        for scores in per_class
+    ]
     return "\n".join(rows)
 
 
@@ -266,9 +328,13 @@ def log_record(result: dict) -> dict:
 def append_log(path: Path, record: dict, comment: str) -> None:
     """Append in the reference's layout: time and comment, `key:value` pairs, a rule."""
     existing = path.read_text(encoding="utf-8") if path.is_file() else ""
-    entry = (time.strftime("%Y-%m-%d %H:%M:%S") + f"\t{comment}\n"
-             + "".join(f"{key}:{value}  " for key, value in record.items()) + "\n"
-             + "=====================================\n")
+    entry = (
+        time.strftime("%Y-%m-%d %H:%M:%S")
+        + f"\t{comment}\n"
+        + "".join(f"{key}:{value}  " for key, value in record.items())
+        + "\n"
+        + "=====================================\n"
+    )
     with atomic_path(path) as tmp_path:
         tmp_path.write_text(existing + entry, encoding="utf-8")
 
@@ -286,8 +352,15 @@ def write_plot(path: Path, result: dict) -> None:
     figure = Figure(figsize=(6, 4), dpi=100)
     axes = figure.add_subplot()
     axes.plot(result["thresholds"], result["miou"], marker=".")
-    axes.plot([result["best_threshold"]], [result["best_miou"]], marker="*", markersize=14, color="tab:red",
-              linestyle="none", label=f"best: t = {result['best_threshold']:.2f}, mIoU {result['best_miou']:.2f}%")
+    axes.plot(
+        [result["best_threshold"]],
+        [result["best_miou"]],
+        marker="*",
+        markersize=14,
+        color="tab:red",
+        linestyle="none",
+        label=f"best: t = {result['best_threshold']:.2f}, mIoU {result['best_miou']:.2f}%",
+    )
     axes.set_xlabel("background threshold t")
     axes.set_ylabel("mIoU (%)")
     axes.grid(alpha=0.3)
@@ -306,15 +379,23 @@ def main(argv: list[str] | None = None) -> dict:
     names = load_image_list(args.list)
     protocol = evaluation_protocol(args, len(names), thresholds)
     predict_dir, gt_dir = Path(args.predict_dir), Path(args.gt_dir)
-    complaints = [check_files(names, predict_dir, PREDICTION_SUFFIX[args.type], "prediction",
-                              "pass --predict_dir with infer_cam.py's output"),
-                  check_files(names, gt_dir, GT_SUFFIX, "ground truth", "pass --gt_dir VOC2012/SegmentationClass")]
+    complaints = [
+        check_files(
+            names,
+            predict_dir,
+            PREDICTION_SUFFIX[args.type],
+            "prediction",
+            "pass --predict_dir with infer_cam.py's output",
+        ),
+        check_files(names, gt_dir, GT_SUFFIX, "ground truth", "pass --gt_dir VOC2012/SegmentationClass"),
+    ]
     complaints = [complaint for complaint in complaints if complaint]
     if complaints:
         raise UserError("; ".join(complaints) + f"; fix --list {args.list} or the folders")
 
-    count_one = functools.partial(evaluate_image, predict_dir=predict_dir, gt_dir=gt_dir,
-                                  prediction_type=args.type, thresholds=thresholds)
+    count_one = functools.partial(
+        evaluate_image, predict_dir=predict_dir, gt_dir=gt_dir, prediction_type=args.type, thresholds=thresholds
+    )
     counts = count_all(names, count_one, num_workers)
     result = {"protocol": protocol, "warnings": protocol_warnings(protocol), **summary(counts, thresholds)}
 

@@ -16,6 +16,7 @@ Images whose requested outputs all exist are skipped, so an interrupted run resu
 gets a manifest.json (tool/manifest.py): a run whose weights or settings differ from the ones that
 wrote the folder stops before any work, unless --overwrite.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -23,10 +24,10 @@ import collections
 import multiprocessing
 import os
 import signal
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -38,23 +39,33 @@ from network import build_network
 from network.weights import load_weights
 from tool.constants import INFER_SCALES, NUM_FG_CLASSES
 from tool.crf import SEAM_CRF_ALPHAS, require_pydensecrf, seam_crf_scores
-from tool.fileio import UserError, check_writable_dir, run_main, save_jpeg, save_npy, save_png
+from tool.errors import UserError, run_main
+from tool.fileio import check_writable_dir, save_jpeg, save_npy, save_png
 from tool.manifest import FolderManifest, git_commit, weights_sha256
-from tool.runtime import (ProcessGroup, add_runtime_arguments, autocast, memory_format_for, precision_name,
-                          resolve_amp, resolve_device, set_fp32_precision, usable_cores)
+from tool.runtime import (
+    ProcessGroup,
+    add_runtime_arguments,
+    autocast,
+    memory_format_for,
+    precision_name,
+    resolve_amp,
+    resolve_device,
+    set_fp32_precision,
+    usable_cores,
+)
 from tool.visualization import cam_panel, label_image
 from voc12.data import InferDataset, check_voc_root, load_cls_labels, load_image_list
 
-CAM_EPS = 1e-5              # SPEC §5: the min/max normalisation's epsilon
-LABEL_PRESENT = 1e-5        # the reference keeps class i when label[i] > 1e-5
+CAM_EPS = 1e-5  # SPEC §5: the min/max normalisation's epsilon
+LABEL_PRESENT = 1e-5  # the reference keeps class i when label[i] > 1e-5
 # SPEC §5 quirk: the reference stores norm / 2 ("compresses the foreground seeds" so the
 # background sweep 0.20..0.59 covers them). Evaluation thresholds refer to the halved maps.
 REFERENCE_CAM_DIVISOR = 2.0
 # Background score of --out_cam_pred, on the scale of the halved maps (evaluation's t).
 # 0.26 is SEAM's default for its out_cam_pred; pass the best t of evaluation_cam.py's curve.
 DEFAULT_PRED_BACKGROUND = 0.26
-IRN_CAM_STRIDE = 4          # SPEC_IRN §11: IRN's `cam` entry lies on the network's stride-4 grid
-REFERENCE_NUM_WORKERS = 4   # the reference's --num_workers default
+IRN_CAM_STRIDE = 4  # SPEC_IRN §11: IRN's `cam` entry lies on the network's stride-4 grid
+REFERENCE_NUM_WORKERS = 4  # the reference's --num_workers default
 
 
 def float_list(text: str) -> tuple[float, ...]:
@@ -76,55 +87,110 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", required=True, help="trained CPN weights (.pth from train_cpn.py)")
     parser.add_argument("--network", default="network.resnet38_CPN")
     parser.add_argument("--infer_list", default=str(here / "voc12" / "train.txt"))
-    parser.add_argument("--num_workers", type=int, default=REFERENCE_NUM_WORKERS,
-                        help="loader processes per GPU process, each preparing the next images")
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=REFERENCE_NUM_WORKERS,
+        help="loader processes per GPU process, each preparing the next images",
+    )
     parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages)")
-    parser.add_argument("--out_cam", default=None, metavar="DIR",
-                        help="reference-format CAMs: <name>.npy = {class 0..19: float32 H×W, halved}")
+    parser.add_argument(
+        "--out_cam",
+        default=None,
+        metavar="DIR",
+        help="reference-format CAMs: <name>.npy = {class 0..19: float32 H×W, halved}",
+    )
     # Ours.
     # fp32 by default: the CAMs are what gets evaluated and handed on, and fp32 already meets
     # the speed goal on one H100 (bench/RESULTS.md); --amp bf16 is ~1.7× faster.
     add_runtime_arguments(parser)
     parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
-    parser.add_argument("--scales", type=float_list, default=INFER_SCALES, metavar="S,S,...",
-                        help="image scales, each also flipped (default: 0.5,1.0,1.5,2.0, SPEC §5)")
-    parser.add_argument("--out_cam_irn", default=None, metavar="DIR",
-                        help="IRN-format CAMs: <name>.npy = {'keys', 'cam', 'high_res'}, for IRN's second stage")
-    parser.add_argument("--out_cam_pred", default=None, metavar="DIR",
-                        help="label PNGs: argmax of (background score, halved CAMs)")
-    parser.add_argument("--out_cam_pred_alpha", type=float, default=DEFAULT_PRED_BACKGROUND, metavar="T",
-                        help="background score of --out_cam_pred and --vis_dir, on the halved maps' "
-                             "scale like evaluation_cam.py's t (default %(default)s)")
-    parser.add_argument("--out_crf", default=None, metavar="DIR",
-                        help="SEAM-style CRF pseudo labels (SPEC §7), DIR/alpha_<a>/<name>.png per alpha")
-    parser.add_argument("--crf_alphas", type=float_list, default=SEAM_CRF_ALPHAS, metavar="A,A,...",
-                        help="background exponents of --out_crf (default 4,24)")
-    parser.add_argument("--crf_scores", action="store_true",
-                        help="also write the CRF scores, SEAM's {0: background, class+1: score} .npy dicts")
-    parser.add_argument("--vis_dir", default=None, metavar="DIR",
-                        help="a JPEG per image: image, each class's CAM over it, the --out_cam_pred label map")
-    parser.add_argument("--post_workers", type=int, default=None,
-                        help="processes that build and write the outputs while the network runs "
-                             "(0: in the main process; default: the cores the loader leaves, at most 8)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="rewrite every output of the listed images and each folder's manifest, even "
-                             "when the folder was written with other weights or settings")
+    parser.add_argument(
+        "--scales",
+        type=float_list,
+        default=INFER_SCALES,
+        metavar="S,S,...",
+        help="image scales, each also flipped (default: 0.5,1.0,1.5,2.0, SPEC §5)",
+    )
+    parser.add_argument(
+        "--out_cam_irn",
+        default=None,
+        metavar="DIR",
+        help="IRN-format CAMs: <name>.npy = {'keys', 'cam', 'high_res'}, for IRN's second stage",
+    )
+    parser.add_argument(
+        "--out_cam_pred", default=None, metavar="DIR", help="label PNGs: argmax of (background score, halved CAMs)"
+    )
+    parser.add_argument(
+        "--out_cam_pred_alpha",
+        type=float,
+        default=DEFAULT_PRED_BACKGROUND,
+        metavar="T",
+        help="background score of --out_cam_pred and --vis_dir, on the halved maps' "
+        "scale like evaluation_cam.py's t (default %(default)s)",
+    )
+    parser.add_argument(
+        "--out_crf",
+        default=None,
+        metavar="DIR",
+        help="SEAM-style CRF pseudo labels (SPEC §7), DIR/alpha_<a>/<name>.png per alpha",
+    )
+    parser.add_argument(
+        "--crf_alphas",
+        type=float_list,
+        default=SEAM_CRF_ALPHAS,
+        metavar="A,A,...",
+        help="background exponents of --out_crf (default 4,24)",
+    )
+    parser.add_argument(
+        "--crf_scores",
+        action="store_true",
+        help="also write the CRF scores, SEAM's {0: background, class+1: score} .npy dicts",
+    )
+    parser.add_argument(
+        "--vis_dir",
+        default=None,
+        metavar="DIR",
+        help="a JPEG per image: image, each class's CAM over it, the --out_cam_pred label map",
+    )
+    parser.add_argument(
+        "--post_workers",
+        type=int,
+        default=None,
+        help="processes that build and write the outputs while the network runs "
+        "(0: in the main process; default: the cores the loader leaves, at most 8)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rewrite every output of the listed images and each folder's manifest, even "
+        "when the folder was written with other weights or settings",
+    )
     return parser.parse_args(argv)
 
 
 # --- SPEC §5: the CAM of one image ------------------------------------------------------
 
+
 def second_output(outputs) -> torch.Tensor:
     """SPEC §5 uses the network's second output (`final`, the refined CAM)."""
     if not isinstance(outputs, (tuple, list)) or len(outputs) < 2:
-        raise UserError("infer_cam.py needs a network whose forward returns (cam, cam_rv), such as "
-                        "network.resnet38_CPN; pass --network network.resnet38_CPN")
+        raise UserError(
+            "infer_cam.py needs a network whose forward returns (cam, cam_rv), such as "
+            "network.resnet38_CPN; pass --network network.resnet38_CPN"
+        )
     return outputs[1]
 
 
-def summed_cams(model: torch.nn.Module, inputs: Sequence[torch.Tensor], label: torch.Tensor,
-                sizes: Sequence[tuple[int, int]], *, amp_dtype: torch.dtype | None = None,
-                memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
+def summed_cams(
+    model: torch.nn.Module,
+    inputs: Sequence[torch.Tensor],
+    label: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    *,
+    amp_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> list[torch.Tensor]:
     """SPEC §5 up to the sum, at each of `sizes` from the same forwards: the foreground channels
     of the second output of every input, bilinearly resized to the size (align_corners=False),
     flipped back where flipped, summed, times the class vector. Returns per size float32 20×h×w
@@ -161,13 +227,21 @@ def normalize_cams(summed: torch.Tensor) -> torch.Tensor:
     return (positive - channel_min - CAM_EPS) / (channel_max - channel_min + CAM_EPS)
 
 
-def multiscale_cam(model: torch.nn.Module, inputs: Sequence[torch.Tensor], label: torch.Tensor,
-                   sizes: Sequence[tuple[int, int]], *, amp_dtype: torch.dtype | None = None,
-                   memory_format: torch.memory_format = torch.contiguous_format) -> list[torch.Tensor]:
+def multiscale_cam(
+    model: torch.nn.Module,
+    inputs: Sequence[torch.Tensor],
+    label: torch.Tensor,
+    sizes: Sequence[tuple[int, int]],
+    *,
+    amp_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> list[torch.Tensor]:
     """SPEC §5: the normalised (not yet halved) multi-scale CAM at each of `sizes`, each
     normalised over its own pixels (SPEC_IRN §11), float32 20×h×w."""
-    return [normalize_cams(summed) for summed in summed_cams(model, inputs, label, sizes, amp_dtype=amp_dtype,
-                                                             memory_format=memory_format)]
+    return [
+        normalize_cams(summed)
+        for summed in summed_cams(model, inputs, label, sizes, amp_dtype=amp_dtype, memory_format=memory_format)
+    ]
 
 
 def irn_cam_size(image_size: tuple[int, int]) -> tuple[int, int]:
@@ -182,6 +256,7 @@ def present_classes(label) -> np.ndarray:
 
 
 # --- Output formats (numpy, run in the post-processing workers) ---------------------------
+
 
 def reference_cam_dict(fg_maps: np.ndarray, keys: np.ndarray) -> dict[int, np.ndarray]:
     """The reference's .npy content: {class index: normalised map / 2, float32 H×W}."""
@@ -199,8 +274,11 @@ def irn_cam_dict(fg_maps: np.ndarray, irn_fg_maps: np.ndarray, keys: np.ndarray)
     with a background 0), `high_res` K×H×W float32 in 0..1 (IRN pads a background threshold),
     `cam` K×h×w on the stride-4 grid, a float32 CPU torch tensor because make_sem_seg_labels
     calls `.cuda()` on it."""
-    return {"keys": keys.astype(np.int64), "cam": torch.from_numpy(unit_maps(irn_fg_maps)),
-            "high_res": unit_maps(fg_maps)}
+    return {
+        "keys": keys.astype(np.int64),
+        "cam": torch.from_numpy(unit_maps(irn_fg_maps)),
+        "high_res": unit_maps(fg_maps),
+    }
 
 
 def threshold_label(fg_maps: np.ndarray, keys: np.ndarray, background: float) -> np.ndarray:
@@ -213,8 +291,9 @@ def threshold_label(fg_maps: np.ndarray, keys: np.ndarray, background: float) ->
     return scores.argmax(axis=0).astype(np.uint8)
 
 
-def seam_crf_label(image: np.ndarray, fg_maps: np.ndarray, keys: np.ndarray,
-                   alpha: float) -> tuple[np.ndarray, dict[int, np.ndarray]]:
+def seam_crf_label(
+    image: np.ndarray, fg_maps: np.ndarray, keys: np.ndarray, alpha: float
+) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """SPEC §7, SEAM's pseudo labels: CRF over (background (1 - max fg)^alpha, fg maps).
     Returns the uint8 label map (class indices 0..20) and SEAM's score dict
     {0: background, class index + 1: score}."""
@@ -226,6 +305,7 @@ def seam_crf_label(image: np.ndarray, fg_maps: np.ndarray, keys: np.ndarray,
 @dataclass(frozen=True)
 class Outputs:
     """Which outputs to write, and where."""
+
     out_cam: Path | None = None
     out_cam_irn: Path | None = None
     out_cam_pred: Path | None = None
@@ -239,17 +319,27 @@ class Outputs:
     def from_args(cls, args: argparse.Namespace) -> Outputs:
         def path(value):
             return None if value is None else Path(value)
-        return cls(out_cam=path(args.out_cam), out_cam_irn=path(args.out_cam_irn),
-                   out_cam_pred=path(args.out_cam_pred), pred_background=args.out_cam_pred_alpha,
-                   out_crf=path(args.out_crf), crf_alphas=args.crf_alphas, crf_scores=args.crf_scores,
-                   vis_dir=path(args.vis_dir))
+
+        return cls(
+            out_cam=path(args.out_cam),
+            out_cam_irn=path(args.out_cam_irn),
+            out_cam_pred=path(args.out_cam_pred),
+            pred_background=args.out_cam_pred_alpha,
+            out_crf=path(args.out_crf),
+            crf_alphas=args.crf_alphas,
+            crf_scores=args.crf_scores,
+            vis_dir=path(args.vis_dir),
+        )
 
     def folder_formats(self) -> list[tuple[Path, str, dict]]:
         """Each output folder, the flag that names it, and the settings of that flag that change
         its files besides the CAMs themselves (its manifest's format settings)."""
-        formats = [(self.out_cam, "out_cam", {}), (self.out_cam_irn, "out_cam_irn", {}),
-                   (self.out_cam_pred, "out_cam_pred", {"out_cam_pred_alpha": self.pred_background}),
-                   (self.vis_dir, "vis_dir", {"out_cam_pred_alpha": self.pred_background})]
+        formats = [
+            (self.out_cam, "out_cam", {}),
+            (self.out_cam_irn, "out_cam_irn", {}),
+            (self.out_cam_pred, "out_cam_pred", {"out_cam_pred_alpha": self.pred_background}),
+            (self.vis_dir, "vis_dir", {"out_cam_pred_alpha": self.pred_background}),
+        ]
         if self.out_crf is not None:
             formats += [(self.crf_dir(alpha), "out_crf", {"crf_alpha": alpha}) for alpha in self.crf_alphas]
         return [(folder, flag, settings) for folder, flag, settings in formats if folder is not None]
@@ -299,6 +389,7 @@ class ImageCams:
     """One image's result, sent to a post-processing worker: the original image (uint8
     H×W×3), its present classes (0..19) and their normalised, un-halved maps (K×H×W), and
     for --out_cam_irn the same on IRN's stride-4 grid (K×h×w)."""
+
     name: str
     image: np.ndarray
     keys: np.ndarray
@@ -319,8 +410,7 @@ def write_outputs(cams: ImageCams, outputs: Outputs) -> None:
             save_png(outputs.out_cam_pred / f"{name}.png", label_image(label))
         if outputs.vis_dir is not None:
             heat_maps = dict(zip(keys.tolist(), unit_maps(fg_maps)))
-            panel = cam_panel(cams.image, heat_maps, label,
-                              label_title=f"background {outputs.pred_background:g}")
+            panel = cam_panel(cams.image, heat_maps, label, label_title=f"background {outputs.pred_background:g}")
             save_jpeg(outputs.vis_dir / f"{name}.jpg", panel)
     if outputs.out_crf is not None:
         for alpha in outputs.crf_alphas:
@@ -374,6 +464,7 @@ class OutputWriter:
 
 # --- Script -----------------------------------------------------------------------------
 
+
 def default_post_workers(num_loader_workers: int, processes_per_node: int) -> int:
     return max(1, min(8, usable_cores() // max(1, processes_per_node) - num_loader_workers - 1))
 
@@ -389,8 +480,10 @@ def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGro
     if group.is_main:
         print(report.summary())
     if report.from_scratch:
-        raise UserError(f"weights file {args.weights} lacks the trained head ({', '.join(report.from_scratch[:3])} "
-                        "...): CAMs need trained CPN weights, e.g. the .pth written by train_cpn.py")
+        raise UserError(
+            f"weights file {args.weights} lacks the trained head ({', '.join(report.from_scratch[:3])} "
+            "...): CAMs need trained CPN weights, e.g. the .pth written by train_cpn.py"
+        )
     return model.eval().to(device, memory_format=memory_format_for(device))
 
 
@@ -402,18 +495,26 @@ def folder_manifests(args: argparse.Namespace, outputs: Outputs, precision: str)
     # Sorted: the sum over scales does not depend on their order.
     run_settings = {"network": args.network, "scales": sorted(args.scales), "precision": precision}
     version = git_commit()
-    return [FolderManifest(folder, weights=args.weights, weights_sha256=checksum,
-                           settings={"output": flag, **run_settings, **format_settings},
-                           input_list=args.infer_list, version=version)
-            for folder, flag, format_settings in outputs.folder_formats()]
+    return [
+        FolderManifest(
+            folder,
+            weights=args.weights,
+            weights_sha256=checksum,
+            settings={"output": flag, **run_settings, **format_settings},
+            input_list=args.infer_list,
+            version=version,
+        )
+        for folder, flag, format_settings in outputs.folder_formats()
+    ]
 
 
 def main(argv=None) -> None:
     args = parse_args(argv)
     outputs = Outputs.from_args(args)
     if not outputs.folders():
-        raise UserError("nothing to write: pass at least one of --out_cam, --out_cam_irn, --out_cam_pred, "
-                        "--out_crf, --vis_dir")
+        raise UserError(
+            "nothing to write: pass at least one of --out_cam, --out_cam_irn, --out_cam_pred, --out_crf, --vis_dir"
+        )
     outputs.check_separate_folders()
     for folder in outputs.folders():
         check_writable_dir(folder)
@@ -428,49 +529,65 @@ def main(argv=None) -> None:
     missing = [name for name in all_names if name not in cls_labels]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"image {missing[0]}{more} of {args.infer_list} has no class label in {args.cls_labels}; "
-                        "use the labels made for this list (voc12/make_cls_labels.py) or fix the list")
+        raise UserError(
+            f"image {missing[0]}{more} of {args.infer_list} has no class label in {args.cls_labels}; "
+            "use the labels made for this list (voc12/make_cls_labels.py) or fix the list"
+        )
     if outputs.out_crf is not None:
-        require_pydensecrf()     # fail now, not in a worker after the first image
+        require_pydensecrf()  # fail now, not in a worker after the first image
     precision = precision_name(device, amp_dtype, allow_tf32=not args.no_tf32)
     manifests = folder_manifests(args, outputs, precision)
     for manifest in manifests:
         manifest.check(args.overwrite)
 
-    names = all_names[group.rank::group.world_size]
+    names = all_names[group.rank :: group.world_size]
     todo = names if args.overwrite else [name for name in names if not outputs.done(name)]
     if group.is_main:
-        shard = (f" (this process's share of {len(all_names)}, {group.world_size} processes)"
-                 if group.distributed else "")
+        shard = (
+            f" (this process's share of {len(all_names)}, {group.world_size} processes)" if group.distributed else ""
+        )
         scales = ",".join(f"{scale:g}" for scale in args.scales)
-        print(f"{len(names)} images{shard}: {len(names) - len(todo)} already done, {len(todo)} to do; "
-              f"device {device}, {precision}, scales {scales}")
+        print(
+            f"{len(names)} images{shard}: {len(names) - len(todo)} already done, {len(todo)} to do; "
+            f"device {device}, {precision}, scales {scales}"
+        )
     if not todo:
         return
 
-    post_workers = (args.post_workers if args.post_workers is not None
-                    else default_post_workers(args.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1"))))
+    post_workers = (
+        args.post_workers
+        if args.post_workers is not None
+        else default_post_workers(args.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    )
     writer = OutputWriter(post_workers)
     try:
         model = load_model(args, device, group)
         memory_format = memory_format_for(device)
         dataset = InferDataset(voc_root, todo, cls_labels, scales=args.scales)
-        loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=args.num_workers,
-                            collate_fn=first_item, pin_memory=device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_size=1,
+            shuffle=False,
+            num_workers=args.num_workers,
+            collate_fn=first_item,
+            pin_memory=device.type == "cuda",
+        )
         with torch.inference_mode():
             for index, sample in enumerate(tqdm(loader, desc="infer_cam", unit="img", disable=not group.is_main)):
                 image = sample["image"]
                 keys = present_classes(sample["label"])
                 sizes = outputs.cam_sizes(image.shape[:2])
-                cams = multiscale_cam(model, sample["inputs"], sample["label"], sizes, amp_dtype=amp_dtype,
-                                      memory_format=memory_format)
+                cams = multiscale_cam(
+                    model, sample["inputs"], sample["label"], sizes, amp_dtype=amp_dtype, memory_format=memory_format
+                )
                 present = torch.from_numpy(keys).to(device)
                 fg_maps, *irn_fg_maps = [cam[present].cpu().numpy() for cam in cams]
-                if index == 0:   # with the folders' first files: a run that fails before leaves none
+                if index == 0:  # with the folders' first files: a run that fails before leaves none
                     for manifest in manifests:
                         manifest.write()
-                image_cams = ImageCams(sample["name"], image, keys, fg_maps,
-                                       irn_fg_maps=irn_fg_maps[0] if irn_fg_maps else None)
+                image_cams = ImageCams(
+                    sample["name"], image, keys, fg_maps, irn_fg_maps=irn_fg_maps[0] if irn_fg_maps else None
+                )
                 writer.submit(write_outputs, image_cams, outputs)
     finally:
         writer.close()

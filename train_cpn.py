@@ -3,6 +3,7 @@
 One GPU:   python train_cpn.py --voc12_root VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.pth
 Several:   torchrun --nproc_per_node=N train_cpn.py ... (--batch_size is per process)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,22 @@ from tqdm import tqdm
 from network import build_network
 from network.weights import load_weights
 from tool.constants import CROP_SIZE, RESIZE_LONG
-from tool.fileio import UserError, atomic_path, run_main
+from tool.errors import UserError, run_main
+from tool.fileio import atomic_path
 from tool.losses import cpn_loss
 from tool.manifest import git_commit
-from tool.runtime import (ProcessGroup, add_runtime_arguments, autocast, default_num_workers,
-                          init_process_group, memory_format_for, precision_name, resolve_amp, resolve_device,
-                          set_fp32_precision)
+from tool.runtime import (
+    ProcessGroup,
+    add_runtime_arguments,
+    autocast,
+    default_num_workers,
+    init_process_group,
+    memory_format_for,
+    precision_name,
+    resolve_amp,
+    resolve_device,
+    set_fp32_precision,
+)
 from tool.torchutils import REFERENCE_MOMENTUM, PolyOptimizer, cpn_param_groups, estimate_batchnorm_statistics
 from voc12.data import TrainDataset, check_voc_root, load_cls_labels, load_image_list
 
@@ -46,36 +57,64 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--max_epoches", type=int, default=8)
     parser.add_argument("--network", default="network.resnet38_CPN")
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--num_workers", type=int, default=None,
-                        help="loader workers per process (default: the cores shared among the processes)")
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="loader workers per process (default: the cores shared among the processes)",
+    )
     parser.add_argument("--wt_dec", type=float, default=5e-4)
-    parser.add_argument("--weights", required=True,
-                        help="ImageNet ResNet-38 (.params or .pth), a CPN .pth, or 'none' for a random start")
+    parser.add_argument(
+        "--weights",
+        required=True,
+        help="ImageNet ResNet-38 (.params or .pth), a CPN .pth, or 'none' for a random start",
+    )
     parser.add_argument("--train_list", default=str(here / "voc12" / "train_aug.txt"))
-    parser.add_argument("--val_list", default=str(here / "voc12" / "val.txt"),
-                        help="accepted for compatibility; training does not use it (neither does the reference)")
+    parser.add_argument(
+        "--val_list",
+        default=str(here / "voc12" / "val.txt"),
+        help="accepted for compatibility; training does not use it (neither does the reference)",
+    )
     parser.add_argument("--session_name", default="resnet38_CPN")
     parser.add_argument("--crop_size", type=int, default=CROP_SIZE)
     parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages)")
     # Ours.
     add_runtime_arguments(parser)
     parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
-    parser.add_argument("--resize_long", type=int, nargs=2, default=RESIZE_LONG, metavar=("LOW", "HIGH"),
-                        help="range of the random long side before cropping (SPEC §3)")
+    parser.add_argument(
+        "--resize_long",
+        type=int,
+        nargs=2,
+        default=RESIZE_LONG,
+        metavar=("LOW", "HIGH"),
+        help="range of the random long side before cropping (SPEC §3)",
+    )
     parser.add_argument("--patch_strategy", choices=("superpixel", "grid"), default="superpixel")
     parser.add_argument("--no_tcp", action="store_true", help="ablation: drop L_tcp")
     parser.add_argument("--no_cpcr", action="store_true", help="ablation: drop L_cpcr")
     parser.add_argument("--ohem", type=float, default=0.2, help="OHEM ratio of L_cpcr (SPEC §4)")
-    parser.add_argument("--momentum", type=float, default=REFERENCE_MOMENTUM,
-                        help="SGD momentum; the default 5e-4 is the reference's quirk (SPEC §4), 0.9 is the usual value")
-    parser.add_argument("--freeze_backbone", action="store_true",
-                        help="train the CPN head alone (fc8, f8_3, f8_4, f9, f10); not in the reference")
-    parser.add_argument("--three_pass", action="store_true",
-                        help="run the three views as three forwards, as the reference does (slower, same result)")
+    parser.add_argument(
+        "--momentum",
+        type=float,
+        default=REFERENCE_MOMENTUM,
+        help="SGD momentum; the default 5e-4 is the reference's quirk (SPEC §4), 0.9 is the usual value",
+    )
+    parser.add_argument(
+        "--freeze_backbone",
+        action="store_true",
+        help="train the CPN head alone (fc8, f8_3, f8_4, f9, f10); not in the reference",
+    )
+    parser.add_argument(
+        "--three_pass",
+        action="store_true",
+        help="run the three views as three forwards, as the reference does (slower, same result)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in all")
     parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for the newest one")
-    parser.add_argument("--save_every", type=int, default=1000, help="also checkpoint every N steps (0: per epoch only)")
+    parser.add_argument(
+        "--save_every", type=int, default=1000, help="also checkpoint every N steps (0: per epoch only)"
+    )
     parser.add_argument("--log_every", type=int, default=20, help="write a log line every N steps")
     parser.add_argument("--out_dir", default=str(here / "CPN"))
     parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write TensorBoard scalars here")
@@ -102,8 +141,8 @@ class ResumableSampler(Sampler):
     def __iter__(self):
         order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + self.epoch))
         used = order[: self.batches_per_epoch * self.batch_size * self.group.world_size]
-        mine = used[self.group.rank:: self.group.world_size]
-        for index in mine[self.start_batch * self.batch_size:].tolist():
+        mine = used[self.group.rank :: self.group.world_size]
+        for index in mine[self.start_batch * self.batch_size :].tolist():
             yield (self.epoch, index)
 
 
@@ -165,8 +204,11 @@ def find_checkpoint(args) -> Path | None:
 def save_checkpoint(args, model, optimizer, step: int, epoch: int, batch_in_epoch: int) -> Path:
     path = checkpoint_dir(args) / f"step_{step:07d}.pt"
     state = {
-        "model": model.state_dict(), "optimizer": optimizer.state_dict(),
-        "step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "step": step,
+        "epoch": epoch,
+        "batch_in_epoch": batch_in_epoch,
         "torch_rng": torch.get_rng_state(),
         "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         "args": vars(args),
@@ -184,8 +226,10 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
     except (RuntimeError, KeyError, EOFError, OSError) as error:
-        raise UserError(f"cannot resume from {path}: {str(error).splitlines()[0]}; "
-                        "delete it to fall back to the previous checkpoint") from None
+        raise UserError(
+            f"cannot resume from {path}: {str(error).splitlines()[0]}; "
+            "delete it to fall back to the previous checkpoint"
+        ) from None
     torch.set_rng_state(state["torch_rng"])
     if torch.cuda.is_available() and state["cuda_rng"]:
         torch.cuda.set_rng_state_all(state["cuda_rng"])
@@ -195,8 +239,12 @@ def load_checkpoint(path: Path, model, optimizer) -> dict:
 def run_record(args, device: torch.device, group: ProcessGroup) -> dict:
     return {
         "args": vars(args),
-        "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                     "torchvision": torchvision.__version__, "numpy": np.__version__},
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "numpy": np.__version__,
+        },
         "git_commit": git_commit(),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
         "world_size": group.world_size,
@@ -217,25 +265,44 @@ def main(argv=None) -> None:
     set_fp32_precision(allow_tf32=not args.no_tf32)
     torch.manual_seed(args.seed + group.rank)
     if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True   # fixed crop size: pick the fastest kernels once
+        torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
     memory_format = memory_format_for(device)
 
     # Data: SPEC §3 augmentation, then the complementary patch pair.
     check_voc_root(args.voc12_root)
     names = load_image_list(args.train_list)
-    dataset = TrainDataset(args.voc12_root, names, load_cls_labels(args.cls_labels), crop_size=args.crop_size,
-                           resize_long=tuple(args.resize_long), patch_strategy=args.patch_strategy, seed=args.seed)
+    dataset = TrainDataset(
+        args.voc12_root,
+        names,
+        load_cls_labels(args.cls_labels),
+        crop_size=args.crop_size,
+        resize_long=tuple(args.resize_long),
+        patch_strategy=args.patch_strategy,
+        seed=args.seed,
+    )
     sampler = ResumableSampler(len(dataset), args.batch_size, args.seed, group)
     if sampler.batches_per_epoch == 0:
-        raise UserError(f"{args.train_list} has {len(dataset)} images, fewer than one batch of "
-                        f"{args.batch_size}×{group.world_size}; lower --batch_size")
-    num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1"))) \
-        if args.num_workers is None else args.num_workers
-    loader = DataLoader(dataset, batch_size=args.batch_size, sampler=sampler, drop_last=True,
-                        num_workers=num_workers, pin_memory=device.type == "cuda",
-                        persistent_workers=num_workers > 0, worker_init_fn=seed_worker,
-                        prefetch_factor=4 if num_workers > 0 else None,
-                        generator=torch.Generator())   # keep the loader off the global RNG (dropout's)
+        raise UserError(
+            f"{args.train_list} has {len(dataset)} images, fewer than one batch of "
+            f"{args.batch_size}×{group.world_size}; lower --batch_size"
+        )
+    num_workers = (
+        default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        if args.num_workers is None
+        else args.num_workers
+    )
+    loader = DataLoader(
+        dataset,
+        batch_size=args.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        worker_init_fn=seed_worker,
+        prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator(),
+    )  # keep the loader off the global RNG (dropout's)
 
     # Model and optimiser: frozen BN and early layers (SPEC §1), poly SGD (SPEC §4).
     if args.network.rsplit(".", 1)[-1] != "resnet38_CPN":
@@ -251,8 +318,13 @@ def main(argv=None) -> None:
     if args.freeze_backbone:
         model.freeze_backbone()
     total_steps = sampler.batches_per_epoch * args.max_epoches
-    optimizer = PolyOptimizer(cpn_param_groups(model.get_parameter_groups(), args.lr, args.wt_dec),
-                              lr=args.lr, weight_decay=args.wt_dec, max_step=total_steps, momentum=args.momentum)
+    optimizer = PolyOptimizer(
+        cpn_param_groups(model.get_parameter_groups(), args.lr, args.wt_dec),
+        lr=args.lr,
+        weight_decay=args.wt_dec,
+        max_step=total_steps,
+        momentum=args.momentum,
+    )
 
     model.train()
     model.to(device, memory_format=memory_format)
@@ -264,8 +336,11 @@ def main(argv=None) -> None:
         start_step, start_epoch, start_batch = state["step"], state["epoch"], state["batch_in_epoch"]
         if start_batch >= sampler.batches_per_epoch:
             start_epoch, start_batch = start_epoch + 1, 0
-    trained = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None) \
-        if group.distributed else model
+    trained = (
+        DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+        if group.distributed
+        else model
+    )
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
     out_dir = Path(args.out_dir)
@@ -273,11 +348,13 @@ def main(argv=None) -> None:
     if group.is_main:
         with atomic_path(out_dir / f"{args.session_name}.json") as tmp_path:
             tmp_path.write_text(json.dumps(run_record(args, device, group), indent=2, default=str))
-    log.line(f"{args.train_list}: {len(dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
-             f"{args.max_epoches} epochs = {total_steps} steps, batch {args.batch_size}×{group.world_size}, {device}, "
-             f"{precision_name(device, amp_dtype, not args.no_tf32)}, {num_workers} loader workers"
-             + (", backbone frozen" if args.freeze_backbone else "")
-             + (f"; resumed from {resume_path} at step {start_step}" if resume_path else ""))
+    log.line(
+        f"{args.train_list}: {len(dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
+        f"{args.max_epoches} epochs = {total_steps} steps, batch {args.batch_size}×{group.world_size}, {device}, "
+        f"{precision_name(device, amp_dtype, not args.no_tf32)}, {num_workers} loader workers"
+        + (", backbone frozen" if args.freeze_backbone else "")
+        + (f"; resumed from {resume_path} at step {start_step}" if resume_path else "")
+    )
 
     last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
     step, last_checkpoint = start_step, resume_path
@@ -287,20 +364,37 @@ def main(argv=None) -> None:
             if step >= last_step:
                 break
             sampler.set_epoch(epoch, start_batch)
-            bar = tqdm(loader, total=sampler.batches_per_epoch, initial=start_batch, disable=not group.is_main,
-                       desc=f"epoch {epoch + 1}/{args.max_epoches}", dynamic_ncols=True)
+            bar = tqdm(
+                loader,
+                total=sampler.batches_per_epoch,
+                initial=start_batch,
+                disable=not group.is_main,
+                desc=f"epoch {epoch + 1}/{args.max_epoches}",
+                dynamic_ncols=True,
+            )
             batch_in_epoch = start_batch
             for batch in bar:
                 # The three views: the image, its kept patches, its hidden patches.
-                views = [batch[key].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                         for key in ("img", "img_kept", "img_hidden")]
+                views = [
+                    batch[key].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                    for key in ("img", "img_kept", "img_hidden")
+                ]
                 label = batch["label"].to(device, non_blocking=True)
                 kept = batch["kept_fraction"].to(device, non_blocking=True)
                 hidden = batch["hidden_fraction"].to(device, non_blocking=True)
 
                 with autocast(device, amp_dtype):
-                    losses = cpn_loss(trained, *views, label, kept, hidden, use_tcp=not args.no_tcp,
-                                      use_cpcr=not args.no_cpcr, ohem_ratio=args.ohem, batched=not args.three_pass)
+                    losses = cpn_loss(
+                        trained,
+                        *views,
+                        label,
+                        kept,
+                        hidden,
+                        use_tcp=not args.no_tcp,
+                        use_cpcr=not args.no_cpcr,
+                        ohem_ratio=args.ohem,
+                        batched=not args.three_pass,
+                    )
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(losses["loss"]).backward()
                 scaler.step(optimizer)
@@ -315,32 +409,43 @@ def main(argv=None) -> None:
                 loss_values = dict(zip(LOSS_NAMES, loss_values.tolist()))
                 if not all(math.isfinite(value) for value in loss_values.values()):
                     hint = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
-                    raise UserError(f"non-finite loss at step {step} ({loss_values}); {hint} with a lower --lr "
-                                    "or --amp off")
-                images_per_s = (step - start_step) * args.batch_size * group.world_size \
-                    / (time.perf_counter() - started)
-                bar.set_postfix({**{k: f"{v:.3f}" for k, v in loss_values.items()},
-                                 "lr": f"{optimizer.param_groups[0]['lr']:.2e}", "img/s": f"{images_per_s:.1f}"})
+                    raise UserError(
+                        f"non-finite loss at step {step} ({loss_values}); {hint} with a lower --lr or --amp off"
+                    )
+                images_per_s = (
+                    (step - start_step) * args.batch_size * group.world_size / (time.perf_counter() - started)
+                )
+                bar.set_postfix(
+                    {
+                        **{k: f"{v:.3f}" for k, v in loss_values.items()},
+                        "lr": f"{optimizer.param_groups[0]['lr']:.2e}",
+                        "img/s": f"{images_per_s:.1f}",
+                    }
+                )
                 if step % args.log_every == 0 or step == last_step:
                     eta_s = (last_step - step) * args.batch_size * group.world_size / max(images_per_s, 1e-9)
-                    log.line(f"step {step}/{last_step} epoch {epoch + 1} "
-                             + " ".join(f"{k} {v:.4f}" for k, v in loss_values.items())
-                             + f" lr {optimizer.param_groups[0]['lr']:.3e} {images_per_s:.1f} img/s "
-                             f"eta {eta_s / 60:.1f} min")
+                    log.line(
+                        f"step {step}/{last_step} epoch {epoch + 1} "
+                        + " ".join(f"{k} {v:.4f}" for k, v in loss_values.items())
+                        + f" lr {optimizer.param_groups[0]['lr']:.3e} {images_per_s:.1f} img/s "
+                        f"eta {eta_s / 60:.1f} min"
+                    )
                     log.scalars({**loss_values, "lr": optimizer.param_groups[0]["lr"]}, step)
                 at_epoch_end = batch_in_epoch == sampler.batches_per_epoch
-                if group.is_main and (at_epoch_end or step == last_step
-                                      or (args.save_every and step % args.save_every == 0)):
+                if group.is_main and (
+                    at_epoch_end or step == last_step or (args.save_every and step % args.save_every == 0)
+                ):
                     last_checkpoint = save_checkpoint(args, model, optimizer, step, epoch, batch_in_epoch)
                 if step >= last_step:
                     break
             bar.close()
             start_batch = 0
     except KeyboardInterrupt:
-        message = (f"interrupted at step {step}; resume with --resume auto"
-                   + (f" (from {last_checkpoint})" if last_checkpoint else " (no checkpoint yet)"))
+        message = f"interrupted at step {step}; resume with --resume auto" + (
+            f" (from {last_checkpoint})" if last_checkpoint else " (no checkpoint yet)"
+        )
         log.line(message, console=False)
-        raise KeyboardInterrupt(message) from None   # run_main prints it as the last line
+        raise KeyboardInterrupt(message) from None  # run_main prints it as the last line
     finally:
         log.close()
 

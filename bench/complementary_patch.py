@@ -9,6 +9,7 @@ One torch thread, as in a DataLoader worker. The inputs are training crops
 (`train_transform`) of the photographs bundled with scikit-image.
 Prints one table and appends it, with the CPU name and the date, to bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -79,27 +80,39 @@ def main() -> None:
         seconds, labels = timed(imutils.superpixel_labels, img.permute(1, 2, 0).numpy())
         slic_s.append(seconds)
         superpixel_counts.append(int(labels.max()))
-        masking_s.append(timed(lambda: imutils.split_by_mask(img, imutils.hide_superpixels(labels, rng)))[0])
+        masking_s.append(
+            timed(lambda img=img, labels=labels: imutils.split_by_mask(img, imutils.hide_superpixels(labels, rng)))[0]
+        )
         pair_s.append(timed(imutils.complementary_patch, img, "superpixel", rng)[0])
     reference_s = []
-    for img in images[:args.reference_samples]:
+    for img in images[: args.reference_samples]:
         labels = imutils.superpixel_labels(img.permute(1, 2, 0).numpy())
         reference_s.append(timed(reference_loop_masking, img, labels, rng)[0])
-    grid_s = [timed(imutils.complementary_patch, images[index % len(images)], "grid", rng)[0]
-              for index in range(args.grid_samples)]
+    grid_s = [
+        timed(imutils.complementary_patch, images[index % len(images)], "grid", rng)[0]
+        for index in range(args.grid_samples)
+    ]
 
-    rows = [("superpixel: SLIC (`superpixel_labels`)", slic_s),
-            ("superpixel: masking (`hide_superpixels` + `split_by_mask`)", masking_s),
-            ("superpixel: whole pair (`complementary_patch`)", pair_s),
-            ("superpixel: reference per-pixel loop masking", reference_s),
-            ("grid: whole pair (`complementary_patch`)", grid_s)]
+    rows = [
+        ("superpixel: SLIC (`superpixel_labels`)", slic_s),
+        ("superpixel: masking (`hide_superpixels` + `split_by_mask`)", masking_s),
+        ("superpixel: whole pair (`complementary_patch`)", pair_s),
+        ("superpixel: reference per-pixel loop masking", reference_s),
+        ("grid: whole pair (`complementary_patch`)", grid_s),
+    ]
     speedup = statistics.mean(reference_s) / statistics.mean(masking_s)
-    table = (f"\n### complementary_patch — CPU ({cpu_name()}, 1 torch thread) — {datetime.date.today()}\n\n"
-             f"{CROP_SIZE}×{CROP_SIZE} training crops of scikit-image's {', '.join(SAMPLE_PHOTOS)}; superpixels per image (M): "
-             f"{min(superpixel_counts)}–{max(superpixel_counts)}, mean {statistics.mean(superpixel_counts):.0f}\n\n"
-             "| step | samples | ms/sample (mean) | ms/sample (min) | samples/s |\n|---|---|---|---|---|\n")
-    table += "".join(f"| {label} | {len(times)} | {1e3 * statistics.mean(times):.2f} | {1e3 * min(times):.2f} | "
-                     f"{1 / statistics.mean(times):.1f} |\n" for label, times in rows)
+    table = (
+        f"\n### complementary_patch — CPU ({cpu_name()}, 1 torch thread) — {datetime.date.today()}\n\n"
+        f"{CROP_SIZE}×{CROP_SIZE} training crops of scikit-image's {', '.join(SAMPLE_PHOTOS)}; "
+        "superpixels per image (M): "
+        f"{min(superpixel_counts)}–{max(superpixel_counts)}, mean {statistics.mean(superpixel_counts):.0f}\n\n"
+        "| step | samples | ms/sample (mean) | ms/sample (min) | samples/s |\n|---|---|---|---|---|\n"
+    )
+    table += "".join(
+        f"| {label} | {len(times)} | {1e3 * statistics.mean(times):.2f} | {1e3 * min(times):.2f} | "
+        f"{1 / statistics.mean(times):.1f} |\n"
+        for label, times in rows
+    )
     table += f"\nmasking speed-up over the reference loop: {speedup:.0f}×\n"
     publish(table)
 

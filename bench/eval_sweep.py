@@ -10,6 +10,7 @@ generated once into --data_dir and reused. The naive loop runs on a subset of im
 thresholds and is extrapolated to the full sweep; its counts are checked against the fast
 ones on that subset. Prints one table and appends it, with the CPU, to bench/RESULTS.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,11 +34,11 @@ from tool.cores import usable_cores  # noqa: E402
 from tool.fileio import read_label_png, save_npy, save_png  # noqa: E402
 from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE, accumulate_counts  # noqa: E402
 
-IMAGE_SIZES = ((375, 500), (500, 375), (333, 500), (500, 500))   # (H, W), VOC's most common
+IMAGE_SIZES = ((375, 500), (500, 375), (333, 500), (500, 500))  # (H, W), VOC's most common
 SIZE_WEIGHTS = (0.6, 0.25, 0.1, 0.05)
-CLASSES_PER_IMAGE_WEIGHTS = (0.6, 0.3, 0.1)                       # 1, 2 or 3 classes
+CLASSES_PER_IMAGE_WEIGHTS = (0.6, 0.3, 0.1)  # 1, 2 or 3 classes
 OBJECT_LEVELS = (0.45, 0.8)  # ground truth object where its CAM exceeds a fraction of its peak drawn from here
-BORDER = 2                   # VOC's void band around objects, in pixels each side
+BORDER = 2  # VOC's void band around objects, in pixels each side
 
 
 def blob_map(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -47,8 +48,9 @@ def blob_map(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     for _ in range(rng.integers(1, 4)):
         centre_y, centre_x = rng.uniform(0, height), rng.uniform(0, width)
         sigma_y, sigma_x = rng.uniform(0.08, 0.3) * height, rng.uniform(0.08, 0.3) * width
-        total += rng.uniform(0.5, 1.0) * np.outer(np.exp(-0.5 * ((ys - centre_y) / sigma_y) ** 2),
-                                                  np.exp(-0.5 * ((xs - centre_x) / sigma_x) ** 2))
+        total += rng.uniform(0.5, 1.0) * np.outer(
+            np.exp(-0.5 * ((ys - centre_y) / sigma_y) ** 2), np.exp(-0.5 * ((xs - centre_x) / sigma_x) ** 2)
+        )
     total = np.maximum(total - 0.1 * total.max(), 0)
     return total / total.max()
 
@@ -87,8 +89,10 @@ def make_predictions(data_dir: Path, count: int, seed: int = 0) -> list[str]:
         labels[void_border(labels)] = IGNORE_INDEX
         ground_truth = Image.fromarray(labels, mode="P")
         ground_truth.putpalette(VOC_PALETTE.reshape(-1).tolist())
-        save_npy(data_dir / "cams" / f"{name}.npy", {fg_class: (cam / 2).astype(np.float32)
-                                                     for fg_class, cam in cams.items()})
+        save_npy(
+            data_dir / "cams" / f"{name}.npy",
+            {fg_class: (cam / 2).astype(np.float32) for fg_class, cam in cams.items()},
+        )
         save_png(data_dir / "gt" / f"{name}.png", ground_truth)
     stamp.touch()
     return names
@@ -134,28 +138,34 @@ def main() -> None:
     parser.add_argument("--naive_images", type=int, default=50, help="images the naive loop is timed on")
     parser.add_argument("--naive_thresholds", type=int, default=3, help="thresholds the naive loop is timed on")
     parser.add_argument("--workers", type=int, default=2, help="also time the sweep with this many processes")
-    parser.add_argument("--results", default=str(RESULTS_PATH),
-                        help="markdown file the table is appended to")
+    parser.add_argument("--results", default=str(RESULTS_PATH), help="markdown file the table is appended to")
     args = parser.parse_args()
 
     data_dir = Path(args.data_dir)
     print(f"synthetic predictions in {data_dir} ...", flush=True)
     names = make_predictions(data_dir, args.images)
     num_thresholds = len(SWEEP_THRESHOLDS)
-    count_one = functools.partial(evaluate_image, predict_dir=data_dir / "cams", gt_dir=data_dir / "gt",
-                                  prediction_type="npy", thresholds=SWEEP_THRESHOLDS)
+    count_one = functools.partial(
+        evaluate_image,
+        predict_dir=data_dir / "cams",
+        gt_dir=data_dir / "gt",
+        prediction_type="npy",
+        thresholds=SWEEP_THRESHOLDS,
+    )
 
-    load_only(data_dir, names)                               # warm the page cache
+    load_only(data_dir, names)  # warm the page cache
     load_time = min(seconds(lambda: load_only(data_dir, names)) for _ in range(2))
     fast_time = min(seconds(lambda: count_all(names, count_one, num_workers=0)) for _ in range(2))
     pooled_time = seconds(lambda: count_all(names, count_one, args.workers)) if args.workers > 1 else None
 
-    naive_names = names[:args.naive_images]
+    naive_names = names[: args.naive_images]
     naive_picks = np.linspace(0, num_thresholds - 1, args.naive_thresholds).round().astype(int)
     naive_thresholds = [SWEEP_THRESHOLDS[index] for index in naive_picks]
     naive_start = time.perf_counter()
-    naive_counts = {threshold: sum(reference_counts(data_dir, name, threshold) for name in naive_names)
-                    for threshold in naive_thresholds}
+    naive_counts = {
+        threshold: sum(reference_counts(data_dir, name, threshold) for name in naive_names)
+        for threshold in naive_thresholds
+    }
     naive_time = time.perf_counter() - naive_start
     fast_subset = accumulate_counts(map(count_one, naive_names))
     for index, threshold in zip(naive_picks, naive_thresholds):
@@ -169,18 +179,28 @@ def main() -> None:
     ]
     if pooled_time is not None:
         rows.append((f"fast sweep, {args.workers} processes", pooled_time, f"{pooled_time / load_time:.2f}× load"))
-    rows.append((f"naive per-threshold loop (extrapolated from {len(naive_names)} images × "
-                 f"{len(naive_thresholds)} thresholds)", naive_full,
-                 f"{naive_full / fast_time:.0f}× fast (1 process)"))
+    rows.append(
+        (
+            f"naive per-threshold loop (extrapolated from {len(naive_names)} images × "
+            f"{len(naive_thresholds)} thresholds)",
+            naive_full,
+            f"{naive_full / fast_time:.0f}× fast (1 process)",
+        )
+    )
     table = [f"| {len(names)} images, ~500×375 | total s | ms / image | ratio |", "|---|---:|---:|---|"]
     table += [f"| {label} | {total:.2f} | {total * per_image:.2f} | {ratio} |" for label, total, ratio in rows]
-    table += ["", f"naive: the reference's loop in one process (per threshold and image: read both files, "
-                  f"21-channel argmax, 63 masked sums); its counts equal the fast ones at t = {naive_thresholds} "
-                  f"on {len(naive_names)} images."]
+    table += [
+        "",
+        f"naive: the reference's loop in one process (per threshold and image: read both files, "
+        f"21-channel argmax, 63 masked sums); its counts equal the fast ones at t = {naive_thresholds} "
+        f"on {len(naive_names)} images.",
+    ]
     text = "\n".join(table)
 
-    header = (f"\n### eval_sweep — CPU ({cpu_name()}, {usable_cores()} cores usable, "
-              f"files in the page cache) — {datetime.date.today()}\n\n")
+    header = (
+        f"\n### eval_sweep — CPU ({cpu_name()}, {usable_cores()} cores usable, "
+        f"files in the page cache) — {datetime.date.today()}\n\n"
+    )
     publish(header + text + "\n", args.results)
 
 

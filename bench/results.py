@@ -1,11 +1,14 @@
 """What every benchmark shares: the machine's name and the one way tables reach bench/RESULTS.md."""
+
 from __future__ import annotations
 
 import platform
 from pathlib import Path
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
-RESULTS_TITLE = "# Benchmark results\n\nEach `bench/*.py` script appends its table here, with the device and the date.\n"
+RESULTS_TITLE = (
+    "# Benchmark results\n\nEach `bench/*.py` script appends its table here, with the device and the date.\n"
+)
 
 
 def cpu_name() -> str:

@@ -6,8 +6,10 @@ channels_last) in the default fp32 and with --amp bf16; each alone and end to en
     python bench/train_step.py --device cpu --crop 64 --steps 3
 
 Prints one table and appends it, with the device name, to bench/RESULTS.md. VOC-sized JPEGs cut from
-scikit-image's sample photos stand in for VOC (no data set is needed); a random-init network stands in for the ImageNet weights.
+scikit-image's sample photos stand in for VOC (no data set is needed); a random-init network stands in for the
+ImageNet weights.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,13 +32,12 @@ from bench.results import cpu_name, publish  # noqa: E402
 from network import build_network  # noqa: E402
 from tool.cores import default_num_workers  # noqa: E402
 from tool.losses import cpn_loss  # noqa: E402
-from tool.runtime import (autocast, memory_format_for, precision_name, resolve_amp, resolve_device,  # noqa: E402
-                          set_fp32_precision)
+from tool.runtime import autocast, memory_format_for, precision_name, resolve_amp, resolve_device, set_fp32_precision  # noqa: E402
 from tool.torchutils import PolyOptimizer, cpn_param_groups  # noqa: E402
 from voc12.data import TrainDataset  # noqa: E402
 
 REFERENCE_WORKERS = 2
-FULL_SCHEDULE_STEPS = 21160     # SPEC §4: 10,582 // 4 × 8 epochs
+FULL_SCHEDULE_STEPS = 21160  # SPEC §4: 10,582 // 4 × 8 epochs
 SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
@@ -60,9 +61,16 @@ def make_images(root: Path, count: int, seed: int = 0) -> tuple[list[str], dict[
 
 
 def make_loader(dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(dataset, batch_size=batch_size, shuffle=True, drop_last=True, num_workers=workers,
-                      pin_memory=device.type == "cuda", persistent_workers=workers > 0,
-                      prefetch_factor=4 if workers > 0 else None)
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        shuffle=True,
+        drop_last=True,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=workers > 0,
+        prefetch_factor=4 if workers > 0 else None,
+    )
 
 
 def synchronize(device: torch.device) -> None:
@@ -70,19 +78,28 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(model, optimizer, batches, count: int, device, amp_dtype, batched: bool, memory_format,
-               warmup: int) -> float:
+def time_steps(
+    model, optimizer, batches, count: int, device, amp_dtype, batched: bool, memory_format, warmup: int
+) -> float:
     """Seconds per step over `count` batches drawn from `batches` after `warmup` more."""
     started = None
     for index, batch in zip(range(warmup + count), batches):
         if index == warmup:
             synchronize(device)
             started = time.perf_counter()
-        views = [batch[key].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                 for key in ("img", "img_kept", "img_hidden")]
+        views = [
+            batch[key].to(device, non_blocking=True).contiguous(memory_format=memory_format)
+            for key in ("img", "img_kept", "img_hidden")
+        ]
         with autocast(device, amp_dtype):
-            losses = cpn_loss(model, *views, batch["label"].to(device), batch["kept_fraction"].to(device),
-                              batch["hidden_fraction"].to(device), batched=batched)
+            losses = cpn_loss(
+                model,
+                *views,
+                batch["label"].to(device),
+                batch["kept_fraction"].to(device),
+                batch["hidden_fraction"].to(device),
+                batched=batched,
+            )
         optimizer.zero_grad(set_to_none=True)
         losses["loss"].backward()
         optimizer.step()
@@ -118,26 +135,46 @@ def main() -> None:
     workers = args.workers if args.workers is not None else default_num_workers()
     bf16 = resolve_amp("auto", device)
     torch.backends.cudnn.benchmark = on_gpu
-    set_fp32_precision(allow_tf32=True)     # the default of train_cpn.py and of the reference's stack
-    device_name = torch.cuda.get_device_name(device) if on_gpu else f"CPU ({cpu_name()}, " \
-        f"{torch.get_num_threads()} threads)"
+    set_fp32_precision(allow_tf32=True)  # the default of train_cpn.py and of the reference's stack
+    device_name = (
+        torch.cuda.get_device_name(device) if on_gpu else f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
+    )
     fp32 = precision_name(device, None, allow_tf32=True)
     ours_format = memory_format_for(device)
     # (label, autocast dtype, one batched forward, memory format, loader workers)
-    configs = [(f"reference: {fp32}, three forwards, {REFERENCE_WORKERS} workers", None, False,
-                torch.contiguous_format, REFERENCE_WORKERS),
-               (f"reference: {fp32}, three forwards, {workers} workers", None, False, torch.contiguous_format,
-                workers),
-               (f"ours, default: {fp32}, one batched forward{', channels_last' if on_gpu else ''}", None, True,
-                ours_format, workers)]
+    configs = [
+        (
+            f"reference: {fp32}, three forwards, {REFERENCE_WORKERS} workers",
+            None,
+            False,
+            torch.contiguous_format,
+            REFERENCE_WORKERS,
+        ),
+        (f"reference: {fp32}, three forwards, {workers} workers", None, False, torch.contiguous_format, workers),
+        (
+            f"ours, default: {fp32}, one batched forward{', channels_last' if on_gpu else ''}",
+            None,
+            True,
+            ours_format,
+            workers,
+        ),
+    ]
     if bf16 is not None:
-        configs.append((f"ours, --amp bf16: one batched forward{', channels_last' if on_gpu else ''}", bf16, True,
-                        ours_format, workers))
+        configs.append(
+            (
+                f"ours, --amp bf16: one batched forward{', channels_last' if on_gpu else ''}",
+                bf16,
+                True,
+                ours_format,
+                workers,
+            )
+        )
 
     with tempfile.TemporaryDirectory() as tmp:
         names, labels = make_images(Path(tmp), args.images)
-        dataset = TrainDataset(tmp, names, labels, crop_size=crop,
-                               resize_long=(crop, round(crop * 768 / 448)), patch_strategy="superpixel")
+        dataset = TrainDataset(
+            tmp, names, labels, crop_size=crop, resize_long=(crop, round(crop * 768 / 448)), patch_strategy="superpixel"
+        )
         fixed = next(iter(make_loader(dataset, batch, 0, device)))
 
         model = build_network("network.resnet38_CPN")
@@ -145,29 +182,49 @@ def main() -> None:
         rows = []
         for label, dtype, batched, memory_format, config_workers in configs:
             model.to(device, memory_format=memory_format)
-            optimizer = PolyOptimizer(cpn_param_groups(model.get_parameter_groups(), 0.01, 5e-4), lr=0.01,
-                                      weight_decay=5e-4, max_step=10 ** 6)
-            step_s = time_steps(model, optimizer, itertools.repeat(fixed), steps, device, dtype, batched,
-                                memory_format, warmup)
+            optimizer = PolyOptimizer(
+                cpn_param_groups(model.get_parameter_groups(), 0.01, 5e-4), lr=0.01, weight_decay=5e-4, max_step=10**6
+            )
+            step_s = time_steps(
+                model, optimizer, itertools.repeat(fixed), steps, device, dtype, batched, memory_format, warmup
+            )
             loader = make_loader(dataset, batch, config_workers, device)
             loader_ips = loader_rate(loader, steps)
-            end_to_end_s = time_steps(model, optimizer, itertools.chain.from_iterable(itertools.repeat(loader)),
-                                      steps, device, dtype, batched, memory_format, warmup)
+            end_to_end_s = time_steps(
+                model,
+                optimizer,
+                itertools.chain.from_iterable(itertools.repeat(loader)),
+                steps,
+                device,
+                dtype,
+                batched,
+                memory_format,
+                warmup,
+            )
             rows.append((label, step_s, batch / step_s, config_workers, loader_ips, end_to_end_s))
             del loader, optimizer
 
-    header = (f"\n### train_step — {device_name} — {datetime.date.today()}\n\n"
-              f"batch {batch}, crop {crop}, {steps} timed steps after {warmup} warm-up, superpixel patches, "
-              f"500×375 JPEGs cut from scikit-image's sample photos\n\n"
-              "| configuration | step s | images/s (step only) | loader workers | loader images/s | "
-              "end-to-end s/step | full schedule h |\n|---|---|---|---|---|---|---|\n")
-    table = header + "".join(f"| {r[0]} | {r[1]:.3f} | {r[2]:.1f} | {r[3]} | {r[4]:.1f} | {r[5]:.3f} | "
-                             f"{r[5] * FULL_SCHEDULE_STEPS * 4 / batch / 3600:.2f} |\n" for r in rows)
-    table += "".join(f"\nend to end, {ours[0]}: {rows[0][5] / ours[5]:.1f}× the reference fed by "
-                     f"{REFERENCE_WORKERS} workers, {rows[1][5] / ours[5]:.1f}× the reference fed by {workers}"
-                     for ours in rows[2:])
-    table += (f"\n\nfull schedule: {FULL_SCHEDULE_STEPS:,} steps of batch 4 (VOC train_aug, 8 epochs), "
-              "scaled from this batch\n")
+    header = (
+        f"\n### train_step — {device_name} — {datetime.date.today()}\n\n"
+        f"batch {batch}, crop {crop}, {steps} timed steps after {warmup} warm-up, superpixel patches, "
+        f"500×375 JPEGs cut from scikit-image's sample photos\n\n"
+        "| configuration | step s | images/s (step only) | loader workers | loader images/s | "
+        "end-to-end s/step | full schedule h |\n|---|---|---|---|---|---|---|\n"
+    )
+    table = header + "".join(
+        f"| {r[0]} | {r[1]:.3f} | {r[2]:.1f} | {r[3]} | {r[4]:.1f} | {r[5]:.3f} | "
+        f"{r[5] * FULL_SCHEDULE_STEPS * 4 / batch / 3600:.2f} |\n"
+        for r in rows
+    )
+    table += "".join(
+        f"\nend to end, {ours[0]}: {rows[0][5] / ours[5]:.1f}× the reference fed by "
+        f"{REFERENCE_WORKERS} workers, {rows[1][5] / ours[5]:.1f}× the reference fed by {workers}"
+        for ours in rows[2:]
+    )
+    table += (
+        f"\n\nfull schedule: {FULL_SCHEDULE_STEPS:,} steps of batch 4 (VOC train_aug, 8 epochs), "
+        "scaled from this batch\n"
+    )
     publish(table)
 
 

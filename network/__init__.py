@@ -1,11 +1,12 @@
 """Networks, chosen by the reference's `--network` value (SPEC §2)."""
+
 from __future__ import annotations
 
 import importlib
 
 from torch import nn
 
-from tool.fileio import UserError
+from tool.errors import UserError
 
 NETWORKS = ("resnet38_CPN", "resnet38_cls")
 

@@ -3,6 +3,7 @@ parameter names to ours, so the ImageNet ResNet-38 weights load without the dead
 package.
 
 CLI: `python -m network.mxnet_params IN.params OUT.pth` writes the converted state dict."""
+
 from __future__ import annotations
 
 import argparse
@@ -16,17 +17,23 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from tool.fileio import UserError, atomic_path, run_main
+from tool.errors import UserError, run_main
+from tool.fileio import atomic_path
 
 # SPEC §1: the file format (everything little-endian).
 LIST_MAGIC = 0x112
-ARRAY_V2_MAGIC = 0xF993FAC9          # storage type, then int64 dims
-ARRAY_V1_MAGIC = 0xF993FAC8          # int64 dims
+ARRAY_V2_MAGIC = 0xF993FAC9  # storage type, then int64 dims
+ARRAY_V1_MAGIC = 0xF993FAC8  # int64 dims
 # Any other first word is a legacy header: that word is ndim, followed by uint32 dims.
 DENSE_STORAGE = 0
 DTYPE_FLAGS = {
-    0: np.dtype("<f4"), 1: np.dtype("<f8"), 2: np.dtype("<f2"), 3: np.dtype("u1"),
-    4: np.dtype("<i4"), 5: np.dtype("i1"), 6: np.dtype("<i8"),
+    0: np.dtype("<f4"),
+    1: np.dtype("<f8"),
+    2: np.dtype("<f2"),
+    3: np.dtype("u1"),
+    4: np.dtype("<i4"),
+    5: np.dtype("i1"),
+    6: np.dtype("<i8"),
 }
 # No real array has more axes; a bigger "ndim" means these bytes are not an array header
 # (garbage, or the numpy-shape format of MXNet 2, which SPEC §1 does not cover).
@@ -65,15 +72,19 @@ def _read_shape(stream: _Stream, first_word: int, path: Path, index: int) -> tup
     if first_word == ARRAY_V2_MAGIC:
         storage_type = stream.read_one("i")
         if storage_type != DENSE_STORAGE:
-            raise UserError(f"{path}: array {index} uses sparse storage (type {storage_type}); only dense "
-                            "arrays are supported: convert it with .tostype('default') in mxnet and save again")
+            raise UserError(
+                f"{path}: array {index} uses sparse storage (type {storage_type}); only dense "
+                "arrays are supported: convert it with .tostype('default') in mxnet and save again"
+            )
     if first_word in (ARRAY_V2_MAGIC, ARRAY_V1_MAGIC):
         ndim, dim_format = stream.read_one("I"), "q"
     else:
         ndim, dim_format = first_word, "I"
     if ndim > MAX_NDIM:
-        raise UserError(f"{path}: array {index} has an unknown header (0x{first_word:08X}): not an MXNet "
-                        "1.x .params file (NDArray list saved with mxnet.nd.save)")
+        raise UserError(
+            f"{path}: array {index} has an unknown header (0x{first_word:08X}): not an MXNet "
+            "1.x .params file (NDArray list saved with mxnet.nd.save)"
+        )
     shape = stream.read(f"{ndim}{dim_format}")
     if any(dim < 0 for dim in shape):
         raise UserError(f"{path}: array {index} has an unknown shape {shape}: re-save it with its shape set")
@@ -85,11 +96,13 @@ def _read_array(stream: _Stream, path: Path, index: int) -> np.ndarray:
     if not shape:
         # SPEC §1: an array with ndim 0 is MXNet's empty ("none") array and stores nothing more.
         return np.zeros((0,), np.float32)
-    stream.read("ii")                    # context: device type and id, meaningless here
+    stream.read("ii")  # context: device type and id, meaningless here
     dtype_flag = stream.read_one("i")
     if dtype_flag not in DTYPE_FLAGS:
-        raise UserError(f"{path}: array {index} has unknown dtype flag {dtype_flag}: not an MXNet .params "
-                        "file, or one with a dtype this reader does not know (bfloat16, bool)")
+        raise UserError(
+            f"{path}: array {index} has unknown dtype flag {dtype_flag}: not an MXNet .params "
+            "file, or one with a dtype this reader does not know (bfloat16, bool)"
+        )
     dtype = DTYPE_FLAGS[dtype_flag]
     data = stream.read_bytes(math.prod(shape) * dtype.itemsize)
     return np.frombuffer(data, dtype).astype(dtype.newbyteorder("="), copy=False).reshape(shape)
@@ -108,8 +121,10 @@ def read_ndarray_list(path: str | os.PathLike) -> tuple[list[np.ndarray], list[s
         except _Truncated:
             magic = None
         if magic != LIST_MAGIC:
-            raise UserError(f"{path} is not an MXNet .params file (it does not start with the NDArray list "
-                            "magic 0x112); pass the file written by mxnet.nd.save / Module.save_params")
+            raise UserError(
+                f"{path} is not an MXNet .params file (it does not start with the NDArray list "
+                "magic 0x112); pass the file written by mxnet.nd.save / Module.save_params"
+            )
         arrays = []
         try:
             array_count = stream.read_one("Q")
@@ -175,15 +190,19 @@ def convert_mxnet_to_torch(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     The reference's entry point, without its `mxnet` dependency."""
     arrays, names = read_ndarray_list(path)
     if not names:
-        raise UserError(f"{path} stores arrays without names, so they cannot be matched to ResNet-38 "
-                        "layers: save the parameters as a dict (mxnet.nd.save(path, dict))")
+        raise UserError(
+            f"{path} stores arrays without names, so they cannot be matched to ResNet-38 "
+            "layers: save the parameters as a dict (mxnet.nd.save(path, dict))"
+        )
     state_dict: dict[str, torch.Tensor] = {}
     for mxnet_name, array in zip(names, arrays):
         try:
             name = torch_parameter_name(mxnet_name)
         except ValueError:
-            raise UserError(f"{path} has parameter {mxnet_name!r}, which is not part of ResNet-38 (SPEC §1 "
-                            "names such as arg:res4b3_branch2a_weight): not a ResNet-38 .params file") from None
+            raise UserError(
+                f"{path} has parameter {mxnet_name!r}, which is not part of ResNet-38 (SPEC §1 "
+                "names such as arg:res4b3_branch2a_weight): not a ResNet-38 .params file"
+            ) from None
         if name is None:
             continue
         if name in state_dict:
@@ -196,7 +215,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m network.mxnet_params",
         description="Convert an MXNet ResNet-38 .params file (e.g. the ImageNet weights) to a PyTorch .pth "
-                    "state dict, without mxnet.")
+        "state dict, without mxnet.",
+    )
     parser.add_argument("params", type=Path, help="input MXNet .params file")
     parser.add_argument("output", type=Path, help="output .pth file (written atomically)")
     return parser.parse_args(argv)

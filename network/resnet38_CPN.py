@@ -5,6 +5,7 @@ Each step of SPEC §2 is a module-level function so it can be checked alone. The
 (steps 2-7) runs in float32 with autocast off: it normalises, soft-maxes over thousands of
 positions and divides by sums, which bf16 would visibly perturb, and it costs little next
 to the backbone."""
+
 from __future__ import annotations
 
 import torch
@@ -14,10 +15,10 @@ from torch import nn
 from network import resnet38d
 from tool.constants import NUM_CLASSES
 
-CAM_EPS = 1e-5          # SPEC §2 steps 2 and 6
+CAM_EPS = 1e-5  # SPEC §2 steps 2 and 6
 # SPEC §2 step 5: the reference scales the class-to-pixel similarities by 21^-0.5 (the
 # class count, not the key width 192).
-PRCM_SCALE = NUM_CLASSES ** -0.5
+PRCM_SCALE = NUM_CLASSES**-0.5
 
 
 @torch.no_grad()
@@ -38,8 +39,8 @@ def class_probability_map(cam: torch.Tensor) -> torch.Tensor:
 def class_region_context(probability: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
     """SPEC §2 step 4: each class's features averaged with softmax-over-positions weights of
     its probability map. (N×K×h×w, N×C×h×w) -> N×C×K×1, the layout the reference feeds f10."""
-    weights = F.softmax(probability.flatten(2), dim=2)                     # N×K×hw
-    context = torch.matmul(weights, features.flatten(2).transpose(1, 2))   # N×K×C
+    weights = F.softmax(probability.flatten(2), dim=2)  # N×K×hw
+    context = torch.matmul(weights, features.flatten(2).transpose(1, 2))  # N×K×C
     return context.transpose(1, 2).unsqueeze(3)
 
 
@@ -56,7 +57,7 @@ def prcm(context: torch.Tensor, affinity_features: torch.Tensor, f10: nn.Module)
     """SPEC §2 step 5 (PRCM). context N×C×K×1 (step 4), affinity_features = f9(g) N×D×h×w;
     returns per-class softmax-over-positions attention maps, N×K×h×w."""
     n, _, h, w = affinity_features.shape
-    keys = reference_key_layout(F.relu(f10(context)))                                 # N×K×D
+    keys = reference_key_layout(F.relu(f10(context)))  # N×K×D
     similarity = torch.matmul(keys, F.relu(affinity_features).flatten(2)) * PRCM_SCALE  # N×K×hw
     return F.softmax(similarity, dim=2).reshape(n, -1, h, w)
 
@@ -65,9 +66,9 @@ def pcm(probability: torch.Tensor, affinity_features: torch.Tensor) -> torch.Ten
     """SPEC §2 step 6 (PCM): propagate the probability map N×K×h×w along the pixel affinity
     relu(cos(f9(g)_i, f9(g)_j)), each column normalised by its sum."""
     n, num_classes, h, w = probability.shape
-    features = affinity_features.flatten(2)                                     # N×D×hw
+    features = affinity_features.flatten(2)  # N×D×hw
     features = features / (torch.linalg.vector_norm(features, dim=1, keepdim=True) + CAM_EPS)
-    affinity = F.relu(torch.matmul(features.transpose(1, 2), features))          # N×hw×hw
+    affinity = F.relu(torch.matmul(features.transpose(1, 2), features))  # N×hw×hw
     affinity = affinity / (affinity.sum(dim=1, keepdim=True) + CAM_EPS)
     return torch.matmul(probability.flatten(2), affinity).reshape(n, num_classes, h, w)
 
@@ -97,19 +98,22 @@ class Net(resnet38d.Net):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         backbone = self.forward_as_dict(x)
-        cam = self.fc8(self.dropout7(backbone["conv6"]))                       # step 1
+        cam = self.fc8(self.dropout7(backbone["conv6"]))  # step 1
         with torch.autocast(device_type=x.device.type, enabled=False):
             cam = cam.float()
-            probability = class_probability_map(cam)                            # step 2
+            probability = class_probability_map(cam)  # step 2
             size = cam.shape[2:]
-            features = torch.cat([                                              # step 3
-                resize(x.float(), size),
-                F.relu(self.f8_3(backbone["conv4"].detach().float())),
-                F.relu(self.f8_4(backbone["conv5"].detach().float())),
-            ], dim=1)
+            features = torch.cat(
+                [  # step 3
+                    resize(x.float(), size),
+                    F.relu(self.f8_3(backbone["conv4"].detach().float())),
+                    F.relu(self.f8_4(backbone["conv5"].detach().float())),
+                ],
+                dim=1,
+            )
             # f9(g) feeds both PRCM (after relu) and PCM (without); computed once.
             affinity_features = self.f9(features)
-            context = class_region_context(probability, features)               # step 4
-            attention = prcm(context, affinity_features, self.f10)              # step 5
-            final = pcm(probability, affinity_features) + attention * probability   # steps 6-7
-            return resize(cam, x.shape[2:]), resize(final, x.shape[2:])         # step 8
+            context = class_region_context(probability, features)  # step 4
+            attention = prcm(context, affinity_features, self.f10)  # step 5
+            final = pcm(probability, affinity_features) + attention * probability  # steps 6-7
+            return resize(cam, x.shape[2:]), resize(final, x.shape[2:])  # step 8

@@ -1,5 +1,6 @@
 """The baseline CAM network (SPEC §2, last paragraph): ResNet-38 + a 20-class linear
 classifier on the globally pooled conv6; its CAM is that classifier applied per position."""
+
 from __future__ import annotations
 
 import torch

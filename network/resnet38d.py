@@ -2,48 +2,40 @@
 
 Parameter names match the reference exactly (`conv1a.weight`, `b4_3.conv_branch2b1.weight`,
 `bn7.running_var`, ...) so ImageNet and released CPN weights load without renaming."""
+
 from __future__ import annotations
 
 from typing import NamedTuple
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 # Re-exported: SPEC §1 keeps the reference's entry point, network.resnet38d.convert_mxnet_to_torch.
 from network.mxnet_params import convert_mxnet_to_torch  # noqa: F401
-from tool.constants import IMAGENET_MEAN, IMAGENET_STD
-
-
-class Normalize:
-    """RGB image (HWC, uint8 or float in 0..255) -> float32 HWC, `(x / 255 - mean) / std` (SPEC §1)."""
-
-    def __init__(self, mean: tuple[float, float, float] = IMAGENET_MEAN,
-                 std: tuple[float, float, float] = IMAGENET_STD):
-        self.mean = np.asarray(mean, np.float64)
-        self.std = np.asarray(std, np.float64)
-
-    def __call__(self, img) -> np.ndarray:
-        image = np.asarray(img, np.float64)
-        assert image.ndim == 3 and image.shape[2] == 3, f"expected an HxWx3 RGB image, got {image.shape}"
-        return ((image / 255.0 - self.mean) / self.std).astype(np.float32)
 
 
 class BasicBlock(nn.Module):
     """Pre-activation basic block; `forward` also returns `relu(bn_branch2a(x))`, which
     the heads use as features (SPEC §1)."""
 
-    def __init__(self, in_channels: int, mid_channels: int, out_channels: int,
-                 stride: int = 1, first_dilation: int = 1, dilation: int = 1):
+    def __init__(
+        self,
+        in_channels: int,
+        mid_channels: int,
+        out_channels: int,
+        stride: int = 1,
+        first_dilation: int = 1,
+        dilation: int = 1,
+    ):
         super().__init__()
         self.same_shape = in_channels == out_channels and stride == 1
         self.bn_branch2a = nn.BatchNorm2d(in_channels)
-        self.conv_branch2a = nn.Conv2d(in_channels, mid_channels, 3, stride, padding=first_dilation,
-                                       dilation=first_dilation, bias=False)
+        self.conv_branch2a = nn.Conv2d(
+            in_channels, mid_channels, 3, stride, padding=first_dilation, dilation=first_dilation, bias=False
+        )
         self.bn_branch2b1 = nn.BatchNorm2d(mid_channels)
-        self.conv_branch2b1 = nn.Conv2d(mid_channels, out_channels, 3, padding=dilation,
-                                        dilation=dilation, bias=False)
+        self.conv_branch2b1 = nn.Conv2d(mid_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False)
         if not self.same_shape:
             self.conv_branch1 = nn.Conv2d(in_channels, out_channels, 1, stride, bias=False)
 
@@ -64,8 +56,9 @@ class BottleneckBlock(nn.Module):
         self.conv_branch2a = nn.Conv2d(in_channels, out_channels // 4, 1, bias=False)
         self.bn_branch2b1 = nn.BatchNorm2d(out_channels // 4)
         self.dropout_2b1 = nn.Dropout2d(dropout)
-        self.conv_branch2b1 = nn.Conv2d(out_channels // 4, out_channels // 2, 3, padding=dilation,
-                                        dilation=dilation, bias=False)
+        self.conv_branch2b1 = nn.Conv2d(
+            out_channels // 4, out_channels // 2, 3, padding=dilation, dilation=dilation, bias=False
+        )
         self.bn_branch2b2 = nn.BatchNorm2d(out_channels // 2)
         self.dropout_2b2 = nn.Dropout2d(dropout)
         self.conv_branch2b2 = nn.Conv2d(out_channels // 2, out_channels, 1, bias=False)
@@ -81,14 +74,15 @@ class BottleneckBlock(nn.Module):
 class BasicStage(NamedTuple):
     """One row of SPEC §1's table for basic blocks: the first block is `name`, the
     others `name_1`, `name_2`, ...; only the first changes width and stride."""
+
     name: str
     num_blocks: int
     in_channels: int
     mid_channels: int
     out_channels: int
     stride: int
-    first_dilation: int     # of the first block's first convolution
-    dilation: int           # everywhere else in the stage
+    first_dilation: int  # of the first block's first convolution
+    dilation: int  # everywhere else in the stage
 
 
 BASIC_STAGES = (
@@ -103,6 +97,7 @@ BOTTLENECK_BLOCKS = (("b6", 1024, 2048, 4, 0.3), ("b7", 2048, 4096, 4, 0.5))
 
 class ParameterGroups(NamedTuple):
     """The optimiser's four groups (SPEC §2): lr and wd multipliers 1/1, 2/0, 10/1, 20/0."""
+
     pretrained_weights: list[nn.Parameter]
     pretrained_biases: list[nn.Parameter]
     new_weights: list[nn.Parameter]
@@ -124,10 +119,14 @@ class Net(nn.Module):
         for stage in BASIC_STAGES:
             for index in range(stage.num_blocks):
                 first = index == 0
-                block = BasicBlock(stage.in_channels if first else stage.out_channels, stage.mid_channels,
-                                   stage.out_channels, stride=stage.stride if first else 1,
-                                   first_dilation=stage.first_dilation if first else stage.dilation,
-                                   dilation=stage.dilation)
+                block = BasicBlock(
+                    stage.in_channels if first else stage.out_channels,
+                    stage.mid_channels,
+                    stage.out_channels,
+                    stride=stage.stride if first else 1,
+                    first_dilation=stage.first_dilation if first else stage.dilation,
+                    dilation=stage.dilation,
+                )
                 self._add_block(stage.name if first else f"{stage.name}_{index}", block)
         for name, in_channels, out_channels, dilation, dropout in BOTTLENECK_BLOCKS:
             self._add_block(name, BottleneckBlock(in_channels, out_channels, dilation, dropout))

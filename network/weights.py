@@ -5,6 +5,7 @@ without DataParallel's "module." prefix) or an MXNet `.params` file (SPEC §1). 
 read with `weights_only=True`, so a file never runs code. The ResNet-38 backbone must be
 complete and every shape must match; head layers the file lacks (an ImageNet file) start
 from their initialisation and are reported."""
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,7 @@ from torch import nn
 
 from network.mxnet_params import LIST_MAGIC, convert_mxnet_to_torch
 from tool.constants import NUM_CLASSES, NUM_FG_CLASSES
-from tool.fileio import UserError
+from tool.errors import UserError
 
 # SPEC §1: the backbone's top-level layers, conv1a, b2 ... b7 (with their b4_3-style followers), bn7.
 BACKBONE_KEY = re.compile(r"(?:conv1a|bn7|b[2-7](?:_[1-9][0-9]*)?)\.")
@@ -36,6 +37,7 @@ WRAPPER_KEYS = ("state_dict", "model")
 class WeightsReport:
     """What `load_weights` did: keys copied from the file, model keys the file lacks (left at
     their initialisation), and file keys the model has no place for."""
+
     path: Path
     loaded: list[str]
     from_scratch: list[str]
@@ -68,20 +70,28 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> WeightsReport:
     missing_backbone = [key for key in missing if BACKBONE_KEY.match(key)]
     if missing_backbone:
         examples = ", ".join(missing_backbone[:3])
-        raise UserError(f"weights file {path} is missing {len(missing_backbone)} backbone tensors, e.g. "
-                        f"{examples}: not a ResNet-38 checkpoint")
+        raise UserError(
+            f"weights file {path} is missing {len(missing_backbone)} backbone tensors, e.g. "
+            f"{examples}: not a ResNet-38 checkpoint"
+        )
     mismatched = [key for key, value in matched.items() if value.shape != model_state[key].shape]
     if mismatched:
         key = mismatched[0]
         more = f" (and {len(mismatched) - 1} more mismatches)" if len(mismatched) > 1 else ""
-        raise UserError(f"weights file {path}: {key} has shape {tuple(matched[key].shape)} but the model "
-                        f"expects {tuple(model_state[key].shape)}{more}"
-                        f"{_head_hint(key, matched[key], model_state[key])}")
+        raise UserError(
+            f"weights file {path}: {key} has shape {tuple(matched[key].shape)} but the model "
+            f"expects {tuple(model_state[key].shape)}{more}"
+            f"{_head_hint(key, matched[key], model_state[key])}"
+        )
     # Every model key is supplied (file tensor, or the model's own for the rest), so the
     # load itself is strict.
     model.load_state_dict({**model_state, **matched}, strict=True)
-    return WeightsReport(path=path, loaded=list(matched), from_scratch=missing,
-                         unexpected=[key for key in file_state if key not in model_state])
+    return WeightsReport(
+        path=path,
+        loaded=list(matched),
+        from_scratch=missing,
+        unexpected=[key for key in file_state if key not in model_state],
+    )
 
 
 def _head_hint(key: str, file_value: torch.Tensor, model_value: torch.Tensor) -> str:
@@ -90,11 +100,15 @@ def _head_hint(key: str, file_value: torch.Tensor, model_value: torch.Tensor) ->
         return ""
     file_outputs, model_outputs = file_value.shape[0], model_value.shape[0]
     if (file_outputs, model_outputs) == (NUM_FG_CLASSES, NUM_CLASSES):
-        return (f"; fc8 has {NUM_FG_CLASSES} vs {NUM_CLASSES} outputs: these are baseline CAM weights "
-                "(network.resnet38_cls), not CPN; pass --network network.resnet38_cls")
+        return (
+            f"; fc8 has {NUM_FG_CLASSES} vs {NUM_CLASSES} outputs: these are baseline CAM weights "
+            "(network.resnet38_cls), not CPN; pass --network network.resnet38_cls"
+        )
     if (file_outputs, model_outputs) == (NUM_CLASSES, NUM_FG_CLASSES):
-        return (f"; fc8 has {NUM_CLASSES} vs {NUM_FG_CLASSES} outputs: these are CPN weights "
-                "(network.resnet38_CPN), not the baseline; pass --network network.resnet38_CPN")
+        return (
+            f"; fc8 has {NUM_CLASSES} vs {NUM_FG_CLASSES} outputs: these are CPN weights "
+            "(network.resnet38_CPN), not the baseline; pass --network network.resnet38_CPN"
+        )
     return ""
 
 
@@ -114,17 +128,22 @@ def _torch_load(path: Path) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as error:
         if "global" in str(error):
-            raise UserError(f"weights file {path} stores Python objects besides tensors, and loading them "
-                            "would run code from the file; if you trust it, re-save just its state_dict "
-                            "(torch.save(model.state_dict(), path))") from None
+            raise UserError(
+                f"weights file {path} stores Python objects besides tensors, and loading them "
+                "would run code from the file; if you trust it, re-save just its state_dict "
+                "(torch.save(model.state_dict(), path))"
+            ) from None
         raise UserError(f"weights file {path} is not a PyTorch checkpoint or MXNet .params file") from None
     except RuntimeError as error:
         # torch's first sentence says what failed (e.g. "failed finding central directory").
-        raise UserError(f"cannot read weights file {path} ({str(error).split('. ')[0]}): it is truncated "
-                        "or not a PyTorch checkpoint; copy or download it again") from None
+        raise UserError(
+            f"cannot read weights file {path} ({str(error).split('. ')[0]}): it is truncated "
+            "or not a PyTorch checkpoint; copy or download it again"
+        ) from None
     except (EOFError, ValueError, KeyError, OSError, UnicodeDecodeError):
-        raise UserError(f"cannot read weights file {path}: it is truncated or not a PyTorch checkpoint; "
-                        "copy or download it again") from None
+        raise UserError(
+            f"cannot read weights file {path}: it is truncated or not a PyTorch checkpoint; copy or download it again"
+        ) from None
 
 
 def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
@@ -136,10 +155,12 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
         raise UserError(f"weights file {path} holds an empty state dict: not a checkpoint")
     for key, value in loaded.items():
         if not isinstance(key, str) or not isinstance(value, torch.Tensor):
-            raise UserError(f"weights file {path} is not a state dict: its entry {key!r} holds "
-                            f"{type(value).__name__}, not a tensor")
+            raise UserError(
+                f"weights file {path} is not a state dict: its entry {key!r} holds {type(value).__name__}, not a tensor"
+            )
     state_dict = dict(loaded)
-    while prefix := next((prefix for prefix in WRAPPER_PREFIXES
-                          if all(key.startswith(prefix) for key in state_dict)), None):
+    while prefix := next(
+        (prefix for prefix in WRAPPER_PREFIXES if all(key.startswith(prefix) for key in state_dict)), None
+    ):
         state_dict = {key.removeprefix(prefix): value for key, value in state_dict.items()}
     return state_dict

@@ -1,4 +1,5 @@
 """Shared fixtures. The toy VOC set is generated once per test session."""
+
 from pathlib import Path
 
 import pytest

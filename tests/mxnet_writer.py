@@ -1,6 +1,7 @@
 """Test-only writer of MXNet NDArray-list `.params` files, written straight from SPEC §1 and
 sharing nothing with network/mxnet_params.py, so the reader is tested against files made
 independently of it."""
+
 from __future__ import annotations
 
 import struct
@@ -11,13 +12,19 @@ import numpy as np
 
 HEADERS = ("v2", "v1", "legacy")
 _DTYPE_FLAG = {
-    np.dtype(np.float32): 0, np.dtype(np.float64): 1, np.dtype(np.float16): 2, np.dtype(np.uint8): 3,
-    np.dtype(np.int32): 4, np.dtype(np.int8): 5, np.dtype(np.int64): 6,
+    np.dtype(np.float32): 0,
+    np.dtype(np.float64): 1,
+    np.dtype(np.float16): 2,
+    np.dtype(np.uint8): 3,
+    np.dtype(np.int32): 4,
+    np.dtype(np.int8): 5,
+    np.dtype(np.int64): 6,
 }
 
 
-def array_bytes(array: np.ndarray, header: str = "v2", storage_type: int = 0,
-                context: tuple[int, int] = (1, 0)) -> bytes:
+def array_bytes(
+    array: np.ndarray, header: str = "v2", storage_type: int = 0, context: tuple[int, int] = (1, 0)
+) -> bytes:
     """One array as SPEC §1 lays it out. An array with no axes is written as MXNet's empty
     array: the shape alone, no context, dtype or data."""
     assert header in HEADERS, header
@@ -38,8 +45,12 @@ def array_bytes(array: np.ndarray, header: str = "v2", storage_type: int = 0,
     return out + np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes()
 
 
-def ndarray_list_bytes(arrays: Sequence[np.ndarray], names: Sequence[str] | None = None,
-                       headers: str | Sequence[str] = "v2", storage_type: int = 0) -> bytes:
+def ndarray_list_bytes(
+    arrays: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    headers: str | Sequence[str] = "v2",
+    storage_type: int = 0,
+) -> bytes:
     """A whole file: magic, reserved word, the arrays, the names (none when `names` is None).
     `headers` is one variant for all arrays or one per array."""
     if isinstance(headers, str):
@@ -55,8 +66,13 @@ def ndarray_list_bytes(arrays: Sequence[np.ndarray], names: Sequence[str] | None
     return out
 
 
-def write_ndarray_list(path: str | Path, arrays: Sequence[np.ndarray], names: Sequence[str] | None = None,
-                       headers: str | Sequence[str] = "v2", storage_type: int = 0) -> Path:
+def write_ndarray_list(
+    path: str | Path,
+    arrays: Sequence[np.ndarray],
+    names: Sequence[str] | None = None,
+    headers: str | Sequence[str] = "v2",
+    storage_type: int = 0,
+) -> Path:
     path = Path(path)
     path.write_bytes(ndarray_list_bytes(arrays, names, headers, storage_type))
     return path

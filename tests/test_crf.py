@@ -1,5 +1,6 @@
 """tool/crf.py (SPEC §7): the CRF's constants, what it does to a noisy labelling, SEAM's
 background score, and the error when pydensecrf is missing."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -10,18 +11,19 @@ import numpy as np
 import pytest
 
 from tool import crf
-from tool.fileio import UserError
+from tool.errors import UserError
 
-needs_pydensecrf = pytest.mark.skipif(importlib.util.find_spec("pydensecrf") is None,
-                                      reason="pydensecrf is not installed")
+needs_pydensecrf = pytest.mark.skipif(
+    importlib.util.find_spec("pydensecrf") is None, reason="pydensecrf is not installed"
+)
 
 
 def two_region_image(height: int = 24, width: int = 32) -> tuple[np.ndarray, np.ndarray]:
     """A dark left half and a bright right half, and its true labelling (0 left, 1 right)."""
     image = np.zeros((height, width, 3), np.uint8)
-    image[:, width // 2:] = 220
+    image[:, width // 2 :] = 220
     truth = np.zeros((height, width), np.int64)
-    truth[:, width // 2:] = 1
+    truth[:, width // 2 :] = 1
     return image, truth
 
 
@@ -49,6 +51,7 @@ def test_crf_keeps_a_confident_labelling():
 
 class RecordingCRF:
     """Stands in for pydensecrf's DenseCRF2D and records what it is given."""
+
     calls: list = []
 
     def __init__(self, width, height, num_labels):
@@ -73,6 +76,7 @@ class RecordingCRF:
 def recording_pydensecrf(monkeypatch):
     def unary_from_softmax(probs):
         return -np.log(np.clip(probs, 1e-5, 1.0)).reshape(len(probs), -1).astype(np.float32)
+
     package = types.ModuleType("pydensecrf")
     package.densecrf = types.SimpleNamespace(DenseCRF2D=RecordingCRF)
     package.utils = types.SimpleNamespace(unary_from_softmax=unary_from_softmax)
@@ -90,7 +94,7 @@ def test_crf_uses_spec_constants(recording_pydensecrf):
     crf.crf_inference(image, probs, scale_factor=2.0)
     calls = dict((call[0], call[1:]) for call in recording_pydensecrf)
     assert calls["DenseCRF2D"] == (7, 5, 3)
-    np.testing.assert_allclose(calls["unary"][0][1], -np.log(1e-5), rtol=1e-6)   # probabilities, not logits
+    np.testing.assert_allclose(calls["unary"][0][1], -np.log(1e-5), rtol=1e-6)  # probabilities, not logits
     assert calls["gaussian"] == ({"sxy": 1.5, "compat": 3},)
     assert calls["bilateral"] == ({"sxy": 25.0, "srgb": 13, "compat": 10},)
     assert calls["inference"] == (5,)
@@ -104,8 +108,8 @@ def test_missing_pydensecrf_is_a_user_error(monkeypatch):
 
 
 def test_seam_background_score_by_hand():
-    fg_maps = np.array([[[0.0, 0.5]], [[0.2, 0.1]]], np.float32)     # 2 classes, 1×2 pixels
-    np.testing.assert_allclose(crf.seam_background_score(fg_maps, 4), [[0.8 ** 4, 0.5 ** 4]], rtol=1e-6)
+    fg_maps = np.array([[[0.0, 0.5]], [[0.2, 0.1]]], np.float32)  # 2 classes, 1×2 pixels
+    np.testing.assert_allclose(crf.seam_background_score(fg_maps, 4), [[0.8**4, 0.5**4]], rtol=1e-6)
     np.testing.assert_array_equal(crf.seam_background_score(np.zeros((0, 1, 2), np.float32), 4), [[1.0, 1.0]])
 
 
@@ -115,7 +119,7 @@ def test_seam_crf_scores_stacks_background_first(recording_pydensecrf):
     scores = crf.seam_crf_scores(image, fg_maps, alpha=2)
     assert scores.shape == (2, 1, 2)
     unary = recording_pydensecrf[1][1]
-    np.testing.assert_allclose(unary[0], -np.log([1.0, 0.25]), rtol=1e-6)      # (1 - max fg)^alpha
+    np.testing.assert_allclose(unary[0], -np.log([1.0, 0.25]), rtol=1e-6)  # (1 - max fg)^alpha
     np.testing.assert_allclose(unary[1], -np.log([1e-5, 0.5]), rtol=1e-6)
     # No class at all: background everywhere, no CRF needed.
     assert np.array_equal(crf.seam_crf_scores(image, np.zeros((0, 1, 2), np.float32), alpha=2), np.ones((1, 1, 2)))

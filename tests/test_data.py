@@ -1,5 +1,6 @@
 """voc12/data.py and voc12/make_cls_labels.py: labels, datasets, and the errors a user can cause
 (list reading is tested in test_lists.py)."""
+
 import io
 import pickle
 import shutil
@@ -14,21 +15,36 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from tool.constants import (IMAGENET_MEAN, IMAGENET_STD, SBD_AUG_LABELS, VOC_CLASSES, VOC_TRAIN_AUG_IMAGES,
-                            VOC_TRAIN_IMAGES, VOC_VAL_IMAGES)
-from tool.fileio import UserError, run_main
-from voc12.data import (InferDataset, TrainDataset, cls_labels_from_png, cls_labels_from_xml, load_cls_labels,
-                        load_image_list, sample_seed)
+from tool.constants import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    SBD_AUG_LABELS,
+    VOC_CLASSES,
+    VOC_TRAIN_AUG_IMAGES,
+    VOC_TRAIN_IMAGES,
+    VOC_VAL_IMAGES,
+)
+from tool.errors import UserError, run_main
+from voc12.data import (
+    InferDataset,
+    TrainDataset,
+    cls_labels_from_png,
+    cls_labels_from_xml,
+    load_cls_labels,
+    load_image_list,
+    sample_seed,
+)
 from voc12.make_cls_labels import main as make_cls_labels_main
 from voc12.make_cls_labels import make_cls_labels, train_aug_warning
 from voc12.toy import make_toy_voc
 
 REPO = Path(__file__).resolve().parent.parent
 CROP = 48
-SMALL_RESIZE = (40, 96)     # long side drawn from here: some images end up smaller than the crop
+SMALL_RESIZE = (40, 96)  # long side drawn from here: some images end up smaller than the crop
 
 
 # ---------- slow, obviously-correct references written from the reference code / SPEC ----------
+
 
 def reference_xml_label(xml_path: Path) -> np.ndarray:
     """The reference's label: every <name> element whose text is one of the 20 classes."""
@@ -69,6 +85,7 @@ def random_image(seed: int, width: int, height: int, mode: str = "RGB") -> Image
 
 # ---------- class labels ----------
 
+
 def test_make_cls_labels_on_the_toy_set(toy_voc, toy_lists):
     train = (toy_voc / "ImageSets/Segmentation/train.txt").read_text().split()
     val = (toy_voc / "ImageSets/Segmentation/val.txt").read_text().split()
@@ -81,7 +98,7 @@ def test_make_cls_labels_on_the_toy_set(toy_voc, toy_lists):
         assert label.dtype == np.float32 and label.shape == (20,)
         assert np.array_equal(label, reference_xml_label(toy_voc / "Annotations" / f"{name}.xml"))
         assert 1 <= label.sum() <= 3
-    raw = np.load(toy_lists["cls_labels"], allow_pickle=True).item()   # the reference's own way of reading it
+    raw = np.load(toy_lists["cls_labels"], allow_pickle=True).item()  # the reference's own way of reading it
     assert isinstance(raw, dict) and raw.keys() == labels.keys()
 
 
@@ -126,11 +143,11 @@ def test_make_cls_labels_with_augmented_set(tmp_path):
     split_dir.joinpath("train.txt").write_text(f"{names[3]}\n{names[0]}\n")
     split_dir.joinpath("val.txt").write_text(f"{names[4]}\n{names[5]}\n")
     (root / "SegmentationClassAug").mkdir()
-    for name in (names[1], names[2], names[4]):      # one val image is in the aug set too
+    for name in (names[1], names[2], names[4]):  # one val image is in the aug set too
         shutil.copy(root / "SegmentationClass" / f"{name}.png", root / "SegmentationClassAug" / f"{name}.png")
     written = make_cls_labels(root, tmp_path / "out")
     paths = written.paths
-    assert written.warning is None          # not VOC 2012's official lists: nothing to compare with
+    assert written.warning is None  # not VOC 2012's official lists: nothing to compare with
     assert load_image_list(paths["train_aug"]) == [names[0], names[1], names[2], names[3]]
     assert load_image_list(paths["train"]) == [names[0], names[3]]
     assert load_image_list(paths["val"]) == [names[4], names[5]]
@@ -138,19 +155,23 @@ def test_make_cls_labels_with_augmented_set(tmp_path):
 
 
 def official_splits(num_train_aug: int) -> dict[str, list[str]]:
-    return {"train": [f"t{index}" for index in range(VOC_TRAIN_IMAGES)],
-            "val": [f"v{index}" for index in range(VOC_VAL_IMAGES)],
-            "train_aug": [f"a{index}" for index in range(num_train_aug)]}
+    return {
+        "train": [f"t{index}" for index in range(VOC_TRAIN_IMAGES)],
+        "val": [f"v{index}" for index in range(VOC_VAL_IMAGES)],
+        "train_aug": [f"a{index}" for index in range(num_train_aug)],
+    }
 
 
 def test_train_aug_warning_names_what_is_missing():
     assert train_aug_warning(official_splits(VOC_TRAIN_AUG_IMAGES), SBD_AUG_LABELS) is None
     assert train_aug_warning(official_splits(VOC_TRAIN_IMAGES), None) == (
         "train_aug has 1,464 images, not the paper's 10,582: there is no SegmentationClassAug folder (SBD's "
-        "masks; README, step 1); the reference schedule on it is 2,928 steps instead of 21,160")
+        "masks; README, step 1); the reference schedule on it is 2,928 steps instead of 21,160"
+    )
     assert train_aug_warning(official_splits(9000), 10449) == (
         "train_aug has 9,000 images, not the paper's 10,582: SegmentationClassAug holds 10,449 PNGs, the usual "
-        "download 12,031; the reference schedule on it is 18,000 steps instead of 21,160")
+        "download 12,031; the reference schedule on it is 18,000 steps instead of 21,160"
+    )
     other_data = official_splits(100)
     other_data["val"] = other_data["val"][:16]
     assert train_aug_warning(other_data, None) is None
@@ -174,12 +195,20 @@ def test_make_cls_labels_warns_on_the_official_lists_without_sbd(tmp_path, capsy
 
 
 def test_make_cls_labels_as_a_script(toy_voc, tmp_path):
-    result = subprocess.run([sys.executable, "voc12/make_cls_labels.py", "--voc12_root", str(toy_voc),
-                             "--out_dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "voc12/make_cls_labels.py", "--voc12_root", str(toy_voc), "--out_dir", str(tmp_path)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert "train_aug.txt (48 images)" in result.stdout
-    assert sorted(path.name for path in tmp_path.iterdir()) == ["cls_labels.npy", "train.txt", "train_aug.txt",
-                                                                "val.txt"]
+    assert sorted(path.name for path in tmp_path.iterdir()) == [
+        "cls_labels.npy",
+        "train.txt",
+        "train_aug.txt",
+        "val.txt",
+    ]
 
 
 def test_make_cls_labels_main_and_its_error_line(toy_voc, tmp_path, capsys):
@@ -188,8 +217,9 @@ def test_make_cls_labels_main_and_its_error_line(toy_voc, tmp_path, capsys):
     assert (tmp_path / "cls_labels.npy").is_file()
     with pytest.raises(SystemExit) as exit_info:
         run_main(lambda: make_cls_labels_main(["--voc12_root", str(toy_voc.parent)]))
-    assert exit_info.value.code == (f"error: {toy_voc.parent} is not the VOC2012 folder (it has no JPEGImages); "
-                                    f"pass {toy_voc}")
+    assert exit_info.value.code == (
+        f"error: {toy_voc.parent} is not the VOC2012 folder (it has no JPEGImages); pass {toy_voc}"
+    )
 
 
 def numpy1_pickled_npy(path: Path, value: dict) -> None:
@@ -233,6 +263,7 @@ def test_load_cls_labels_missing_file(tmp_path):
 
 # ---------- TrainDataset ----------
 
+
 @pytest.fixture(scope="module")
 def train_names(toy_lists):
     return load_image_list(toy_lists["train"])[:6]
@@ -240,8 +271,9 @@ def train_names(toy_lists):
 
 @pytest.mark.parametrize("strategy", ["superpixel", "grid"])
 def test_train_sample_fields(toy_voc, toy_lists, train_names, strategy):
-    dataset = TrainDataset(toy_voc, train_names, toy_lists["cls_labels"], crop_size=CROP,
-                           resize_long=SMALL_RESIZE, patch_strategy=strategy)
+    dataset = TrainDataset(
+        toy_voc, train_names, toy_lists["cls_labels"], crop_size=CROP, resize_long=SMALL_RESIZE, patch_strategy=strategy
+    )
     labels = load_cls_labels(toy_lists["cls_labels"])
     assert len(dataset) == len(train_names)
     for index in range(len(dataset)):
@@ -259,7 +291,7 @@ def test_train_sample_fields(toy_voc, toy_lists, train_names, strategy):
             assert sample[key].dtype == torch.float32 and sample[key].shape == ()
             assert 0.0 <= sample[key] <= 1.0
         assert sample["kept_fraction"] + sample["hidden_fraction"] == pytest.approx(1.0)
-        assert kept.float().mean() <= sample["kept_fraction"] + 1e-6   # zero-padded pixels count as kept
+        assert kept.float().mean() <= sample["kept_fraction"] + 1e-6  # zero-padded pixels count as kept
     batch = default_collate([dataset[0], dataset[1]])
     assert batch["img"].shape == (2, 3, CROP, CROP) and batch["kept_fraction"].dtype == torch.float32
     assert batch["label"].shape == (2, 20) and batch["name"] == train_names[:2]
@@ -267,8 +299,14 @@ def test_train_sample_fields(toy_voc, toy_lists, train_names, strategy):
 
 def test_train_sample_is_a_pure_function_of_seed_epoch_index(toy_voc, toy_lists, train_names):
     def make(seed=0):
-        return TrainDataset(toy_voc, train_names, load_cls_labels(toy_lists["cls_labels"]), crop_size=CROP,
-                            resize_long=SMALL_RESIZE, seed=seed)
+        return TrainDataset(
+            toy_voc,
+            train_names,
+            load_cls_labels(toy_lists["cls_labels"]),
+            crop_size=CROP,
+            resize_long=SMALL_RESIZE,
+            seed=seed,
+        )
 
     def same(a, b):
         return all(torch.equal(a[key], b[key]) for key in ("img", "img_kept", "img_hidden", "kept_fraction"))
@@ -280,7 +318,7 @@ def test_train_sample_is_a_pure_function_of_seed_epoch_index(toy_voc, toy_lists,
     reference = first[2, 4]
     assert torch.equal(torch.get_rng_state(), torch_state), "the global torch RNG must be left alone"
     assert np.array_equal(np.random.get_state()[1], numpy_state)
-    second[0, 1], second[5, 4]                     # other samples first: access order does not matter
+    second[0, 1], second[5, 4]  # other samples first: access order does not matter
     assert same(second[2, 4], reference)
     assert same(first[2, 4], reference)
     assert same(first[4], first[0, 4]), "a plain index is epoch 0"
@@ -310,17 +348,18 @@ def test_train_dataset_errors(toy_voc, toy_lists, train_names, tmp_path):
 
 # ---------- InferDataset ----------
 
+
 def test_infer_inputs_scales_and_flips(tmp_path):
     image = random_image(0, 37, 23)
-    root = write_root(tmp_path / "VOC2012", {"odd": image}, file_format="PNG")   # lossless, to compare pixels
+    root = write_root(tmp_path / "VOC2012", {"odd": image}, file_format="PNG")  # lossless, to compare pixels
     scales = (0.5, 1.0, 1.5, 0.7)
     sample = InferDataset(root, ["odd"], {"odd": one_hot("cow")}, scales=scales)[0]
     assert sample["name"] == "odd"
     assert sample["image"].dtype == np.uint8 and np.array_equal(sample["image"], np.asarray(image))
     assert np.array_equal(sample["label"].numpy(), one_hot("cow")) and sample["label"].dtype == torch.float32
     assert len(sample["inputs"]) == len(scales)
-    expected_sizes = [(12, 18), (23, 37), (34, 56), (16, 26)]   # round(side·s), half to even: 11.5 -> 12, 18.5 -> 18
-    for scale, size, pair in zip(scales, expected_sizes, sample["inputs"]):
+    expected_sizes = [(12, 18), (23, 37), (34, 56), (16, 26)]  # round(side·s), half to even: 11.5 -> 12, 18.5 -> 18
+    for size, pair in zip(expected_sizes, sample["inputs"]):
         assert pair.shape == (2, 3, *size) and pair.dtype == torch.float32
         assert torch.equal(pair[1], pair[0].flip(-1))
         scaled = image.resize(size[::-1], resample=Image.Resampling.BICUBIC)
@@ -333,7 +372,8 @@ def test_infer_default_scales_on_the_toy_set(toy_voc, toy_lists):
     sample = dataset[1]
     height, width, _ = sample["image"].shape
     assert [tuple(pair.shape) for pair in sample["inputs"]] == [
-        (2, 3, round(height * scale), round(width * scale)) for scale in (0.5, 1.0, 1.5, 2.0)]
+        (2, 3, round(height * scale), round(width * scale)) for scale in (0.5, 1.0, 1.5, 2.0)
+    ]
 
 
 @pytest.mark.parametrize("mode,file_format", [("L", "JPEG"), ("RGBA", "PNG"), ("P", "PNG"), ("L", "PNG")])

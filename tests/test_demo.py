@@ -1,5 +1,6 @@
 """`make demo`'s script end to end on a tiny toy set (2 steps): every stage runs, every output the
 demo lists exists, and a rerun with other steps rewrites the CAMs instead of refusing them."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,14 @@ REPO = Path(__file__).resolve().parents[1]
 
 def run_demo(out: Path, steps: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "DEMO_TOY_TRAIN": "4", "DEMO_TOY_VAL": "2"}
-    return subprocess.run(["bash", str(REPO / "tool" / "demo.sh"), sys.executable, str(out), steps, "cpu"],
-                          capture_output=True, text=True, cwd=REPO, env=env, timeout=900)
+    return subprocess.run(
+        ["bash", str(REPO / "tool" / "demo.sh"), sys.executable, str(out), steps, "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=900,
+    )
 
 
 @pytest.mark.slow
@@ -34,9 +41,11 @@ def test_demo_runs_every_stage_and_reruns(tmp_path):
     trained_log = (out / "CPN" / "toy.log").read_text().splitlines()
     assert trained_log[0].endswith("backbone frozen") and "step 2/2" in trained_log[-1]
 
-    again = run_demo(out, "3")      # other weights into the same folders: --overwrite, not an error
+    again = run_demo(out, "3")  # other weights into the same folders: --overwrite, not an error
     assert again.returncode == 0, again.stderr[-2000:]
     manifest = json.loads((out / "toy" / "cam" / "manifest.json").read_text())
     assert "step 3/3" in (out / "CPN" / "toy.log").read_text().splitlines()[-1]
-    assert manifest["weights_sha256"] != json.loads((out / "untrained" / "cam" / "manifest.json").read_text())[
-        "weights_sha256"]
+    assert (
+        manifest["weights_sha256"]
+        != json.loads((out / "untrained" / "cam" / "manifest.json").read_text())["weights_sha256"]
+    )

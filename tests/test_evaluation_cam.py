@@ -1,5 +1,6 @@
 """evaluation_cam.py end to end on tiny synthetic predictions, against the naive SPEC §6 loop;
 its protocol statement and warnings; and that it stays a numpy job (no torch import)."""
+
 from __future__ import annotations
 
 import argparse
@@ -12,17 +13,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
+from test_metrics import naive_counts, naive_prediction, naive_sweep, random_case
 
 import evaluation_cam
-from test_metrics import naive_counts, naive_prediction, naive_sweep, random_case
-from tool.constants import (IGNORE_INDEX, NUM_CLASSES, SWEEP_THRESHOLDS, VOC_CLASSES, VOC_PALETTE, VOC_TRAIN_IMAGES,
-                            VOC_VAL_IMAGES)
-from tool.fileio import UserError, save_npy
+from tool.constants import (
+    IGNORE_INDEX,
+    NUM_CLASSES,
+    SWEEP_THRESHOLDS,
+    VOC_CLASSES,
+    VOC_PALETTE,
+    VOC_TRAIN_IMAGES,
+    VOC_VAL_IMAGES,
+)
+from tool.errors import UserError
+from tool.fileio import save_npy
 from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE
 
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [f"img_{index}" for index in range(5)]
-HEAVY_MODULES = ("torch", "torchvision", "skimage", "matplotlib")   # a numpy job imports none of them
+HEAVY_MODULES = ("torch", "torchvision", "skimage", "matplotlib")  # a numpy job imports none of them
 
 
 def save_label_png(path: Path, labels: np.ndarray) -> None:
@@ -49,8 +58,19 @@ def dataset(tmp_path):
 
 
 def arguments(root: Path, *extra: str) -> list[str]:
-    return ["--list", str(root / "list.txt"), "--predict_dir", str(root / "cams"), "--gt_dir", str(root / "gt"),
-            "--logfile", str(root / "eval.txt"), "--num_workers", "0", *extra]
+    return [
+        "--list",
+        str(root / "list.txt"),
+        "--predict_dir",
+        str(root / "cams"),
+        "--gt_dir",
+        str(root / "gt"),
+        "--logfile",
+        str(root / "eval.txt"),
+        "--num_workers",
+        "0",
+        *extra,
+    ]
 
 
 def naive_iou_percent(counts: np.ndarray) -> np.ndarray:
@@ -62,9 +82,14 @@ def naive_per_class(counts: np.ndarray) -> list[dict]:
     """{name, iou, precision, recall} in percent from one [21, 3] counts array, None where undefined."""
     rows = []
     for name, (tp, predicted, truth) in zip(VOC_CLASSES, counts[:, [TRUE_POSITIVE, PREDICTED, GROUND_TRUTH]]):
-        rows.append({"name": name, "iou": tp / (truth + predicted - tp + 1e-10) * 100,
-                     "precision": tp / predicted * 100 if predicted else None,
-                     "recall": tp / truth * 100 if truth else None})
+        rows.append(
+            {
+                "name": name,
+                "iou": tp / (truth + predicted - tp + 1e-10) * 100,
+                "precision": tp / predicted * 100 if predicted else None,
+                "recall": tp / truth * 100 if truth else None,
+            }
+        )
     return rows
 
 
@@ -77,17 +102,29 @@ def assert_per_class_equal(actual: list[dict], expected: list[dict]) -> None:
 
 def strict_json(path: Path):
     """JSON as other languages read it: NaN or Infinity would be an error."""
+
     def reject(constant: str):
         raise AssertionError(f"{path} holds {constant}, which is not JSON")
+
     return json.loads(path.read_text(), parse_constant=reject)
 
 
 def test_sweep_matches_naive_and_writes_json_plot_log(dataset, capsys):
     root, cases = dataset
-    evaluation_cam.main(arguments(root, "--json", str(root / "out" / "eval.json"), "--plot",
-                                  str(root / "out" / "curve.png"), "--comment", "run-a"))
-    expected = sum(naive_sweep(class_maps, ground_truth, SWEEP_THRESHOLDS)
-                   for class_maps, ground_truth in cases.values())
+    evaluation_cam.main(
+        arguments(
+            root,
+            "--json",
+            str(root / "out" / "eval.json"),
+            "--plot",
+            str(root / "out" / "curve.png"),
+            "--comment",
+            "run-a",
+        )
+    )
+    expected = sum(
+        naive_sweep(class_maps, ground_truth, SWEEP_THRESHOLDS) for class_maps, ground_truth in cases.values()
+    )
     expected_iou = naive_iou_percent(expected)
     expected_miou = expected_iou.mean(axis=1)
     best = int(np.argmax(expected_miou))
@@ -99,9 +136,14 @@ def test_sweep_matches_naive_and_writes_json_plot_log(dataset, capsys):
     np.testing.assert_allclose(written["iou"], expected_iou, rtol=0, atol=1e-9)
     assert written["best_threshold"] == SWEEP_THRESHOLDS[best]
     assert written["best_miou"] == pytest.approx(expected_miou[best], abs=1e-9)
-    assert written["protocol"] == {"list": str(root / "list.txt"), "num_images": len(NAMES), "gt_dir": str(root / "gt"),
-                                   "predict_dir": str(root / "cams"), "type": "npy",
-                                   "threshold_choice": "best on these ground-truth labels (the paper's protocol)"}
+    assert written["protocol"] == {
+        "list": str(root / "list.txt"),
+        "num_images": len(NAMES),
+        "gt_dir": str(root / "gt"),
+        "predict_dir": str(root / "cams"),
+        "type": "npy",
+        "threshold_choice": "best on these ground-truth labels (the paper's protocol)",
+    }
     assert written["warnings"] == []
     assert_per_class_equal(written["per_class"], naive_per_class(expected[best]))
 
@@ -113,39 +155,55 @@ def test_sweep_matches_naive_and_writes_json_plot_log(dataset, capsys):
     # the reference's fields first, the protocol's after them
     assert fields[0].startswith("mIoU:[") and fields[1] == f"best_t:{SWEEP_THRESHOLDS[best]}"
     assert fields[2].startswith("best_mIoU:")
-    assert fields[3:] == [f"list:{root / 'list.txt'}", f"num_images:{len(NAMES)}", f"gt_dir:{root / 'gt'}",
-                          f"predict_dir:{root / 'cams'}", "type:npy",
-                          "threshold_choice:best on these ground-truth labels (the paper's protocol)", ""]
+    assert fields[3:] == [
+        f"list:{root / 'list.txt'}",
+        f"num_images:{len(NAMES)}",
+        f"gt_dir:{root / 'gt'}",
+        f"predict_dir:{root / 'cams'}",
+        "type:npy",
+        "threshold_choice:best on these ground-truth labels (the paper's protocol)",
+        "",
+    ]
 
     printed = capsys.readouterr()
     lines = printed.out.splitlines()
     assert sum(line.startswith("background score: 0.") for line in lines) == len(SWEEP_THRESHOLDS)
     aeroplane = naive_per_class(expected[best])[1]
-    assert (f"{'aeroplane':>11s}{aeroplane['iou']:10.3f}%{aeroplane['precision']:10.3f}%"
-            f"{aeroplane['recall']:10.3f}%") in lines
-    assert lines[-5:-1] == [f"list: {root / 'list.txt'} ({len(NAMES)} images)", f"ground truth: {root / 'gt'}",
-                            f"predictions: {root / 'cams'} (npy CAMs)",
-                            "background score: best on these ground-truth labels (the paper's protocol)"]
-    assert lines[-1] == (f"{'mIoU':>11s}:{expected_miou[best]:7.3f}% at background score "
-                         f"{SWEEP_THRESHOLDS[best]:.3f} over {len(NAMES)} images")
+    assert (
+        f"{'aeroplane':>11s}{aeroplane['iou']:10.3f}%{aeroplane['precision']:10.3f}%{aeroplane['recall']:10.3f}%"
+    ) in lines
+    assert lines[-5:-1] == [
+        f"list: {root / 'list.txt'} ({len(NAMES)} images)",
+        f"ground truth: {root / 'gt'}",
+        f"predictions: {root / 'cams'} (npy CAMs)",
+        "background score: best on these ground-truth labels (the paper's protocol)",
+    ]
+    assert lines[-1] == (
+        f"{'mIoU':>11s}:{expected_miou[best]:7.3f}% at background score "
+        f"{SWEEP_THRESHOLDS[best]:.3f} over {len(NAMES)} images"
+    )
     assert "warning" not in printed.err
 
 
 def test_single_threshold_with_workers_equals_naive(dataset, capsys):
     root, cases = dataset
     result = evaluation_cam.main(arguments(root, "--t", "0.3", "--num_workers", "2", "--json", str(root / "t.json")))
-    expected = sum(naive_counts(naive_prediction(class_maps, ground_truth.shape, 0.3), ground_truth)
-                   for class_maps, ground_truth in cases.values())
+    expected = sum(
+        naive_counts(naive_prediction(class_maps, ground_truth.shape, 0.3), ground_truth)
+        for class_maps, ground_truth in cases.values()
+    )
     assert result["thresholds"] == [0.3]
     np.testing.assert_allclose(result["iou"][0], naive_iou_percent(expected), rtol=0, atol=1e-9)
     assert_per_class_equal(result["per_class"], naive_per_class(expected))
     assert strict_json(root / "t.json")["protocol"]["threshold_choice"] == "fixed --t"
     fields = (root / "eval.txt").read_text().splitlines()[1].split("  ")
-    assert [field.split(":")[0] for field in fields[:NUM_CLASSES + 2]] == [*VOC_CLASSES, "t", "mIoU"]
+    assert [field.split(":")[0] for field in fields[: NUM_CLASSES + 2]] == [*VOC_CLASSES, "t", "mIoU"]
     assert fields[NUM_CLASSES] == "t:0.3" and "threshold_choice:fixed --t" in fields
     lines = capsys.readouterr().out.splitlines()
-    assert lines[-2:] == ["background score: fixed --t", f"{'mIoU':>11s}:{result['best_miou']:7.3f}% at background "
-                                                         f"score 0.300 over {len(NAMES)} images"]
+    assert lines[-2:] == [
+        "background score: fixed --t",
+        f"{'mIoU':>11s}:{result['best_miou']:7.3f}% at background score 0.300 over {len(NAMES)} images",
+    ]
 
 
 def test_png_mode_equals_naive(dataset):
@@ -154,12 +212,13 @@ def test_png_mode_equals_naive(dataset):
     (root / "labels").mkdir()
     expected = np.zeros((NUM_CLASSES, 3), np.int64)
     for name, (_, ground_truth) in cases.items():
-        labels = np.concatenate([np.arange(NUM_CLASSES), [IGNORE_INDEX]])   # 255 predicts no class
+        labels = np.concatenate([np.arange(NUM_CLASSES), [IGNORE_INDEX]])  # 255 predicts no class
         prediction = rng.choice(labels, size=ground_truth.shape).astype(np.uint8)
         save_label_png(root / "labels" / f"{name}.png", prediction)
         expected += naive_counts(prediction, ground_truth)
-    result = evaluation_cam.main(arguments(root, "--type", "png", "--predict_dir", str(root / "labels"),
-                                           "--json", str(root / "png.json")))
+    result = evaluation_cam.main(
+        arguments(root, "--type", "png", "--predict_dir", str(root / "labels"), "--json", str(root / "png.json"))
+    )
     assert result["thresholds"] is None
     np.testing.assert_allclose(result["iou"][0], naive_iou_percent(expected), rtol=0, atol=1e-9)
     assert_per_class_equal(result["per_class"], naive_per_class(expected))
@@ -175,14 +234,37 @@ def test_undefined_precision_and_recall_are_null_and_n_a(tmp_path, capsys):
     save_label_png(tmp_path / "gt" / "a.png", np.array([[0, 0, 1, 1]], np.uint8))
     save_label_png(tmp_path / "labels" / "a.png", np.array([[0, 2, 1, 0]], np.uint8))
     (tmp_path / "list.txt").write_text("a\n")
-    evaluation_cam.main(["--list", str(tmp_path / "list.txt"), "--predict_dir", str(tmp_path / "labels"),
-                         "--gt_dir", str(tmp_path / "gt"), "--type", "png", "--logfile", "", "--num_workers", "0",
-                         "--json", str(tmp_path / "eval.json")])
+    evaluation_cam.main(
+        [
+            "--list",
+            str(tmp_path / "list.txt"),
+            "--predict_dir",
+            str(tmp_path / "labels"),
+            "--gt_dir",
+            str(tmp_path / "gt"),
+            "--type",
+            "png",
+            "--logfile",
+            "",
+            "--num_workers",
+            "0",
+            "--json",
+            str(tmp_path / "eval.json"),
+        ]
+    )
     per_class = {row["name"]: row for row in strict_json(tmp_path / "eval.json")["per_class"]}
-    assert per_class["background"] == {"name": "background", "iou": pytest.approx(100 / 3), "precision": 50.0,
-                                       "recall": 50.0}
-    assert per_class["aeroplane"] == {"name": "aeroplane", "iou": pytest.approx(50.0), "precision": 100.0,
-                                      "recall": 50.0}
+    assert per_class["background"] == {
+        "name": "background",
+        "iou": pytest.approx(100 / 3),
+        "precision": 50.0,
+        "recall": 50.0,
+    }
+    assert per_class["aeroplane"] == {
+        "name": "aeroplane",
+        "iou": pytest.approx(50.0),
+        "precision": 100.0,
+        "recall": 50.0,
+    }
     assert per_class["bicycle"] == {"name": "bicycle", "iou": 0.0, "precision": 0.0, "recall": None}
     assert per_class["cat"] == {"name": "cat", "iou": 0.0, "precision": None, "recall": None}
     lines = capsys.readouterr().out.splitlines()
@@ -195,15 +277,18 @@ def protocol_of(num_images: int, gt_dir: str) -> dict:
     return evaluation_cam.evaluation_protocol(args, num_images, SWEEP_THRESHOLDS)
 
 
-@pytest.mark.parametrize("num_images, gt_dir, expected", [
-    (VOC_TRAIN_IMAGES, "VOCdevkit/VOC2012/SegmentationClass", []),
-    (VOC_TRAIN_IMAGES, "VOCdevkit/VOC2012/SegmentationClassAug", ["SegmentationClassAug"]),
-    (VOC_TRAIN_IMAGES, "VOCdevkit/VOC2012/SegmentationClassAug/", ["SegmentationClassAug"]),
-    (VOC_TRAIN_IMAGES, "SegmentationClassAug/../SegmentationClass", []),
-    (VOC_VAL_IMAGES, "VOCdevkit/VOC2012/SegmentationClass", ["1,449 images"]),
-    (VOC_VAL_IMAGES, "SegmentationClassAug", ["SegmentationClassAug", "1,449 images"]),
-    (VOC_VAL_IMAGES - 1, "SegmentationClass", []),
-])
+@pytest.mark.parametrize(
+    "num_images, gt_dir, expected",
+    [
+        (VOC_TRAIN_IMAGES, "VOCdevkit/VOC2012/SegmentationClass", []),
+        (VOC_TRAIN_IMAGES, "VOCdevkit/VOC2012/SegmentationClassAug", ["SegmentationClassAug"]),
+        (VOC_TRAIN_IMAGES, "VOCdevkit/VOC2012/SegmentationClassAug/", ["SegmentationClassAug"]),
+        (VOC_TRAIN_IMAGES, "SegmentationClassAug/../SegmentationClass", []),
+        (VOC_VAL_IMAGES, "VOCdevkit/VOC2012/SegmentationClass", ["1,449 images"]),
+        (VOC_VAL_IMAGES, "SegmentationClassAug", ["SegmentationClassAug", "1,449 images"]),
+        (VOC_VAL_IMAGES - 1, "SegmentationClass", []),
+    ],
+)
 def test_protocol_warnings(num_images, gt_dir, expected):
     warnings = evaluation_cam.protocol_warnings(protocol_of(num_images, gt_dir))
     assert len(warnings) == len(expected)
@@ -218,8 +303,10 @@ def test_protocol_warnings(num_images, gt_dir, expected):
 
 def test_protocol_states_how_the_background_score_is_chosen():
     args = argparse.Namespace(list="l.txt", gt_dir="gt", predict_dir="p", type="npy")
-    choices = [evaluation_cam.evaluation_protocol(args, 3, thresholds)["threshold_choice"]
-               for thresholds in (SWEEP_THRESHOLDS, (0.3,), None)]
+    choices = [
+        evaluation_cam.evaluation_protocol(args, 3, thresholds)["threshold_choice"]
+        for thresholds in (SWEEP_THRESHOLDS, (0.3,), None)
+    ]
     assert choices == ["best on these ground-truth labels (the paper's protocol)", "fixed --t", "none (png labels)"]
 
 
@@ -237,13 +324,16 @@ def test_segmentation_class_aug_ground_truth_warns_on_stderr_and_in_json(dataset
     assert strict_json(root / "aug.json")["warnings"] == result["warnings"]
 
 
-@pytest.mark.parametrize("extra, message", [
-    (("--t", "0.3", "--curve", "True"), "give one of them"),
-    (("--curve", "False"), "needs --t"),
-    (("--type", "png", "--t", "0.3"), "drop them"),
-    (("--type", "png", "--plot", "x.png"), "drop --plot"),
-    (("--t", "nan"), "not a number"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (("--t", "0.3", "--curve", "True"), "give one of them"),
+        (("--curve", "False"), "needs --t"),
+        (("--type", "png", "--t", "0.3"), "drop them"),
+        (("--type", "png", "--plot", "x.png"), "drop --plot"),
+        (("--t", "nan"), "not a number"),
+    ],
+)
 def test_conflicting_flags_are_user_errors(dataset, extra, message):
     root, _ = dataset
     with pytest.raises(UserError, match=message):
@@ -259,11 +349,13 @@ def test_curve_flag_forms_run_the_sweep(dataset):
 
 def test_import_and_run_load_no_torch_skimage_or_matplotlib(dataset):
     root, _ = dataset
-    script = ("import sys, evaluation_cam\n"
-              f"heavy = {HEAVY_MODULES!r}\n"
-              "print(sorted(set(heavy) & set(sys.modules)))\n"
-              f"evaluation_cam.main({arguments(root, '--json', str(root / 'e.json'))!r})\n"
-              "print(sorted(set(heavy) & set(sys.modules)))\n")
+    script = (
+        "import sys, evaluation_cam\n"
+        f"heavy = {HEAVY_MODULES!r}\n"
+        "print(sorted(set(heavy) & set(sys.modules)))\n"
+        f"evaluation_cam.main({arguments(root, '--json', str(root / 'e.json'))!r})\n"
+        "print(sorted(set(heavy) & set(sys.modules)))\n"
+    )
     completed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert completed.returncode == 0, completed.stderr
     lines = completed.stdout.splitlines()
@@ -273,8 +365,13 @@ def test_import_and_run_load_no_torch_skimage_or_matplotlib(dataset):
 
 
 def test_help_runs_as_a_script():
-    completed = subprocess.run([sys.executable, str(REPO / "evaluation_cam.py"), "--help"], capture_output=True,
-                               text=True, cwd=REPO, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "evaluation_cam.py"), "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.startswith("usage: evaluation_cam.py") and "--gt_dir" in completed.stdout
 
@@ -284,8 +381,13 @@ def test_missing_files_are_listed_and_exit_nonzero(dataset):
     missing = [f"gone_{index}" for index in range(7)]
     (root / "list.txt").write_text("\n".join(NAMES + missing) + "\n")
     (root / "gt" / f"{NAMES[0]}.png").unlink()
-    completed = subprocess.run([sys.executable, str(REPO / "evaluation_cam.py"), *arguments(root)],
-                               capture_output=True, text=True, cwd=REPO, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, str(REPO / "evaluation_cam.py"), *arguments(root)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=300,
+    )
     assert completed.returncode != 0
     error = completed.stderr.strip().splitlines()[-1]
     assert error.startswith("error: 7 of 12 listed images have no prediction")

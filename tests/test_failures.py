@@ -4,6 +4,7 @@ file and the fix, with a non-zero exit; Ctrl-C leaves only whole files behind.
 Cases covered elsewhere are not repeated here: missing/empty lists and the devkit folder
 (test_data.py), weights of another network (test_weights.py, test_train_cpn.py), truncated
 .params (test_mxnet_params.py), missing predictions (test_evaluation_cam.py)."""
+
 from __future__ import annotations
 
 import os
@@ -22,14 +23,30 @@ import evaluation_cam
 import infer_cam
 import train_cpn
 from network import build_network
-from tool.fileio import UserError, check_writable_dir, read_rgb, run_main, save_npy
+from tool.errors import UserError, run_main
+from tool.fileio import check_writable_dir, read_rgb, save_npy
 from tool.manifest import MANIFEST_NAME
 from voc12 import make_cls_labels
 from voc12.data import load_cls_labels, load_image_list
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TRAIN = ["--crop_size", "32", "--resize_long", "32", "48", "--batch_size", "2", "--num_workers", "0",
-              "--weights", "none", "--log_every", "1", "--session_name", "run"]
+TINY_TRAIN = [
+    "--crop_size",
+    "32",
+    "--resize_long",
+    "32",
+    "48",
+    "--batch_size",
+    "2",
+    "--num_workers",
+    "0",
+    "--weights",
+    "none",
+    "--log_every",
+    "1",
+    "--session_name",
+    "run",
+]
 
 
 def one_line_error(main, args: list[str], capsys) -> str:
@@ -67,17 +84,44 @@ def blocked(tmp_path) -> Path:
 
 
 def train_args(toy_voc, toy_lists, out_dir, *extra) -> list[str]:
-    return ["--voc12_root", str(toy_voc), "--train_list", str(toy_lists["train"]),
-            "--cls_labels", str(toy_lists["cls_labels"]), "--out_dir", str(out_dir), *TINY_TRAIN, *extra]
+    return [
+        "--voc12_root",
+        str(toy_voc),
+        "--train_list",
+        str(toy_lists["train"]),
+        "--cls_labels",
+        str(toy_lists["cls_labels"]),
+        "--out_dir",
+        str(out_dir),
+        *TINY_TRAIN,
+        *extra,
+    ]
 
 
 def infer_args(toy_voc, toy_lists, weights, *extra) -> list[str]:
-    return ["--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels", str(toy_lists["cls_labels"]),
-            "--infer_list", str(toy_lists["val"]), "--scales", "0.5", "--num_workers", "0", "--post_workers", "0",
-            "--device", "cpu", *extra]
+    return [
+        "--weights",
+        str(weights),
+        "--voc12_root",
+        str(toy_voc),
+        "--cls_labels",
+        str(toy_lists["cls_labels"]),
+        "--infer_list",
+        str(toy_lists["val"]),
+        "--scales",
+        "0.5",
+        "--num_workers",
+        "0",
+        "--post_workers",
+        "0",
+        "--device",
+        "cpu",
+        *extra,
+    ]
 
 
 # --- Output folder that cannot be written ---------------------------------------------------
+
 
 def test_unwritable_out_dir_train(toy_voc, toy_lists, blocked, capsys):
     message = one_line_error(train_cpn.main, train_args(toy_voc, toy_lists, blocked, "--max_steps", "1"), capsys)
@@ -85,10 +129,10 @@ def test_unwritable_out_dir_train(toy_voc, toy_lists, blocked, capsys):
 
 
 def test_unwritable_out_dir_infer(toy_voc, toy_lists, weights, blocked, capsys, monkeypatch):
-    monkeypatch.setattr(infer_cam, "load_model",
-                        lambda *args: pytest.fail("output folders must be checked before the model is loaded"))
-    message = one_line_error(infer_cam.main, infer_args(toy_voc, toy_lists, weights, "--out_cam", str(blocked)),
-                             capsys)
+    monkeypatch.setattr(
+        infer_cam, "load_model", lambda *args: pytest.fail("output folders must be checked before the model is loaded")
+    )
+    message = one_line_error(infer_cam.main, infer_args(toy_voc, toy_lists, weights, "--out_cam", str(blocked)), capsys)
     assert message.startswith(f"error: cannot write {blocked}") and "writable output folder" in message
 
 
@@ -102,14 +146,26 @@ def test_unwritable_logfile_evaluation(toy_voc, toy_lists, blocked, tmp_path, ca
     width, height = Image.open(toy_voc / "SegmentationClass" / f"{name}.png").size
     save_npy(tmp_path / "cam" / f"{name}.npy", {0: np.zeros((height, width), np.float32)})
     (tmp_path / "one.txt").write_text(name + "\n")
-    args = ["--list", str(tmp_path / "one.txt"), "--predict_dir", str(tmp_path / "cam"),
-            "--gt_dir", str(toy_voc / "SegmentationClass"), "--t", "0.2", "--num_workers", "0",
-            "--logfile", str(blocked / "eval.txt")]
+    args = [
+        "--list",
+        str(tmp_path / "one.txt"),
+        "--predict_dir",
+        str(tmp_path / "cam"),
+        "--gt_dir",
+        str(toy_voc / "SegmentationClass"),
+        "--t",
+        "0.2",
+        "--num_workers",
+        "0",
+        "--logfile",
+        str(blocked / "eval.txt"),
+    ]
     message = one_line_error(evaluation_cam.main, args, capsys)
     assert message.startswith(f"error: cannot write {blocked / 'eval.txt'}")
 
 
 # --- Inputs that do not match -----------------------------------------------------------------
+
 
 def test_list_names_absent_from_the_root(toy_voc, toy_lists, weights, tmp_path, capsys):
     """Labelled names whose images are not in the root: the error names the file and the root,
@@ -141,8 +197,9 @@ def test_truncated_pth(script, toy_voc, toy_lists, truncated_weights, tmp_path, 
 
 # --- Image formats and sizes ------------------------------------------------------------------
 
+
 def test_cmyk_and_16_bit_images_read_as_8_bit_rgb(tmp_path):
-    cmyk = Image.new("CMYK", (6, 4), (0, 255, 255, 0))          # pure red in ink
+    cmyk = Image.new("CMYK", (6, 4), (0, 255, 255, 0))  # pure red in ink
     cmyk.save(tmp_path / "cmyk.jpg", quality=100)
     rgb = np.asarray(read_rgb(tmp_path / "cmyk.jpg"))
     assert rgb.shape == (4, 6, 3) and rgb.dtype == np.uint8
@@ -169,26 +226,46 @@ def test_training_on_odd_images_smaller_than_the_crop(tmp_path):
         "rgba": Image.fromarray(rgb(30, 30)).convert("RGBA"),
         "gray": Image.fromarray(rgb(26, 18)).convert("L"),
     }
-    for name, image in images.items():   # VOC names every file .jpg; PIL reads by content
+    for name, image in images.items():  # VOC names every file .jpg; PIL reads by content
         image.save(root / "JPEGImages" / f"{name}.jpg", format="JPEG" if image.mode in ("CMYK", "L") else "PNG")
     labels = {name: np.eye(20, dtype=np.float32)[index] for index, name in enumerate(images)}
     np.save(tmp_path / "labels.npy", labels)
     (tmp_path / "list.txt").write_text("\n".join(images) + "\n")
     out = tmp_path / "out"
-    args = ["--voc12_root", str(root), "--train_list", str(tmp_path / "list.txt"),
-            "--cls_labels", str(tmp_path / "labels.npy"), "--out_dir", str(out), *TINY_TRAIN,
-            "--resize_long", "16", "24", "--max_steps", "1"]
+    args = [
+        "--voc12_root",
+        str(root),
+        "--train_list",
+        str(tmp_path / "list.txt"),
+        "--cls_labels",
+        str(tmp_path / "labels.npy"),
+        "--out_dir",
+        str(out),
+        *TINY_TRAIN,
+        "--resize_long",
+        "16",
+        "24",
+        "--max_steps",
+        "1",
+    ]
     train_cpn.main(args)
     assert (out / "run.pth").is_file() and (out / "run_checkpoints" / "step_0000001.pt").is_file()
 
 
 # --- Ctrl-C -----------------------------------------------------------------------------------
 
+
 def interrupt_when(command: list[str], ready, timeout_s: float = 240) -> subprocess.CompletedProcess:
     """Start a script in its own process group, wait until `ready()`, then press Ctrl-C
     (SIGINT to the whole group, DataLoader and writer workers included, as a terminal does)."""
-    process = subprocess.Popen([sys.executable, *command], cwd=REPO, stdout=subprocess.PIPE,
-                               stderr=subprocess.PIPE, text=True, start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, *command],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + timeout_s
     try:
         while not ready():
@@ -213,17 +290,15 @@ def test_ctrl_c_during_training_keeps_a_valid_checkpoint(toy_voc, toy_lists, tmp
     out = tmp_path / "out"
     checkpoints = out / "run_checkpoints"
     args = train_args(toy_voc, toy_lists, out, "--save_every", "1", "--max_steps", "1000")
-    result = interrupt_when([str(REPO / "train_cpn.py"), *args],
-                            lambda: any(checkpoints.glob("step_*.pt")))
+    result = interrupt_when([str(REPO / "train_cpn.py"), *args], lambda: any(checkpoints.glob("step_*.pt")))
     last_line = assert_interrupted(result)
     saved = sorted(checkpoints.glob("step_*.pt"))
-    assert last_line.startswith("interrupted at step ") and f"resume with --resume auto (from {saved[-1]})" \
-        in last_line
+    assert last_line.startswith("interrupted at step ") and f"resume with --resume auto (from {saved[-1]})" in last_line
     assert not [path for path in out.rglob("*") if path.name.endswith(".tmp")]
     for path in saved:
         state = torch.load(path, map_location="cpu", weights_only=True)
         assert state["step"] == int(path.stem.split("_")[1])
-    assert last_line in (out / "run.log").read_text()   # the log file records it too
+    assert last_line in (out / "run.log").read_text()  # the log file records it too
 
 
 def test_ctrl_c_during_inference_leaves_whole_files(toy_voc, toy_lists, weights, tmp_path):
@@ -234,7 +309,7 @@ def test_ctrl_c_during_inference_leaves_whole_files(toy_voc, toy_lists, weights,
     args[args.index("--post_workers") + 1] = "1"
     result = interrupt_when([str(REPO / "infer_cam.py"), *args], lambda: any(cam_dir.glob("*.npy")))
     assert assert_interrupted(result) == "interrupted"
-    assert (cam_dir / MANIFEST_NAME).is_file()      # written before the folder's first CAM
+    assert (cam_dir / MANIFEST_NAME).is_file()  # written before the folder's first CAM
     cams = [path for path in cam_dir.iterdir() if path.name != MANIFEST_NAME]
     preds = [path for path in pred_dir.iterdir() if path.name != MANIFEST_NAME] if pred_dir.exists() else []
     assert {path.suffix for path in cams} == {".npy"} and {path.suffix for path in preds} <= {".png"}

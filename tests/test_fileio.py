@@ -1,4 +1,5 @@
 """tool/fileio.py: atomic writes."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """tool/imutils.py against slow loop versions written from SPEC §3–5, hand cases and invariants."""
+
 import math
 
 import numpy as np
@@ -7,7 +8,7 @@ import torch
 from PIL import Image
 
 from tool import imutils
-from tool.fileio import UserError
+from tool.errors import UserError
 
 
 def _normalised_image(height, width, seed=0):
@@ -15,8 +16,7 @@ def _normalised_image(height, width, seed=0):
     no exact zeros (so the kept mask can be read back from the outputs)."""
     gen = torch.Generator().manual_seed(seed)
     coarse = torch.rand(1, 3, 4, 4, generator=gen) * 4 - 2
-    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear",
-                                             align_corners=False)[0]
+    smooth = torch.nn.functional.interpolate(coarse, size=(height, width), mode="bilinear", align_corners=False)[0]
     img = smooth + 0.05 * torch.randn(3, height, width, generator=gen)
     img[img == 0] = 0.5
     return img
@@ -33,7 +33,8 @@ def _kept_mask_of(img, img_kept, img_hidden):
 def test_pair_is_complementary(strategy, size):
     img = _normalised_image(*size)
     img_kept, img_hidden, kept_fraction, hidden_fraction = imutils.complementary_patch(
-        img, strategy, np.random.default_rng(1))
+        img, strategy, np.random.default_rng(1)
+    )
     assert torch.equal(img_kept + img_hidden, img)
     kept = _kept_mask_of(img, img_kept, img_hidden)
     assert torch.equal(img_kept[:, kept], img[:, kept])
@@ -100,8 +101,9 @@ def test_hidden_share_of_superpixels(largest_label):
     p_hidden = 1 - (1 - 1 / (largest_label + 1)) ** draws
     p_both_kept = (1 - 2 / (largest_label + 1)) ** draws
     # Var of the hidden count in one trial (labels are hidden dependently).
-    variance = (largest_label * p_hidden * (1 - p_hidden)
-                + largest_label * (largest_label - 1) * (p_both_kept - (1 - p_hidden) ** 2))
+    variance = largest_label * p_hidden * (1 - p_hidden) + largest_label * (largest_label - 1) * (
+        p_both_kept - (1 - p_hidden) ** 2
+    )
     trials = 2000
     rng = np.random.default_rng(123)
     hidden_total = sum(int((~imutils.hide_superpixels(labels, rng)).sum()) for _ in range(trials))
@@ -118,7 +120,7 @@ def _grid_mask_loop(height, width, rng):
     for top in range(0, height, cell):
         for left in range(0, width, cell):
             if rng.random() <= 0.5:
-                kept[top:min(height, top + cell), left:min(width, left + cell)] = False
+                kept[top : min(height, top + cell), left : min(width, left + cell)] = False
     return kept
 
 
@@ -129,45 +131,11 @@ def test_grid_mask_matches_loop_and_cells_are_all_or_nothing():
         kept = imutils.grid_mask(height, width, np.random.default_rng(seed))
         assert kept.shape == (height, width) and kept.dtype == bool
         assert np.array_equal(kept, _grid_mask_loop(height, width, np.random.default_rng(seed)))
-        for top in range(0, height, 224):       # 448-cells are unions of aligned 224-cells
+        for top in range(0, height, 224):  # 448-cells are unions of aligned 224-cells
             for left in range(0, width, 224):
-                assert len(np.unique(kept[top:top + 224, left:left + 224])) == 1
+                assert len(np.unique(kept[top : top + 224, left : left + 224])) == 1
         cell_sizes_seen.add(imutils.GRID_CELL_SIZES[np.random.default_rng(seed).integers(2)])
     assert cell_sizes_seen == {224, 448}
-
-
-def _max_norm_loop(p, eps=1e-5):
-    out = torch.empty_like(p)
-    for n in range(p.shape[0]):
-        for c in range(p.shape[1]):
-            values = [max(float(v), 0.0) for v in p[n, c].flatten()]
-            low, high = min(values), max(values)
-            for i in range(p.shape[2]):
-                for j in range(p.shape[3]):
-                    out[n, c, i, j] = max(max(float(p[n, c, i, j]), 0.0) - low - eps, 0.0) / (high - low + eps)
-    return out
-
-
-def test_max_norm_matches_formula_and_range():
-    p = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    p[0, 1] = 0.7                                   # constant channel -> all zero
-    p[1, 2] = -torch.rand(4, 5, dtype=torch.float64)  # all negative -> all zero
-    normed = imutils.max_norm(p)
-    torch.testing.assert_close(normed, _max_norm_loop(p), rtol=0, atol=1e-12)
-    assert normed.min() >= 0 and normed.max() <= 1
-    assert torch.count_nonzero(normed[0, 1]) == 0 and torch.count_nonzero(normed[1, 2]) == 0
-    assert normed[0, 0].max() == pytest.approx(1.0, abs=1e-4)
-
-
-def test_keepmax_keeps_values_and_ties():
-    z = torch.tensor([[0.2, 0.5], [0.5, -1.0], [0.1, 0.5]]).view(1, 3, 1, 2)   # pixel 0 max 0.5, pixel 1 tie at 0.5
-    expected = torch.tensor([[0.0, 0.5], [0.5, 0.0], [0.0, 0.5]]).view(1, 3, 1, 2)
-    assert torch.equal(imutils.keepmax(z), expected)
-    negative = torch.tensor([-3.0, -1.0, -2.0]).view(1, 3, 1, 1)
-    assert torch.equal(imutils.keepmax(negative), torch.tensor([0.0, -1.0, 0.0]).view(1, 3, 1, 1))
-    z_copy = z.clone()
-    imutils.keepmax(z)
-    assert torch.equal(z, z_copy), "keepmax must not modify its input"
 
 
 def _checker_image(width, height):
@@ -197,7 +165,7 @@ def test_random_crop_places_small_image_inside_zero_container():
         rows, cols = np.nonzero(cropped[..., 0])
         top, left = rows.min(), cols.min()
         assert len(rows) == 5 * 7 and rows.max() == top + 4 and cols.max() == left + 6
-        assert np.all(cropped[top:top + 5, left:left + 7] == 2.5)
+        assert np.all(cropped[top : top + 5, left : left + 7] == 2.5)
         offsets.add((int(top), int(left)))
     assert {top for top, _ in offsets} == set(range(6)) and {left for _, left in offsets} == set(range(4))
 
@@ -211,7 +179,7 @@ def test_random_crop_cuts_a_window_of_larger_image():
         cropped = imutils.random_crop(arr, 6)
         left = int(np.nonzero(cropped[0, :, 0])[0][0])
         top = int(np.nonzero(arr[:, 0, 0] == cropped[0, left, 0])[0][0])
-        assert np.array_equal(cropped[:, left:left + 4], arr[top:top + 6])
+        assert np.array_equal(cropped[:, left : left + 4], arr[top : top + 6])
         assert np.count_nonzero(cropped) == 6 * 4 * 3
         placements.add((top, left))
     assert {top for top, _ in placements} == set(range(8)) and {left for _, left in placements} == set(range(3))
@@ -245,12 +213,25 @@ def test_train_transform_normalises_like_normalize():
     assert 0 <= grey.min() and grey.max() <= 255
 
 
-@pytest.mark.parametrize("size, scale, expected", [
-    ((5, 7), 0.5, (2, 4)),        # round(2.5) = 2, round(3.5) = 4: half to even
-    ((5, 7), 1.5, (8, 10)),       # round(7.5) = 8, round(10.5) = 10
-    ((333, 501), 2.0, (666, 1002)),
-    ((333, 501), 1.0, (333, 501)),
-])
+@pytest.mark.parametrize(
+    "size, scale, expected",
+    [
+        ((5, 7), 0.5, (2, 4)),  # round(2.5) = 2, round(3.5) = 4: half to even
+        ((5, 7), 1.5, (8, 10)),  # round(7.5) = 8, round(10.5) = 10
+        ((333, 501), 2.0, (666, 1002)),
+        ((333, 501), 1.0, (333, 501)),
+    ],
+)
 def test_scale_image_sizes(size, scale, expected):
     scaled = imutils.scale_image(_checker_image(*size), scale)
     assert scaled.size == expected and scaled.mode == "RGB"
+
+
+def test_normalize_matches_hand_computation():
+    image = np.array([[[0, 128, 255], [10, 20, 30]]], np.uint8)
+    normalised = imutils.Normalize()(image)
+    assert normalised.dtype == np.float32 and normalised.shape == (1, 2, 3)
+    assert normalised[0, 0, 0] == pytest.approx((0 / 255 - 0.485) / 0.229)
+    assert normalised[0, 0, 1] == pytest.approx((128 / 255 - 0.456) / 0.224)
+    assert normalised[0, 1, 2] == pytest.approx((30 / 255 - 0.406) / 0.225)
+    np.testing.assert_array_equal(imutils.Normalize()(image.astype(np.float32)), normalised)

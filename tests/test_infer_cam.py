@@ -2,6 +2,7 @@
 inputs, every output format read back by its own reader's rules (IRN's stride-4 `cam` against
 the same loop, SPEC_IRN §11), manifests, resume, --overwrite, sharding, and the command line.
 A randomly initialised CPN on the smallest toy images keeps it quick."""
+
 from __future__ import annotations
 
 import hashlib
@@ -20,10 +21,10 @@ from PIL import Image
 
 import infer_cam
 from network import build_network
-from network.resnet38d import Normalize
 from tool.constants import VOC_PALETTE
-from tool.fileio import UserError, read_rgb
-from tool.imutils import scale_image
+from tool.errors import UserError
+from tool.fileio import read_rgb
+from tool.imutils import Normalize, scale_image
 from tool.manifest import MANIFEST_NAME
 from voc12.data import InferDataset, load_cls_labels, load_image_list
 
@@ -33,6 +34,7 @@ HAS_PYDENSECRF = importlib.util.find_spec("pydensecrf") is not None
 
 
 # --- Reference implementations, written from SPEC §5/§6 and IRN's readers ----------------
+
 
 def reference_normalize(sum_cam: np.ndarray) -> np.ndarray:
     """SPEC §5 as the reference writes it in numpy, before the halving."""
@@ -88,6 +90,7 @@ def irn_prediction(cam_dict: dict, threshold: float) -> np.ndarray:
 
 # --- Fixtures ------------------------------------------------------------------------------
 
+
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
@@ -122,11 +125,34 @@ def tiny(toy_voc, toy_lists, tmp_path_factory) -> dict:
 
 
 def cli_args(toy_voc, toy_lists, weights, tiny, out: Path, *extra: str, crf: bool = HAS_PYDENSECRF) -> list[str]:
-    args = ["--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels", str(toy_lists["cls_labels"]),
-            "--infer_list", str(tiny["list"]), "--scales", ",".join(map(str, SCALES)), "--num_workers", "0",
-            "--device", "cpu", "--post_workers", "0",
-            "--out_cam", str(out / "cam"), "--out_cam_irn", str(out / "irn"),
-            "--out_cam_pred", str(out / "pred"), "--out_cam_pred_alpha", "0.2", "--vis_dir", str(out / "vis")]
+    args = [
+        "--weights",
+        str(weights),
+        "--voc12_root",
+        str(toy_voc),
+        "--cls_labels",
+        str(toy_lists["cls_labels"]),
+        "--infer_list",
+        str(tiny["list"]),
+        "--scales",
+        ",".join(map(str, SCALES)),
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--post_workers",
+        "0",
+        "--out_cam",
+        str(out / "cam"),
+        "--out_cam_irn",
+        str(out / "irn"),
+        "--out_cam_pred",
+        str(out / "pred"),
+        "--out_cam_pred_alpha",
+        "0.2",
+        "--vis_dir",
+        str(out / "vis"),
+    ]
     if crf:
         args += ["--out_crf", str(out / "crf"), "--crf_alphas", "4,24", "--crf_scores"]
     return args + list(extra)
@@ -141,10 +167,11 @@ def run_dir(toy_voc, toy_lists, weights, tiny, tmp_path_factory) -> Path:
 
 # --- SPEC §5 core --------------------------------------------------------------------------
 
+
 def test_normalize_cams_matches_reference_numpy():
     rng = np.random.default_rng(0)
     summed = rng.normal(size=(20, 7, 9)).astype(np.float32)
-    summed[3] = 0.0                      # an absent class: -1 everywhere (the quirk)
+    summed[3] = 0.0  # an absent class: -1 everywhere (the quirk)
     summed[4] = np.abs(summed[4]) + 2.0  # min well above zero: zeroed pixels go negative
     ours = infer_cam.normalize_cams(torch.from_numpy(summed)).numpy()
     np.testing.assert_allclose(ours, reference_normalize(summed), rtol=1e-6, atol=1e-6)
@@ -161,8 +188,9 @@ def test_multiscale_cam_equals_direct_loop(model, toy_voc, tiny):
     label = np.ones(20, np.float32)
     with torch.no_grad():
         (batched,) = infer_cam.multiscale_cam(model, sample["inputs"], torch.from_numpy(label), [size])
-        (channels_last,) = infer_cam.multiscale_cam(model, sample["inputs"], torch.from_numpy(label), [size],
-                                                    memory_format=torch.channels_last)
+        (channels_last,) = infer_cam.multiscale_cam(
+            model, sample["inputs"], torch.from_numpy(label), [size], memory_format=torch.channels_last
+        )
     batched, channels_last = batched.numpy(), channels_last.numpy()
     expected = direct_loop_cam(model, toy_voc / "JPEGImages" / f"{name}.jpg", label, SCALES)
     varying = np.ptp(expected, axis=(1, 2)) > 0.5
@@ -183,6 +211,7 @@ def test_second_output_rejects_a_classifier():
 
 
 # --- Output formats ------------------------------------------------------------------------
+
 
 def test_reference_npy_format(run_dir, tiny, toy_voc):
     for name in tiny["names"]:
@@ -236,10 +265,28 @@ def test_irn_cam_equals_the_stride4_loop(model, weights, odd_image, tmp_path):
     """SPEC_IRN §11: `cam` = each input's second output resized to the stride-4 grid, flipped
     back, summed, times the labels, normalised as SPEC §5 (not halved), clipped, present classes
     only; `high_res` the same at full size, in the same key order."""
-    infer_cam.main(["--weights", str(weights), "--voc12_root", str(odd_image["root"]), "--cls_labels",
-                    str(odd_image["labels"]), "--infer_list", str(odd_image["list"]), "--scales",
-                    ",".join(map(str, SCALES)), "--num_workers", "0", "--device", "cpu", "--post_workers", "0",
-                    "--out_cam_irn", str(tmp_path)])
+    infer_cam.main(
+        [
+            "--weights",
+            str(weights),
+            "--voc12_root",
+            str(odd_image["root"]),
+            "--cls_labels",
+            str(odd_image["labels"]),
+            "--infer_list",
+            str(odd_image["list"]),
+            "--scales",
+            ",".join(map(str, SCALES)),
+            "--num_workers",
+            "0",
+            "--device",
+            "cpu",
+            "--post_workers",
+            "0",
+            "--out_cam_irn",
+            str(tmp_path),
+        ]
+    )
     irn = np.load(tmp_path / "odd.npy", allow_pickle=True).item()
     image_path = odd_image["root"] / "JPEGImages" / "odd.jpg"
     keys = np.flatnonzero(odd_image["label"])
@@ -248,7 +295,7 @@ def test_irn_cam_equals_the_stride4_loop(model, weights, odd_image, tmp_path):
     assert irn["keys"].tolist() == keys.tolist()
     assert isinstance(irn["cam"], torch.Tensor) and irn["cam"].dtype == torch.float32
     assert irn["cam"].shape == (len(keys), 10, 13) and irn["high_res"].shape == (len(keys), 37, 50)
-    assert (np.ptp(strided, axis=(1, 2)) > 0.5).sum() >= 3      # maps that vary, not all-zero ones
+    assert (np.ptp(strided, axis=(1, 2)) > 0.5).sum() >= 3  # maps that vary, not all-zero ones
     np.testing.assert_allclose(irn["cam"].numpy(), strided, atol=2e-5)
     np.testing.assert_allclose(irn["high_res"], full, atol=2e-5)
 
@@ -291,6 +338,7 @@ def test_crf_outputs_are_palette_pngs(run_dir, tiny):
 
 # --- Long runs: resume and sharding ---------------------------------------------------------
 
+
 def test_resume_skips_done_images(run_dir, toy_voc, toy_lists, weights, tiny, capsys):
     files = sorted(path for path in run_dir.rglob("*") if path.is_file())
     before = {path: path.stat().st_mtime_ns for path in files}
@@ -310,9 +358,26 @@ def test_resume_skips_done_images(run_dir, toy_voc, toy_lists, weights, tiny, ca
 
 
 def test_torchrun_rank_takes_its_share(toy_voc, toy_lists, weights, tiny, tmp_path, monkeypatch):
-    args = ["--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels", str(toy_lists["cls_labels"]),
-            "--infer_list", str(tiny["list"]), "--scales", "0.5", "--num_workers", "0", "--device", "cpu",
-            "--post_workers", "0", "--out_cam", str(tmp_path)]
+    args = [
+        "--weights",
+        str(weights),
+        "--voc12_root",
+        str(toy_voc),
+        "--cls_labels",
+        str(toy_lists["cls_labels"]),
+        "--infer_list",
+        str(tiny["list"]),
+        "--scales",
+        "0.5",
+        "--num_workers",
+        "0",
+        "--device",
+        "cpu",
+        "--post_workers",
+        "0",
+        "--out_cam",
+        str(tmp_path),
+    ]
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setenv("RANK", "1")
     monkeypatch.setenv("LOCAL_RANK", "1")
@@ -329,6 +394,7 @@ def test_torchrun_rank_takes_its_share(toy_voc, toy_lists, weights, tiny, tmp_pa
 
 # --- Manifests: one network per folder ------------------------------------------------------
 
+
 def sha256_of(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -338,16 +404,25 @@ def file_times(folder: Path) -> dict[Path, int]:
 
 
 def test_each_folder_has_the_manifest_of_its_run(run_dir, weights, tiny):
-    formats = {"cam": ("out_cam", {}), "irn": ("out_cam_irn", {}),
-               "pred": ("out_cam_pred", {"out_cam_pred_alpha": 0.2}), "vis": ("vis_dir", {"out_cam_pred_alpha": 0.2})}
+    formats = {
+        "cam": ("out_cam", {}),
+        "irn": ("out_cam_irn", {}),
+        "pred": ("out_cam_pred", {"out_cam_pred_alpha": 0.2}),
+        "vis": ("vis_dir", {"out_cam_pred_alpha": 0.2}),
+    }
     if HAS_PYDENSECRF:
         formats.update({f"crf/alpha_{alpha}": ("out_crf", {"crf_alpha": alpha}) for alpha in (4, 24)})
     checksum = sha256_of(weights)
     for folder, (flag, format_settings) in formats.items():
         manifest = json.loads((run_dir / folder / MANIFEST_NAME).read_text())
         assert manifest["weights_sha256"] == checksum and manifest["weights"] == str(weights.resolve())
-        assert manifest["settings"] == {"output": flag, "network": "network.resnet38_CPN", "scales": [0.5, 1.0],
-                                        "precision": "fp32", **format_settings}
+        assert manifest["settings"] == {
+            "output": flag,
+            "network": "network.resnet38_CPN",
+            "scales": [0.5, 1.0],
+            "precision": "fp32",
+            **format_settings,
+        }
         assert manifest["lists"] == [str(tiny["list"].resolve())]
         assert manifest["version"] is None or re.fullmatch("[0-9a-f]{40}", manifest["version"])
 
@@ -355,22 +430,28 @@ def test_each_folder_has_the_manifest_of_its_run(run_dir, weights, tiny):
 def test_other_weights_stop_before_any_work(run_dir, toy_voc, toy_lists, weights, other_weights, tiny):
     before = file_times(run_dir)
     result = run_cli(*cli_args(toy_voc, toy_lists, other_weights, tiny, run_dir))
-    assert result.returncode == 1 and result.stdout == ""      # no weights loaded, no images counted
+    assert result.returncode == 1 and result.stdout == ""  # no weights loaded, no images counted
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert (f"{run_dir / 'cam' / MANIFEST_NAME} was written by weights {weights.resolve()} "
-            f"(sha256 {sha256_of(weights)[:12]}…), this run uses {other_weights.resolve()} "
-            f"(sha256 {sha256_of(other_weights)[:12]}…)") in lines[0]
+    assert (
+        f"{run_dir / 'cam' / MANIFEST_NAME} was written by weights {weights.resolve()} "
+        f"(sha256 {sha256_of(weights)[:12]}…), this run uses {other_weights.resolve()} "
+        f"(sha256 {sha256_of(other_weights)[:12]}…)"
+    ) in lines[0]
     assert "new folder" in lines[0] and "--overwrite" in lines[0]
     assert file_times(run_dir) == before
 
 
-@pytest.mark.parametrize("flag, value, difference", [
-    ("--out_cam_pred_alpha", "0.3", "out_cam_pred_alpha 0.2, this run uses out_cam_pred_alpha 0.3"),
-    ("--scales", "1.0,0.5,1.5", "scales [0.5, 1.0], this run uses scales [0.5, 1.0, 1.5]"),
-])
-def test_other_settings_stop_before_any_work(flag, value, difference, run_dir, toy_voc, toy_lists, weights, tiny,
-                                             monkeypatch):
+@pytest.mark.parametrize(
+    "flag, value, difference",
+    [
+        ("--out_cam_pred_alpha", "0.3", "out_cam_pred_alpha 0.2, this run uses out_cam_pred_alpha 0.3"),
+        ("--scales", "1.0,0.5,1.5", "scales [0.5, 1.0], this run uses scales [0.5, 1.0, 1.5]"),
+    ],
+)
+def test_other_settings_stop_before_any_work(
+    flag, value, difference, run_dir, toy_voc, toy_lists, weights, tiny, monkeypatch
+):
     monkeypatch.setattr(infer_cam, "load_model", lambda *args: pytest.fail("the manifests are checked first"))
     before = file_times(run_dir)
     with pytest.raises(UserError, match=re.escape(f"was written with {difference}; use a new folder")):
@@ -384,10 +465,29 @@ def test_overwrite_rewrites_outputs_and_manifest(toy_voc, toy_lists, weights, ot
     cam_path = tmp_path / "cam" / f"{name}.npy"
 
     def run(weights_path: Path, *extra: str) -> None:
-        infer_cam.main(["--weights", str(weights_path), "--voc12_root", str(toy_voc), "--cls_labels",
-                        str(toy_lists["cls_labels"]), "--infer_list", str(tmp_path / "one.txt"), "--scales", "0.5",
-                        "--num_workers", "0", "--device", "cpu", "--post_workers", "0",
-                        "--out_cam", str(tmp_path / "cam"), *extra])
+        infer_cam.main(
+            [
+                "--weights",
+                str(weights_path),
+                "--voc12_root",
+                str(toy_voc),
+                "--cls_labels",
+                str(toy_lists["cls_labels"]),
+                "--infer_list",
+                str(tmp_path / "one.txt"),
+                "--scales",
+                "0.5",
+                "--num_workers",
+                "0",
+                "--device",
+                "cpu",
+                "--post_workers",
+                "0",
+                "--out_cam",
+                str(tmp_path / "cam"),
+                *extra,
+            ]
+        )
 
     run(weights)
     first = np.load(cam_path, allow_pickle=True).item()
@@ -397,9 +497,10 @@ def test_overwrite_rewrites_outputs_and_manifest(toy_voc, toy_lists, weights, ot
     second = np.load(cam_path, allow_pickle=True).item()
     assert sorted(first) == sorted(second) and any(not np.allclose(first[key], second[key]) for key in first)
     manifest = json.loads((tmp_path / "cam" / MANIFEST_NAME).read_text())
-    assert manifest["weights_sha256"] == sha256_of(other_weights) and manifest["weights"] == str(other_weights.resolve())
+    assert manifest["weights_sha256"] == sha256_of(other_weights)
+    assert manifest["weights"] == str(other_weights.resolve())
     capsys.readouterr()
-    run(other_weights)                                          # the rewritten folder resumes
+    run(other_weights)  # the rewritten folder resumes
     assert "1 already done, 0 to do" in capsys.readouterr().out
 
 
@@ -407,7 +508,7 @@ def test_unreadable_manifest_is_a_one_line_error(toy_voc, toy_lists, weights, ti
     monkeypatch.setattr(infer_cam, "load_model", lambda *args: pytest.fail("the manifests are checked first"))
     manifest = tmp_path / "cam" / MANIFEST_NAME
     manifest.parent.mkdir()
-    manifest.write_text('{"weights_sha256": ')                  # cut short
+    manifest.write_text('{"weights_sha256": ')  # cut short
     with pytest.raises(UserError) as error:
         infer_cam.main(cli_args(toy_voc, toy_lists, weights, tiny, tmp_path, crf=False))
     message = str(error.value)
@@ -417,8 +518,18 @@ def test_unreadable_manifest_is_a_one_line_error(toy_voc, toy_lists, weights, ti
 
 def test_two_outputs_in_one_folder_is_a_user_error(toy_voc, weights, tmp_path):
     with pytest.raises(UserError, match=f"--out_cam_pred and --vis_dir both write to {tmp_path}"):
-        infer_cam.main(["--weights", str(weights), "--voc12_root", str(toy_voc), "--out_cam_pred", str(tmp_path),
-                        "--vis_dir", str(tmp_path)])
+        infer_cam.main(
+            [
+                "--weights",
+                str(weights),
+                "--voc12_root",
+                str(toy_voc),
+                "--out_cam_pred",
+                str(tmp_path),
+                "--vis_dir",
+                str(tmp_path),
+            ]
+        )
 
 
 def test_no_output_requested_is_a_user_error(toy_voc, weights):
@@ -428,16 +539,34 @@ def test_no_output_requested_is_a_user_error(toy_voc, weights):
 
 # --- Command line ---------------------------------------------------------------------------
 
+
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "infer_cam.py"), *args], cwd=REPO,
-                          capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, str(REPO / "infer_cam.py"), *args], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_writes_cams_with_a_worker_pool(toy_voc, toy_lists, weights, tiny, tmp_path):
-    result = run_cli("--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels",
-                     str(toy_lists["cls_labels"]), "--infer_list", str(tiny["list"]), "--scales", "0.5",
-                     "--num_workers", "1", "--post_workers", "1", "--out_cam", str(tmp_path / "cam"),
-                     "--out_cam_pred", str(tmp_path / "pred"))
+    result = run_cli(
+        "--weights",
+        str(weights),
+        "--voc12_root",
+        str(toy_voc),
+        "--cls_labels",
+        str(toy_lists["cls_labels"]),
+        "--infer_list",
+        str(tiny["list"]),
+        "--scales",
+        "0.5",
+        "--num_workers",
+        "1",
+        "--post_workers",
+        "1",
+        "--out_cam",
+        str(tmp_path / "cam"),
+        "--out_cam_pred",
+        str(tmp_path / "pred"),
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(path.stem for path in (tmp_path / "cam").glob("*.npy")) == sorted(tiny["names"])
     assert sorted(path.stem for path in (tmp_path / "pred").glob("*.png")) == sorted(tiny["names"])
@@ -446,8 +575,18 @@ def test_cli_writes_cams_with_a_worker_pool(toy_voc, toy_lists, weights, tiny, t
 def test_cli_image_missing_from_labels(toy_voc, toy_lists, weights, tiny, tmp_path):
     bad_list = tmp_path / "bad.txt"
     bad_list.write_text(tiny["list"].read_text() + "not_an_image\n")
-    result = run_cli("--weights", str(weights), "--voc12_root", str(toy_voc), "--cls_labels",
-                     str(toy_lists["cls_labels"]), "--infer_list", str(bad_list), "--out_cam", str(tmp_path / "cam"))
+    result = run_cli(
+        "--weights",
+        str(weights),
+        "--voc12_root",
+        str(toy_voc),
+        "--cls_labels",
+        str(toy_lists["cls_labels"]),
+        "--infer_list",
+        str(bad_list),
+        "--out_cam",
+        str(tmp_path / "cam"),
+    )
     assert result.returncode != 0
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "not_an_image" in lines[0] and "class label" in lines[0]

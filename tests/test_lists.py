@@ -1,18 +1,21 @@
 """voc12/lists.py: image lists and the VOC root check, and that voc12/data.py still offers them."""
+
 import pytest
 
 import voc12.data
-from tool.fileio import UserError
+from tool.errors import UserError
 from voc12.lists import check_voc_root, image_name_from_line, load_image_list
-
 
 # ---------- image lists ----------
 
+
 def test_list_forms_blank_lines_and_crlf(tmp_path):
     path = tmp_path / "list.txt"
-    path.write_bytes(b"2007_000032\r\n\r\n/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n"
-                     b"JPEGImages/2008_000001.jpg SegmentationClassAug/2008_000001.png\n  \n  2009_000002  \n"
-                     b"name.with.dots\n")
+    path.write_bytes(
+        b"2007_000032\r\n\r\n/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png\n"
+        b"JPEGImages/2008_000001.jpg SegmentationClassAug/2008_000001.png\n  \n  2009_000002  \n"
+        b"name.with.dots\n"
+    )
     assert load_image_list(path) == ["2007_000032", "2007_000039", "2008_000001", "2009_000002", "name.with.dots"]
 
 
@@ -31,6 +34,7 @@ def test_empty_or_missing_list_is_a_user_error(tmp_path):
 
 # ---------- VOC root ----------
 
+
 def test_voc_root_checks(tmp_path):
     devkit = tmp_path / "VOCdevkit"
     (devkit / "VOC2012" / "JPEGImages").mkdir(parents=True)
@@ -46,12 +50,15 @@ def test_voc_root_checks(tmp_path):
         check_voc_root(tmp_path / "other")
 
 
-@pytest.mark.parametrize("line, name", [
-    ("2007_000032", "2007_000032"),
-    ("/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png", "2007_000039"),
-    ("JPEGImages/a.JPEG", "a"),
-    ("name.with.dots", "name.with.dots"),
-])
+@pytest.mark.parametrize(
+    "line, name",
+    [
+        ("2007_000032", "2007_000032"),
+        ("/JPEGImages/2007_000039.jpg /SegmentationClassAug/2007_000039.png", "2007_000039"),
+        ("JPEGImages/a.JPEG", "a"),
+        ("name.with.dots", "name.with.dots"),
+    ],
+)
 def test_image_name_from_line(line, name):
     assert image_name_from_line(line) == name
 

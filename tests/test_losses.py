@@ -15,6 +15,41 @@ PRESENT = ({1, 5}, {3})
 
 # ---------------------------------------------------------------- slow references (SPEC §4)
 
+
+def _max_norm_loop(p, eps=1e-5):
+    out = torch.empty_like(p)
+    for n in range(p.shape[0]):
+        for c in range(p.shape[1]):
+            values = [max(float(v), 0.0) for v in p[n, c].flatten()]
+            low, high = min(values), max(values)
+            for i in range(p.shape[2]):
+                for j in range(p.shape[3]):
+                    out[n, c, i, j] = max(max(float(p[n, c, i, j]), 0.0) - low - eps, 0.0) / (high - low + eps)
+    return out
+
+
+def test_max_norm_matches_formula_and_range():
+    p = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    p[0, 1] = 0.7  # constant channel -> all zero
+    p[1, 2] = -torch.rand(4, 5, dtype=torch.float64)  # all negative -> all zero
+    normed = losses.max_norm(p)
+    torch.testing.assert_close(normed, _max_norm_loop(p), rtol=0, atol=1e-12)
+    assert normed.min() >= 0 and normed.max() <= 1
+    assert torch.count_nonzero(normed[0, 1]) == 0 and torch.count_nonzero(normed[1, 2]) == 0
+    assert normed[0, 0].max() == pytest.approx(1.0, abs=1e-4)
+
+
+def test_keepmax_keeps_values_and_ties():
+    z = torch.tensor([[0.2, 0.5], [0.5, -1.0], [0.1, 0.5]]).view(1, 3, 1, 2)  # pixel 0 max 0.5, pixel 1 tie at 0.5
+    expected = torch.tensor([[0.0, 0.5], [0.5, 0.0], [0.0, 0.5]]).view(1, 3, 1, 2)
+    assert torch.equal(losses.keepmax(z), expected)
+    negative = torch.tensor([-3.0, -1.0, -2.0]).view(1, 3, 1, 1)
+    assert torch.equal(losses.keepmax(negative), torch.tensor([0.0, -1.0, 0.0]).view(1, 3, 1, 1))
+    z_copy = z.clone()
+    losses.keepmax(z)
+    assert torch.equal(z, z_copy), "keepmax must not modify its input"
+
+
 def naive_label(batch=N):
     label = torch.zeros(batch, C - 1)
     for n in range(batch):
@@ -60,8 +95,9 @@ def naive_cls(cam, label):
         for channel in range(1, C):
             score = cam[n, channel].mean()
             target = float(label[n, channel - 1])
-            total = total - (target * torch.log(torch.sigmoid(score))
-                             + (1 - target) * torch.log(1 - torch.sigmoid(score)))
+            total = total - (
+                target * torch.log(torch.sigmoid(score)) + (1 - target) * torch.log(1 - torch.sigmoid(score))
+            )
     return total / (cam.shape[0] * (C - 1))
 
 
@@ -73,8 +109,9 @@ def naive_min_pool(cam_rv, label):
         pixel_max = []
         for i in range(height):
             for j in range(width):
-                pixel_max.append(torch.stack([cam_rv[n, c, i, j] * naive_label_weight(label, n, c)
-                                              for c in range(1, C)]).max())
+                pixel_max.append(
+                    torch.stack([cam_rv[n, c, i, j] * naive_label_weight(label, n, c) for c in range(1, C)]).max()
+                )
         order = sorted(range(len(pixel_max)), key=lambda k: pixel_max[k].item())
         for k in order[:count]:
             total = total + torch.relu(pixel_max[k])
@@ -83,8 +120,12 @@ def naive_min_pool(cam_rv, label):
 
 def naive_weighted(maps, label, weight):
     normalized = naive_max_norm(maps)
-    return torch.stack([torch.stack([normalized[n, c] * naive_label_weight(label, n, c) * weight[n]
-                                     for c in range(C)]) for n in range(maps.shape[0])])
+    return torch.stack(
+        [
+            torch.stack([normalized[n, c] * naive_label_weight(label, n, c) * weight[n] for c in range(C)])
+            for n in range(maps.shape[0])
+        ]
+    )
 
 
 def naive_mean_abs(terms):
@@ -137,6 +178,7 @@ def naive_cpn_terms(outputs, label, kept_fraction, hidden_fraction, ohem_ratio=0
 
 # ---------------------------------------------------------------- fixtures
 
+
 def random_maps(seed, batch=N, requires_grad=False):
     generator = torch.Generator().manual_seed(seed)
     maps = torch.randn(batch, C, H, W, generator=generator) * 2
@@ -176,8 +218,14 @@ def tiny_batch(seed=3, size=(H, W)):
     img = torch.randn(N, 3, *size, generator=generator)
     mask = (torch.rand(N, 1, *size, generator=generator) > 0.5).float()
     kept_fraction = mask.mean(dim=(1, 2, 3))
-    return dict(img=img, img_kept=img * mask, img_hidden=img * (1 - mask), label=naive_label(),
-                kept_fraction=kept_fraction, hidden_fraction=1 - kept_fraction)
+    return dict(
+        img=img,
+        img_kept=img * mask,
+        img_hidden=img * (1 - mask),
+        label=naive_label(),
+        kept_fraction=kept_fraction,
+        hidden_fraction=1 - kept_fraction,
+    )
 
 
 def assert_close(actual, expected):
@@ -185,6 +233,7 @@ def assert_close(actual, expected):
 
 
 # ---------------------------------------------------------------- term by term
+
 
 def test_label_map_has_background_one_and_the_classes():
     label_map = losses.label_map_with_background(naive_label())
@@ -200,7 +249,7 @@ def test_classification_loss_matches_formula():
 
 
 def test_adaptive_min_pooling_matches_formula_and_gradients():
-    cam_rv = (random_maps(1) + 3).requires_grad_()   # mostly positive: the term is not 0
+    cam_rv = (random_maps(1) + 3).requires_grad_()  # mostly positive: the term is not 0
     label = naive_label()
     actual = losses.adaptive_min_pooling_loss(cam_rv, losses.label_map_with_background(label))
     expected = naive_min_pool(cam_rv, label)
@@ -249,7 +298,7 @@ def test_tcp_loss_matches_formula_and_detaches_patch_cams():
     assert not cam_kept.any() and not cam_hidden.any()
     for grad in (cam_full, rv_full, rv_kept, rv_hidden):
         assert grad[:, 1:].abs().sum() > 0
-        assert not grad[:, 0].any()       # channel 0 plays no part in L_tcp
+        assert not grad[:, 0].any()  # channel 0 plays no part in L_tcp
 
 
 def test_background_from_foreground_matches_formula():
@@ -277,7 +326,7 @@ def test_ohem_takes_int_of_21_h_w_ratio_entries_per_image():
     errors[0].view(-1)[:84] = 1
     errors[1].view(-1)[-42:] = 2
     assert losses.ohem_mean(errors) == pytest.approx((84 * 1 + 42 * 2) / (2 * 84))
-    errors[0].view(-1)[84] = 1        # an 85th one is not taken
+    errors[0].view(-1)[84] = 1  # an 85th one is not taken
     assert losses.ohem_mean(errors) == pytest.approx((84 * 1 + 42 * 2) / (2 * 84))
     assert losses.OHEM_RATIO == 0.2
 
@@ -286,15 +335,20 @@ def test_cpcr_errors_keep_tied_maxima_and_detach_the_cams():
     # small integers make ties over channels common
     generator = torch.Generator().manual_seed(9)
     cam_full, cam_kept, cam_hidden, rv_kept, rv_hidden = [
-        torch.randint(0, 3, (N, C, H, W), generator=generator).float().requires_grad_() for _ in range(5)]
+        torch.randint(0, 3, (N, C, H, W), generator=generator).float().requires_grad_() for _ in range(5)
+    ]
     error1, error2 = losses.cpcr_errors(cam_full, cam_kept, cam_hidden, rv_kept, rv_hidden)
     target1 = naive_keepmax(cam_full.detach() - cam_kept.detach())
     target2 = naive_keepmax(cam_full.detach() - cam_hidden.detach())
     assert ((target1 != 0).sum(dim=1) > 1).any(), "the case should contain ties"
     assert_close(error1, (target1 - rv_hidden).abs())
     assert_close(error2, (target2 - rv_kept).abs())
-    grads = torch.autograd.grad(error1.sum() + error2.sum(), [cam_full, cam_kept, cam_hidden, rv_kept, rv_hidden],
-                                allow_unused=True, materialize_grads=True)
+    grads = torch.autograd.grad(
+        error1.sum() + error2.sum(),
+        [cam_full, cam_kept, cam_hidden, rv_kept, rv_hidden],
+        allow_unused=True,
+        materialize_grads=True,
+    )
     assert not any(grad.any() for grad in grads[:3])
     assert grads[3].abs().sum() > 0 and grads[4].abs().sum() > 0
 
@@ -303,25 +357,29 @@ def test_cpcr_loss_matches_formula():
     views = normalized_views(10)
     cam_full, cam_kept, cam_hidden, _, rv_kept, rv_hidden = views
     actual = losses.cpcr_loss(cam_full, cam_kept, cam_hidden, rv_kept, rv_hidden)
-    expected = (naive_ohem((naive_keepmax(cam_full.detach() - cam_kept.detach()) - rv_hidden).abs())
-                + naive_ohem((naive_keepmax(cam_full.detach() - cam_hidden.detach()) - rv_kept).abs()))
+    expected = naive_ohem((naive_keepmax(cam_full.detach() - cam_kept.detach()) - rv_hidden).abs()) + naive_ohem(
+        (naive_keepmax(cam_full.detach() - cam_hidden.detach()) - rv_kept).abs()
+    )
     assert_close(actual, expected)
 
 
 # ---------------------------------------------------------------- cpn_loss
+
 
 @pytest.mark.parametrize("batched", [True, False])
 def test_cpn_loss_matches_naive_composition(batched):
     model = TinyCPN()
     batch = tiny_batch()
     result = losses.cpn_loss(model, **batch, batched=batched)
-    actual_grads = torch.autograd.grad(result["loss"], list(model.parameters()), allow_unused=True,
-                                       materialize_grads=True)
+    actual_grads = torch.autograd.grad(
+        result["loss"], list(model.parameters()), allow_unused=True, materialize_grads=True
+    )
 
     outputs = [model(batch[key]) for key in ("img", "img_kept", "img_hidden")]
     cls, tcp, cpcr = naive_cpn_terms(outputs, batch["label"], batch["kept_fraction"], batch["hidden_fraction"])
-    expected_grads = torch.autograd.grad(cls + tcp + cpcr, list(model.parameters()), allow_unused=True,
-                                         materialize_grads=True)
+    expected_grads = torch.autograd.grad(
+        cls + tcp + cpcr, list(model.parameters()), allow_unused=True, materialize_grads=True
+    )
 
     assert_close(result["loss_cls"], cls)
     assert_close(result["loss_tcp"], tcp)
@@ -334,25 +392,34 @@ def test_cpn_loss_matches_naive_composition(batched):
 def test_cpn_loss_gradients_reach_each_view_as_spec_says():
     """With the model's outputs as leaves: L_tcp's cam term reaches only the full view's cam,
     E1/E2 reach only the patch views' cam_rv, and absent classes' cam_rv get nothing."""
-    outputs = [(random_maps(20 + k, requires_grad=True), random_maps(30 + k, requires_grad=True))
-               for k in range(3)]
+    outputs = [(random_maps(20 + k, requires_grad=True), random_maps(30 + k, requires_grad=True)) for k in range(3)]
 
     class Replay(nn.Module):
         def forward(self, views):
             return torch.cat([cam for cam, _ in outputs]), torch.cat([rv for _, rv in outputs])
 
     dummy = torch.zeros(N, 3, H, W)
-    batch = dict(img=dummy, img_kept=dummy, img_hidden=dummy, label=naive_label(),
-                 kept_fraction=torch.tensor([0.4, 0.7]), hidden_fraction=torch.tensor([0.6, 0.3]))
+    batch = dict(
+        img=dummy,
+        img_kept=dummy,
+        img_hidden=dummy,
+        label=naive_label(),
+        kept_fraction=torch.tensor([0.4, 0.7]),
+        hidden_fraction=torch.tensor([0.6, 0.3]),
+    )
     result = losses.cpn_loss(Replay(), **batch)
     leaves = [tensor for pair in outputs for tensor in pair]
-    expected_terms = dict(zip(("loss_cls", "loss_tcp", "loss_cpcr"), naive_cpn_terms(
-        outputs, batch["label"], batch["kept_fraction"], batch["hidden_fraction"])))
+    expected_terms = dict(
+        zip(
+            ("loss_cls", "loss_tcp", "loss_cpcr"),
+            naive_cpn_terms(outputs, batch["label"], batch["kept_fraction"], batch["hidden_fraction"]),
+        )
+    )
     for key, expected_term in expected_terms.items():
-        actual = torch.autograd.grad(result[key], leaves, retain_graph=True, allow_unused=True,
-                                     materialize_grads=True)
-        expected = torch.autograd.grad(expected_term, leaves, retain_graph=True, allow_unused=True,
-                                       materialize_grads=True)
+        actual = torch.autograd.grad(result[key], leaves, retain_graph=True, allow_unused=True, materialize_grads=True)
+        expected = torch.autograd.grad(
+            expected_term, leaves, retain_graph=True, allow_unused=True, materialize_grads=True
+        )
         for actual_grad, expected_grad in zip(actual, expected):
             assert_close(actual_grad, expected_grad)
         if key == "loss_cpcr":
@@ -389,8 +456,9 @@ def test_cpn_loss_ohem_ratio_is_passed_on():
     model = TinyCPN()
     batch = tiny_batch()
     outputs = [model(batch[key]) for key in ("img", "img_kept", "img_hidden")]
-    _, _, cpcr = naive_cpn_terms(outputs, batch["label"], batch["kept_fraction"], batch["hidden_fraction"],
-                                 ohem_ratio=0.5)
+    _, _, cpcr = naive_cpn_terms(
+        outputs, batch["label"], batch["kept_fraction"], batch["hidden_fraction"], ohem_ratio=0.5
+    )
     assert_close(losses.cpn_loss(model, **batch, ohem_ratio=0.5)["loss_cpcr"], cpcr)
 
 

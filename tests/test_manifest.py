@@ -2,6 +2,7 @@
 folder passes and records each list, other weights or settings, an unreadable manifest and
 outputs without a manifest are one-line UserErrors naming the file and both ways out,
 --overwrite passes them all, and processes sharing a folder write the same bytes."""
+
 from __future__ import annotations
 
 import hashlib
@@ -11,18 +12,25 @@ from pathlib import Path
 
 import pytest
 
-from tool.fileio import UserError
+from tool.errors import UserError
 from tool.manifest import MANIFEST_NAME, FolderManifest, weights_sha256
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 SETTINGS = {"output": "out_cam", "network": "network.resnet38_CPN", "scales": (0.5, 1.0), "precision": "fp32"}
 
 
-def manifest(folder: Path, *, sha: str = SHA_A, weights: str = "A.pth", settings: dict = SETTINGS,
-             input_list: str = "train.txt") -> FolderManifest:
+def manifest(
+    folder: Path, *, sha: str = SHA_A, weights: str = "A.pth", settings: dict = SETTINGS, input_list: str = "train.txt"
+) -> FolderManifest:
     """A run's expected manifest; the weights and list are named under the folder's parent."""
-    return FolderManifest(folder, weights=folder.parent / weights, weights_sha256=sha, settings=settings,
-                          input_list=folder.parent / input_list, version="0123abcd")
+    return FolderManifest(
+        folder,
+        weights=folder.parent / weights,
+        weights_sha256=sha,
+        settings=settings,
+        input_list=folder.parent / input_list,
+        version="0123abcd",
+    )
 
 
 def written(folder: Path) -> dict:
@@ -30,7 +38,7 @@ def written(folder: Path) -> dict:
 
 
 def test_weights_sha256_streams_the_whole_file(tmp_path):
-    data = bytes(range(256)) * (10 * 1024 + 7)            # 2.5 MiB: several chunks and a partial one
+    data = bytes(range(256)) * (10 * 1024 + 7)  # 2.5 MiB: several chunks and a partial one
     (tmp_path / "w.pth").write_bytes(data)
     assert weights_sha256(tmp_path / "w.pth") == hashlib.sha256(data).hexdigest()
     with pytest.raises(UserError, match="weights file not found"):
@@ -43,9 +51,13 @@ def test_new_folder_writes_nothing_until_the_first_file(tmp_path):
     expected.check(overwrite=False)
     assert not folder.exists()
     expected.write()
-    assert written(folder) == {"weights_sha256": SHA_A, "settings": {**SETTINGS, "scales": [0.5, 1.0]},
-                               "weights": str(tmp_path / "A.pth"), "version": "0123abcd",
-                               "lists": [str(tmp_path / "train.txt")]}
+    assert written(folder) == {
+        "weights_sha256": SHA_A,
+        "settings": {**SETTINGS, "scales": [0.5, 1.0]},
+        "weights": str(tmp_path / "A.pth"),
+        "version": "0123abcd",
+        "lists": [str(tmp_path / "train.txt")],
+    }
 
 
 def test_same_weights_and_settings_resume_and_record_each_list(tmp_path):
@@ -75,14 +87,18 @@ def test_other_weights_are_refused_naming_both(tmp_path):
     assert str(error.value) == (
         f"{folder / MANIFEST_NAME} was written by weights {tmp_path / 'A.pth'} (sha256 {SHA_A[:12]}…), this run "
         f"uses {tmp_path / 'B.pth'} (sha256 {SHA_B[:12]}…); use a new folder, or pass --overwrite to rewrite "
-        "the listed images' outputs and the manifest")
+        "the listed images' outputs and the manifest"
+    )
 
 
-@pytest.mark.parametrize("change, difference", [
-    ({"scales": (1.0,)}, "scales [0.5, 1.0], this run uses scales [1.0]"),
-    ({"precision": "bf16 autocast"}, "precision fp32, this run uses precision bf16 autocast"),
-    ({"crf_alpha": 4}, "crf_alpha (none), this run uses crf_alpha 4"),
-])
+@pytest.mark.parametrize(
+    "change, difference",
+    [
+        ({"scales": (1.0,)}, "scales [0.5, 1.0], this run uses scales [1.0]"),
+        ({"precision": "bf16 autocast"}, "precision fp32, this run uses precision bf16 autocast"),
+        ({"crf_alpha": 4}, "crf_alpha (none), this run uses crf_alpha 4"),
+    ],
+)
 def test_other_settings_are_refused_naming_the_setting(change, difference, tmp_path):
     folder = tmp_path / "cam"
     manifest(folder).write()
@@ -93,7 +109,7 @@ def test_other_settings_are_refused_naming_the_setting(change, difference, tmp_p
 def test_outputs_without_a_manifest_are_refused(tmp_path):
     folder = tmp_path / "cam"
     folder.mkdir()
-    (folder / ".img.npy.x1y2.tmp").write_bytes(b"")      # an interrupted write's leftover: not an output
+    (folder / ".img.npy.x1y2.tmp").write_bytes(b"")  # an interrupted write's leftover: not an output
     manifest(folder).check(overwrite=False)
     (folder / "img.npy").write_bytes(b"")
     with pytest.raises(UserError, match=f"{folder} holds outputs but no {MANIFEST_NAME} .*--overwrite"):

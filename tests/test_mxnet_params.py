@@ -1,5 +1,6 @@
 """network/mxnet_params.py against files written independently from SPEC §1 (tests/mxnet_writer.py)
 and against hand-assembled bytes."""
+
 from __future__ import annotations
 
 import struct
@@ -14,7 +15,7 @@ import torch
 from network import resnet38d
 from network.mxnet_params import convert_mxnet_to_torch, read_ndarray_list, torch_parameter_name
 from tests.mxnet_writer import HEADERS, array_bytes, ndarray_list_bytes, write_ndarray_list
-from tool.fileio import UserError
+from tool.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DTYPES = (np.float32, np.float64, np.float16, np.uint8, np.int32, np.int8, np.int64)
@@ -54,7 +55,7 @@ def test_round_trip_each_header_and_dtype(tmp_path, header, dtype, with_names):
     read, read_names = read_ndarray_list(path)
     assert_read_back(read, arrays)
     assert read_names == (names or [])
-    assert all(array.flags.writeable for array in read)      # torch.from_numpy needs writable memory
+    assert all(array.flags.writeable for array in read)  # torch.from_numpy needs writable memory
 
 
 def test_mixed_headers_in_one_file(tmp_path):
@@ -67,12 +68,28 @@ def test_mixed_headers_in_one_file(tmp_path):
 
 def test_hand_assembled_legacy_file(tmp_path):
     """Bytes typed in from SPEC §1, independent of both writer and reader."""
-    data = bytes.fromhex(
-        "1201000000000000" "0000000000000000" "0100000000000000"   # magic, reserved, 1 array
-        "02000000" "02000000" "03000000"                            # legacy: ndim 2, dims 2, 3
-        "01000000" "00000000" "00000000"                            # cpu(0), float32
-        "0000803f" "00000040" "00004040" "000080bf" "00000000" "0000c03f"
-        "0100000000000000" "0500000000000000") + b"arg:w"
+    data = (
+        bytes.fromhex(
+            "1201000000000000"
+            "0000000000000000"
+            "0100000000000000"  # magic, reserved, 1 array
+            "02000000"
+            "02000000"
+            "03000000"  # legacy: ndim 2, dims 2, 3
+            "01000000"
+            "00000000"
+            "00000000"  # cpu(0), float32
+            "0000803f"
+            "00000040"
+            "00004040"
+            "000080bf"
+            "00000000"
+            "0000c03f"
+            "0100000000000000"
+            "0500000000000000"
+        )
+        + b"arg:w"
+    )
     path = tmp_path / "hand.params"
     path.write_bytes(data)
     arrays, names = read_ndarray_list(path)
@@ -145,7 +162,7 @@ SPEC_EXAMPLES = {
     "arg:conv1a_weight": "conv1a.weight",
     "aux:bn7_moving_var": "bn7.running_var",
     "arg:bn7_beta": "bn7.bias",
-    "res4b12_branch2a": "b4_12.conv_branch2a.weight",     # the `bK` rule beyond one digit
+    "res4b12_branch2a": "b4_12.conv_branch2a.weight",  # the `bK` rule beyond one digit
 }
 
 
@@ -159,9 +176,20 @@ def test_imagenet_classifier_is_dropped(mxnet_name):
     assert torch_parameter_name(mxnet_name) is None
 
 
-@pytest.mark.parametrize("mxnet_name", ["fc8_weight", "res4c_branch2a_weight", "res4b3_branch3_weight",
-                                        "bn4b3_branch2a_weight", "bn7_mean", "res8a_branch1", "arg:conv1b_weight",
-                                        "res4b0_branch2a", "xarg:conv1a_weight"])
+@pytest.mark.parametrize(
+    "mxnet_name",
+    [
+        "fc8_weight",
+        "res4c_branch2a_weight",
+        "res4b3_branch3_weight",
+        "bn4b3_branch2a_weight",
+        "bn7_mean",
+        "res8a_branch1",
+        "arg:conv1b_weight",
+        "res4b0_branch2a",
+        "xarg:conv1a_weight",
+    ],
+)
 def test_unknown_names_are_refused(mxnet_name):
     with pytest.raises(ValueError):
         torch_parameter_name(mxnet_name)
@@ -183,8 +211,9 @@ def spec_resnet38_names() -> list[tuple[str, str]]:
             for branch in branches:
                 for mxnet_param, torch_param in bn_params.items():
                     prefix = "aux" if mxnet_param.startswith("moving") else "arg"
-                    pairs.append((f"{prefix}:bn{stage}{letter}_{branch}_{mxnet_param}",
-                                  f"{block}.bn_{branch}.{torch_param}"))
+                    pairs.append(
+                        (f"{prefix}:bn{stage}{letter}_{branch}_{mxnet_param}", f"{block}.bn_{branch}.{torch_param}")
+                    )
     for mxnet_param, torch_param in bn_params.items():
         prefix = "aux" if mxnet_param.startswith("moving") else "arg"
         pairs.append((f"{prefix}:bn7_{mxnet_param}", f"bn7.{torch_param}"))
@@ -235,15 +264,24 @@ def test_convert_refuses_unknown_duplicate_and_unnamed(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "network.mxnet_params", *args], cwd=REPO_ROOT,
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "network.mxnet_params", *args],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_cli_converts_a_file(tmp_path):
     gamma = np.arange(4096, dtype=np.float32)
     weight = np.ones((64, 3, 3, 3), np.float32)
-    source = write_ndarray_list(tmp_path / "in.params", [weight, gamma, np.ones(3, np.float32)],
-                                ["arg:conv1a_weight", "arg:bn7_gamma", "arg:linear1000_bias"], headers="legacy")
+    source = write_ndarray_list(
+        tmp_path / "in.params",
+        [weight, gamma, np.ones(3, np.float32)],
+        ["arg:conv1a_weight", "arg:bn7_gamma", "arg:linear1000_bias"],
+        headers="legacy",
+    )
     output = tmp_path / "sub" / "out.pth"
     result = run_cli(str(source), str(output))
     assert result.returncode == 0, result.stderr
@@ -251,7 +289,7 @@ def test_cli_converts_a_file(tmp_path):
     loaded = torch.load(output, map_location="cpu", weights_only=True)
     assert set(loaded) == {"conv1a.weight", "bn7.weight"}
     np.testing.assert_array_equal(loaded["bn7.weight"].numpy(), gamma)
-    assert [path.name for path in output.parent.iterdir()] == ["out.pth"]     # no temp file left
+    assert [path.name for path in output.parent.iterdir()] == ["out.pth"]  # no temp file left
 
 
 def test_cli_error_is_one_line(tmp_path):
@@ -259,4 +297,3 @@ def test_cli_error_is_one_line(tmp_path):
     assert result.returncode == 1
     assert result.stderr.strip().splitlines() == [f"error: MXNet .params file not found: {tmp_path / 'absent.params'}"]
     assert not (tmp_path / "out.pth").exists()
-

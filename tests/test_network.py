@@ -2,6 +2,7 @@
 
 The CPN steps are compared with slow loop versions written from SPEC's text below; the
 networks are built once per module (about 105 M parameters each)."""
+
 import math
 
 import numpy as np
@@ -11,7 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from network import build_network, mxnet_params, resnet38_cls, resnet38_CPN, resnet38d
-from tool.fileio import UserError
+from tool.errors import UserError
 
 # ---------------------------------------------------------------- SPEC §1 table, retyped
 
@@ -24,9 +25,13 @@ SPEC_BASIC_STAGES = [
     ("b5", 3, 512, 512, 1024, 1, 1, 2),
 ]
 SPEC_BOTTLENECKS = [("b6", 1024, 2048, 4), ("b7", 2048, 4096, 4)]
-SPEC_HEAD_SHAPES = {"fc8.weight": (21, 4096, 1, 1), "f8_3.weight": (64, 512, 1, 1),
-                    "f8_4.weight": (128, 1024, 1, 1), "f9.weight": (192, 195, 1, 1),
-                    "f10.weight": (192, 195, 1, 1)}
+SPEC_HEAD_SHAPES = {
+    "fc8.weight": (21, 4096, 1, 1),
+    "f8_3.weight": (64, 512, 1, 1),
+    "f8_4.weight": (128, 1024, 1, 1),
+    "f9.weight": (192, 195, 1, 1),
+    "f10.weight": (192, 195, 1, 1),
+}
 BN_SUFFIXES = ("weight", "bias", "running_mean", "running_var", "num_batches_tracked")
 
 
@@ -38,8 +43,11 @@ def spec_backbone_convs():
             name = stage if index == 0 else f"{stage}_{index}"
             block_in = cin if index == 0 else cout
             block_stride = stride if index == 0 else 1
-            convs[f"{name}.conv_branch2a"] = ((mid, block_in, 3, 3), block_stride,
-                                              first_dilation if index == 0 else dilation)
+            convs[f"{name}.conv_branch2a"] = (
+                (mid, block_in, 3, 3),
+                block_stride,
+                first_dilation if index == 0 else dilation,
+            )
             convs[f"{name}.conv_branch2b1"] = ((cout, mid, 3, 3), 1, dilation)
             if block_in != cout or block_stride != 1:
                 convs[f"{name}.conv_branch1"] = ((cout, block_in, 1, 1), block_stride, 1)
@@ -112,25 +120,23 @@ def odd_outputs(cpn_net):
 # ---------------------------------------------------------------- backbone
 
 
-def test_normalize_matches_hand_computation():
-    image = np.array([[[0, 128, 255], [10, 20, 30]]], np.uint8)
-    normalised = resnet38d.Normalize()(image)
-    assert normalised.dtype == np.float32 and normalised.shape == (1, 2, 3)
-    assert normalised[0, 0, 0] == pytest.approx((0 / 255 - 0.485) / 0.229)
-    assert normalised[0, 0, 1] == pytest.approx((128 / 255 - 0.456) / 0.224)
-    assert normalised[0, 1, 2] == pytest.approx((30 / 255 - 0.406) / 0.225)
-    np.testing.assert_array_equal(resnet38d.Normalize()(image.astype(np.float32)), normalised)
-
-
 def test_state_dict_has_exactly_the_spec_names_and_shapes(cpn_net):
     expected = spec_state_dict_shapes(SPEC_HEAD_SHAPES)
     actual = {name: tuple(value.shape) for name, value in cpn_net.state_dict().items()}
     assert sorted(actual) == sorted(expected)
     assert actual == expected
-    for literal in ("conv1a.weight", "b2.bn_branch2a.weight", "b2.conv_branch1.weight",
-                    "b4_3.conv_branch2b1.weight", "b4_3.bn_branch2a.running_mean",
-                    "b5_1.bn_branch2a.bias", "b6.conv_branch2b2.weight", "bn7.bias",
-                    "bn7.running_var", "f10.weight"):
+    for literal in (
+        "conv1a.weight",
+        "b2.bn_branch2a.weight",
+        "b2.conv_branch1.weight",
+        "b4_3.conv_branch2b1.weight",
+        "b4_3.bn_branch2a.running_mean",
+        "b5_1.bn_branch2a.bias",
+        "b6.conv_branch2b2.weight",
+        "bn7.bias",
+        "bn7.running_var",
+        "f10.weight",
+    ):
         assert literal in actual
     assert "b2_1.conv_branch1.weight" not in actual
 
@@ -154,7 +160,7 @@ def test_convolutions_follow_the_spec_table(cpn_net):
 
 def test_features_have_stride_8_for_odd_inputs(odd_outputs):
     _, features, _ = odd_outputs
-    assert features["conv4"].shape == (1, 512, 8, 11)      # ceil(61 / 8), ceil(83 / 8)
+    assert features["conv4"].shape == (1, 512, 8, 11)  # ceil(61 / 8), ceil(83 / 8)
     assert features["conv5"].shape == (1, 1024, 8, 11)
     assert features["conv6"].shape == (1, 4096, 8, 11)
     assert (features["conv6"] >= 0).all() and (features["conv4"] >= 0).all()
@@ -163,9 +169,12 @@ def test_features_have_stride_8_for_odd_inputs(odd_outputs):
 def test_conv4_and_conv5_are_the_activated_inputs_of_b5_and_b6(cpn_net):
     x = torch.randn(1, 3, 24, 24)
     captured = {}
-    handles = [getattr(cpn_net, name).bn_branch2a.register_forward_hook(
-        lambda module, inputs, output, name=name: captured.__setitem__(name, F.relu(output)))
-        for name in ("b5", "b6")]
+    handles = [
+        getattr(cpn_net, name).bn_branch2a.register_forward_hook(
+            lambda module, inputs, output, name=name: captured.__setitem__(name, F.relu(output))
+        )
+        for name in ("b5", "b6")
+    ]
     try:
         with torch.no_grad():
             features = cpn_net.forward_as_dict(x)
@@ -204,8 +213,9 @@ def test_parameter_groups(cpn_net, cls_net):
     assert len(groups) == 4 and groups.pretrained_biases == [] and groups.new_biases == []
     names = {id(p): n for n, p in cpn_net.named_parameters()}
     assert sorted(names[id(p)] for p in groups.new_weights) == sorted(SPEC_HEAD_SHAPES)
-    expected_pretrained = {f"{name}.weight" for name in spec_backbone_convs()
-                           if name.split(".")[0] not in ("conv1a", "b2", "b2_1", "b2_2")}
+    expected_pretrained = {
+        f"{name}.weight" for name in spec_backbone_convs() if name.split(".")[0] not in ("conv1a", "b2", "b2_1", "b2_2")
+    }
     pretrained = [names[id(p)] for p in groups.pretrained_weights]
     assert len(pretrained) == len(set(pretrained)) and set(pretrained) == expected_pretrained
     trainable = {n for n, p in cpn_net.named_parameters() if p.requires_grad}
@@ -265,12 +275,12 @@ def loop_prcm(context, v, w10, key_layout):
     d_channels, h, w = v.shape[1:]
     r = np.zeros((n_images, classes, h * w))
     for n in range(n_images):
-        k = np.array([[max(np.dot(w10[o], context[n, :, j, 0]), 0.0) for j in range(classes)]
-                      for o in range(d_channels)])
+        k = np.array(
+            [[max(np.dot(w10[o], context[n, :, j, 0]), 0.0) for j in range(classes)] for o in range(d_channels)]
+        )
         f = np.maximum(v[n].reshape(d_channels, h * w), 0.0)
         for a in range(classes):
-            s = [sum(key_layout(k, a, b) * f[b, pos] for b in range(d_channels)) * 21 ** -0.5
-                 for pos in range(h * w)]
+            s = [sum(key_layout(k, a, b) * f[b, pos] for b in range(d_channels)) * 21**-0.5 for pos in range(h * w)]
             exps = [math.exp(x - max(s)) for x in s]
             r[n, a] = [e / sum(exps) for e in exps]
     return r.reshape(n_images, classes, h, w)
@@ -294,8 +304,7 @@ def loop_pcm(p, v):
     out = np.zeros((n_images, classes, h * w))
     for n in range(n_images):
         f = v[n].reshape(d_channels, h * w)
-        f = np.stack([f[:, pos] / (math.sqrt(sum(x * x for x in f[:, pos])) + 1e-5)
-                      for pos in range(h * w)], axis=1)
+        f = np.stack([f[:, pos] / (math.sqrt(sum(x * x for x in f[:, pos])) + 1e-5) for pos in range(h * w)], axis=1)
         a = np.array([[max(np.dot(f[:, i], f[:, j]), 0.0) for j in range(h * w)] for i in range(h * w)])
         for j in range(h * w):
             a[:, j] /= sum(a[:, j]) + 1e-5
@@ -309,8 +318,8 @@ def loop_pcm(p, v):
 def tiny_cam():
     torch.manual_seed(4)
     cam = torch.randn(2, 21, 3, 3)
-    cam[:, 2] = cam[:, 1]            # ties between two foreground classes
-    cam[:, 3] = -cam[:, 3].abs()     # a class with no positive score
+    cam[:, 2] = cam[:, 1]  # ties between two foreground classes
+    cam[:, 3] = -cam[:, 3].abs()  # a class with no positive score
     return cam
 
 
@@ -320,7 +329,7 @@ def test_class_probability_map_matches_loops():
     assert not p.requires_grad
     np.testing.assert_allclose(p.numpy(), loop_class_probability_map(cam.detach()), rtol=1e-6, atol=1e-6)
     assert (p >= 0).all() and (p <= 1).all()
-    assert torch.equal(p[:, 1] > 0, p[:, 2] > 0) and (p[:, 1] > 0).any()   # ties keep both
+    assert torch.equal(p[:, 1] > 0, p[:, 2] > 0) and (p[:, 1] > 0).any()  # ties keep both
     assert (p[:, 3] == 0).all()
 
 
@@ -332,16 +341,18 @@ def test_context_prcm_and_pcm_match_loops():
     f10 = nn.Conv2d(5, 4, 1, bias=False)
     context = resnet38_CPN.class_region_context(p, g)
     assert context.shape == (2, 5, 21, 1)
-    np.testing.assert_allclose(context.numpy(), loop_context(p.double().numpy(), g.double().numpy()),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        context.numpy(), loop_context(p.double().numpy(), g.double().numpy()), rtol=1e-5, atol=1e-6
+    )
     with torch.no_grad():
         r = resnet38_CPN.prcm(context, v, f10)
     w10 = f10.weight.detach().double()[:, :, 0, 0].numpy()
     expected = loop_prcm(context.double().numpy(), v.double().numpy(), w10, view_layout)
     np.testing.assert_allclose(r.numpy(), expected, rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(r.sum(dim=(2, 3)).numpy(), 1, rtol=1e-5)
-    np.testing.assert_allclose(resnet38_CPN.pcm(p, v).numpy(), loop_pcm(p.double().numpy(), v.double().numpy()),
-                               rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        resnet38_CPN.pcm(p, v).numpy(), loop_pcm(p.double().numpy(), v.double().numpy()), rtol=1e-5, atol=1e-6
+    )
 
 
 def test_prcm_keys_are_a_view_not_a_transpose():
@@ -359,8 +370,9 @@ def test_prcm_keys_are_a_view_not_a_transpose():
     assert np.abs(as_view - as_transpose).max() > 1e-2
     keys = torch.arange(2 * 4 * 21.0).reshape(2, 4, 21, 1)
     assert torch.equal(resnet38_CPN.reference_key_layout(keys), keys.contiguous().view(2, 21, 4))
-    assert torch.equal(resnet38_CPN.reference_key_layout(keys.to(memory_format=torch.channels_last)),
-                       keys.contiguous().view(2, 21, 4))
+    assert torch.equal(
+        resnet38_CPN.reference_key_layout(keys.to(memory_format=torch.channels_last)), keys.contiguous().view(2, 21, 4)
+    )
 
 
 # ---------------------------------------------------------------- CPN forward
@@ -378,9 +390,12 @@ def test_cpn_forward_on_odd_input(odd_outputs):
 def run_capturing_head_layers(net, x):
     """net(x), plus (input, output) of each head convolution as the forward saw them."""
     captured = {}
-    handles = [getattr(net, name).register_forward_hook(
-        lambda module, inputs, output, name=name: captured.__setitem__(name, (inputs[0], output)))
-        for name in ("fc8", "f8_3", "f8_4", "f9", "f10")]
+    handles = [
+        getattr(net, name).register_forward_hook(
+            lambda module, inputs, output, name=name: captured.__setitem__(name, (inputs[0], output))
+        )
+        for name in ("fc8", "f8_3", "f8_4", "f9", "f10")
+    ]
     try:
         with torch.no_grad():
             outputs = net(x)
@@ -393,13 +408,20 @@ def run_capturing_head_layers(net, x):
 def spec_refinement(net, x, small_cam, conv4, conv5):
     """SPEC §2 steps 2-8 in float64 from the stride-8 cam and features, with the loop
     versions of steps 2, 4, 5 and 6."""
+
     def conv(layer, features):
         return F.conv2d(features.double(), layer.weight.detach().double())
 
     h, w = small_cam.shape[2:]
     with torch.no_grad():
-        g = torch.cat([F.interpolate(x.double(), (h, w), mode="bilinear", align_corners=True),
-                       F.relu(conv(net.f8_3, conv4)), F.relu(conv(net.f8_4, conv5))], 1)
+        g = torch.cat(
+            [
+                F.interpolate(x.double(), (h, w), mode="bilinear", align_corners=True),
+                F.relu(conv(net.f8_3, conv4)),
+                F.relu(conv(net.f8_4, conv5)),
+            ],
+            1,
+        )
         v = conv(net.f9, g).numpy()
     p = loop_class_probability_map(small_cam)
     context = loop_context(p, g.numpy())
@@ -411,14 +433,15 @@ def spec_refinement(net, x, small_cam, conv4, conv5):
 def test_cpn_forward_composes_the_spec_steps(cpn_net):
     """The whole of SPEC §2 steps 1-8 against the loop versions."""
     torch.manual_seed(7)
-    x = torch.randn(1, 3, 19, 27)       # h×w = 3×4
+    x = torch.randn(1, 3, 19, 27)  # h×w = 3×4
     (cam, cam_rv), captured = run_capturing_head_layers(cpn_net, x)
     with torch.no_grad():
         features = cpn_net.forward_as_dict(x)
     small_cam = captured["fc8"][1]
-    torch.testing.assert_close(captured["fc8"][0], features["conv6"], rtol=0, atol=0)   # eval: no dropout
-    torch.testing.assert_close(cam, F.interpolate(small_cam, (19, 27), mode="bilinear", align_corners=True),
-                               rtol=0, atol=0)
+    torch.testing.assert_close(captured["fc8"][0], features["conv6"], rtol=0, atol=0)  # eval: no dropout
+    torch.testing.assert_close(
+        cam, F.interpolate(small_cam, (19, 27), mode="bilinear", align_corners=True), rtol=0, atol=0
+    )
     expected_rv = spec_refinement(cpn_net, x, small_cam, features["conv4"], features["conv5"])
     torch.testing.assert_close(cam_rv.double(), expected_rv, rtol=1e-4, atol=1e-5)
 
@@ -450,8 +473,9 @@ def test_cpn_forward_under_bf16_autocast_refines_in_float32(cpn_net):
     assert small_cam.dtype == torch.bfloat16
     assert cam.dtype == cam_rv.dtype == torch.float32
     assert all(captured[name][1].dtype == torch.float32 for name in ("f8_3", "f8_4", "f9", "f10"))
-    torch.testing.assert_close(cam, F.interpolate(small_cam.float(), x.shape[2:], mode="bilinear",
-                                                  align_corners=True), rtol=0, atol=0)
+    torch.testing.assert_close(
+        cam, F.interpolate(small_cam.float(), x.shape[2:], mode="bilinear", align_corners=True), rtol=0, atol=0
+    )
     expected_rv = spec_refinement(cpn_net, x, small_cam, captured["f8_3"][0], captured["f8_4"][0])
     torch.testing.assert_close(cam_rv.double(), expected_rv, rtol=1e-4, atol=1e-5)
 
@@ -485,9 +509,14 @@ def test_baseline_cam_is_the_classifier_at_each_position(cls_net):
 # ---------------------------------------------------------------- build_network
 
 
-@pytest.mark.parametrize("name, cls", [("network.resnet38_CPN", resnet38_CPN.Net),
-                                       ("resnet38_CPN", resnet38_CPN.Net),
-                                       ("network.resnet38_cls", resnet38_cls.Net)])
+@pytest.mark.parametrize(
+    "name, cls",
+    [
+        ("network.resnet38_CPN", resnet38_CPN.Net),
+        ("resnet38_CPN", resnet38_CPN.Net),
+        ("network.resnet38_cls", resnet38_cls.Net),
+    ],
+)
 def test_build_network(name, cls):
     assert type(build_network(name)) is cls
 

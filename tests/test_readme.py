@@ -1,6 +1,7 @@
 """README's commands stay runnable: every python/torchrun command in its code blocks names a script
 that exists and flags that script's own parser accepts (the full runs need VOC and a GPU; `make demo`
 and the script tests run the same scripts on the toy set)."""
+
 from __future__ import annotations
 
 import importlib
@@ -11,9 +12,14 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPT_MODULES = {"train_cpn.py": "train_cpn", "infer_cam.py": "infer_cam", "evaluation_cam.py": "evaluation_cam",
-                  "voc12/make_cls_labels.py": "voc12.make_cls_labels", "-m network.mxnet_params": "network.mxnet_params",
-                  "-m voc12.toy": "voc12.toy"}
+SCRIPT_MODULES = {
+    "train_cpn.py": "train_cpn",
+    "infer_cam.py": "infer_cam",
+    "evaluation_cam.py": "evaluation_cam",
+    "voc12/make_cls_labels.py": "voc12.make_cls_labels",
+    "-m network.mxnet_params": "network.mxnet_params",
+    "-m voc12.toy": "voc12.toy",
+}
 
 
 def readme_commands() -> list[str]:

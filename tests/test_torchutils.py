@@ -1,12 +1,13 @@
 """tool/torchutils.py: the poly schedule, the reference's momentum, the four parameter
 groups (SPEC §2, §4) and resuming from a state dict."""
+
 import io
 
 import pytest
 import torch
 from torch import nn
 
-from tool.fileio import UserError
+from tool.errors import UserError
 from tool.torchutils import REFERENCE_MOMENTUM, PolyOptimizer, cpn_param_groups
 
 LR, WEIGHT_DECAY, MAX_STEP = 0.01, 5e-4, 10
@@ -131,6 +132,7 @@ def test_loading_a_plain_sgd_state_is_a_user_error():
 
 def test_batchnorm_statistics_are_those_of_the_images():
     from tool.torchutils import estimate_batchnorm_statistics
+
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 4, 3)
     model = torch.nn.Sequential(conv, torch.nn.BatchNorm2d(4), torch.nn.Dropout(0.5), torch.nn.Conv2d(4, 2, 1))

@@ -1,4 +1,5 @@
 """voc12/toy.py: determinism, VOC file formats, and labels that agree across XML and PNG."""
+
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -31,8 +32,9 @@ def xml_objects(path: Path) -> list[tuple[str, tuple[int, int, int, int]]]:
     objects = []
     for element in ET.parse(path).getroot().findall("object"):
         box = element.find("bndbox")
-        objects.append((element.findtext("name"),
-                        tuple(int(box.findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax"))))
+        objects.append(
+            (element.findtext("name"), tuple(int(box.findtext(tag)) for tag in ("xmin", "ymin", "xmax", "ymax")))
+        )
     return objects
 
 
@@ -64,12 +66,14 @@ def test_images_are_rgb_jpegs_of_varied_sizes(toy_voc):
 
 def test_label_pngs_are_palette_images_with_void_borders(toy_voc):
     for name in all_names(toy_voc):
-        with Image.open(toy_voc / "SegmentationClass" / f"{name}.png") as png, \
-                Image.open(toy_voc / "JPEGImages" / f"{name}.jpg") as jpeg:
+        with (
+            Image.open(toy_voc / "SegmentationClass" / f"{name}.png") as png,
+            Image.open(toy_voc / "JPEGImages" / f"{name}.jpg") as jpeg,
+        ):
             assert png.mode == "P" and png.size == jpeg.size
             palette = np.frombuffer(bytes(png.getpalette()), np.uint8).reshape(-1, 3)
             label = np.asarray(png)
-        assert np.array_equal(palette, VOC_PALETTE[:len(palette)]) and len(palette) == 256
+        assert np.array_equal(palette, VOC_PALETTE[: len(palette)]) and len(palette) == 256
         assert set(np.unique(label)) <= set(range(len(VOC_CLASSES))) | {IGNORE_INDEX}
         assert (label == IGNORE_INDEX).any()
         # VOC's void border: no two 4-neighbours carry different class indices.
@@ -98,7 +102,7 @@ def test_xml_matches_the_segmentation(toy_voc):
             assert 1 <= xmin < xmax <= width and 1 <= ymin < ymax <= height
             assert min(xmax - xmin, ymax - ymin) >= 15, "objects must be large enough to learn"
             box = np.zeros_like(covered)
-            box[ymin - 1:ymax, xmin - 1:xmax] = True
+            box[ymin - 1 : ymax, xmin - 1 : xmax] = True
             assert (label[box] == VOC_CLASSES.index(class_name)).any()
             covered |= box & (label == VOC_CLASSES.index(class_name))
         assert np.array_equal(covered, (label != 0) & (label != IGNORE_INDEX)), "every object pixel is in its box"
@@ -122,16 +126,21 @@ def test_classes_differ_in_colour(toy_voc):
 
 
 def test_cli_writes_the_tree(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "voc12.toy", str(tmp_path / "out"), "--num_train", "2",
-                             "--num_val", "1", "--seed", "5"], cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "voc12.toy", str(tmp_path / "out"), "--num_train", "2", "--num_val", "1", "--seed", "5"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+    )
     assert result.returncode == 0, result.stderr
     assert str(tmp_path / "out") in result.stdout
     assert tree_bytes(tmp_path / "out") == tree_bytes(make_toy_voc(tmp_path / "api", 2, 1, seed=5))
 
 
 def test_cli_rejects_an_empty_split(tmp_path):
-    result = subprocess.run([sys.executable, "-m", "voc12.toy", str(tmp_path), "--num_val", "0"],
-                            cwd=REPO, capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "voc12.toy", str(tmp_path), "--num_val", "0"], cwd=REPO, capture_output=True, text=True
+    )
     assert result.returncode != 0 and "--num_val" in result.stderr
 
 

@@ -1,4 +1,5 @@
 """train_cpn.py end to end on the toy set at a tiny crop (CPU)."""
+
 from __future__ import annotations
 
 import json
@@ -15,14 +16,38 @@ import train_cpn
 from network import build_network
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = ["--crop_size", "32", "--resize_long", "32", "48", "--batch_size", "2", "--num_workers", "0",
-        "--weights", "none", "--log_every", "1"]
+TINY = [
+    "--crop_size",
+    "32",
+    "--resize_long",
+    "32",
+    "48",
+    "--batch_size",
+    "2",
+    "--num_workers",
+    "0",
+    "--weights",
+    "none",
+    "--log_every",
+    "1",
+]
 
 
 def run_args(toy_voc, toy_lists, out_dir, *extra, train_list=None) -> list[str]:
-    return ["--voc12_root", str(toy_voc), "--train_list", str(train_list or toy_lists["train"]),
-            "--cls_labels", str(toy_lists["cls_labels"]), "--out_dir", str(out_dir), "--session_name", "run",
-            *TINY, *extra]
+    return [
+        "--voc12_root",
+        str(toy_voc),
+        "--train_list",
+        str(train_list or toy_lists["train"]),
+        "--cls_labels",
+        str(toy_lists["cls_labels"]),
+        "--out_dir",
+        str(out_dir),
+        "--session_name",
+        "run",
+        *TINY,
+        *extra,
+    ]
 
 
 def logged_losses(out_dir: Path, name: str = "loss") -> list[float]:
@@ -31,17 +56,26 @@ def logged_losses(out_dir: Path, name: str = "loss") -> list[float]:
 
 
 def run_cli(*args, env=None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / "train_cpn.py"), *args], capture_output=True, text=True,
-                          cwd=REPO, env=env, timeout=600)
+    return subprocess.run(
+        [sys.executable, str(REPO / "train_cpn.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
 
 
-@pytest.mark.parametrize("extra", [
-    ("--patch_strategy", "superpixel"),
-    ("--patch_strategy", "grid"),
-    ("--no_tcp",),
-    ("--no_cpcr",),
-    ("--ohem", "0.5", "--three_pass"),
-])
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ("--patch_strategy", "superpixel"),
+        ("--patch_strategy", "grid"),
+        ("--no_tcp",),
+        ("--no_cpcr",),
+        ("--ohem", "0.5", "--three_pass"),
+    ],
+)
 def test_few_steps_write_every_output(toy_voc, toy_lists, tmp_path, extra):
     train_cpn.main(run_args(toy_voc, toy_lists, tmp_path, "--max_steps", "2", *extra))
     losses = logged_losses(tmp_path)
@@ -99,8 +133,9 @@ def test_resume_crosses_an_epoch_boundary(toy_voc, toy_lists, tmp_path):
 def test_overfitting_two_images_lowers_the_loss(toy_voc, toy_lists, tmp_path):
     two_images = tmp_path / "two.txt"
     two_images.write_text("\n".join(toy_lists["train"].read_text().split()[:2]) + "\n")
-    train_cpn.main(run_args(toy_voc, toy_lists, tmp_path, "--max_epoches", "30", "--lr", "0.005",
-                            train_list=two_images))
+    train_cpn.main(
+        run_args(toy_voc, toy_lists, tmp_path, "--max_epoches", "30", "--lr", "0.005", train_list=two_images)
+    )
     for name, factor in (("loss", 0.8), ("loss_cls", 0.7)):
         losses = logged_losses(tmp_path, name)
         assert len(losses) == 30
@@ -111,9 +146,21 @@ def test_overfitting_two_images_lowers_the_loss(toy_voc, toy_lists, tmp_path):
 def test_two_gloo_processes_under_torchrun(toy_voc, toy_lists, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29531",
-         str(REPO / "train_cpn.py"), *run_args(toy_voc, toy_lists, tmp_path, "--max_steps", "2", "--device", "cpu")],
-        capture_output=True, text=True, cwd=REPO, env=env, timeout=600)
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "--master_port=29531",
+            str(REPO / "train_cpn.py"),
+            *run_args(toy_voc, toy_lists, tmp_path, "--max_steps", "2", "--device", "cpu"),
+        ],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     losses = logged_losses(tmp_path)
     assert len(losses) == 2 and all(torch.isfinite(torch.tensor(losses)))

@@ -1,5 +1,6 @@
 """tool/visualization.py: heat-map colours and blending, VOC palette colouring, palette
 PNGs read back as class indices, and the panel's layout."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,8 +9,7 @@ from PIL import Image
 
 from tool.constants import VOC_PALETTE
 from tool.fileio import read_label_png, save_png
-from tool.visualization import (TILE_GAP, TITLE_HEIGHT, cam_panel, colorize_label, heatmap_overlay,
-                                label_image)
+from tool.visualization import TILE_GAP, TITLE_HEIGHT, cam_panel, colorize_label, heatmap_overlay, label_image
 
 
 def test_heatmap_ends_of_the_jet_map():
@@ -21,7 +21,7 @@ def test_heatmap_ends_of_the_jet_map():
     np.testing.assert_array_equal(pure[0, 1], [128, 0, 0])
     np.testing.assert_array_equal(pure[0, 2], pure[0, 1])
     np.testing.assert_array_equal(pure[1, 0], pure[0, 0])
-    assert pure[1, 1, 1] > 200             # the middle of jet is green-ish
+    assert pure[1, 1, 1] > 200  # the middle of jet is green-ish
 
 
 def test_heatmap_blends_with_the_image():
@@ -29,7 +29,7 @@ def test_heatmap_blends_with_the_image():
     cam = np.zeros((4, 4))
     np.testing.assert_array_equal(heatmap_overlay(image, cam, opacity=0.0), image)
     half = heatmap_overlay(image, cam, opacity=0.5)
-    np.testing.assert_array_equal(half[0, 0], [100, 100, 164])     # (200 + (0, 0, 128)) / 2
+    np.testing.assert_array_equal(half[0, 0], [100, 100, 164])  # (200 + (0, 0, 128)) / 2
 
 
 def test_colorize_label_uses_the_voc_palette():
@@ -60,7 +60,7 @@ def test_cam_panel_layout():
     image = rng.integers(0, 256, (height, width, 3)).astype(np.uint8)
     cams = {14: rng.random((height, width)), 0: rng.random((height, width))}
     label = np.zeros((height, width), np.uint8)
-    label[:, width // 2:] = 15
+    label[:, width // 2 :] = 15
     panel = np.asarray(cam_panel(image, cams, label))
     tiles = 1 + len(cams) + 1
     assert panel.shape[0] == height + 2 * TITLE_HEIGHT
@@ -69,6 +69,6 @@ def test_cam_panel_layout():
     rows = slice(TITLE_HEIGHT, TITLE_HEIGHT + height)
     np.testing.assert_array_equal(panel[rows, 0:width], image)
     # Heat maps in class order: aeroplane (0) before person (14).
-    np.testing.assert_array_equal(panel[rows, step:step + width], heatmap_overlay(image, cams[0]))
-    np.testing.assert_array_equal(panel[rows, 2 * step:2 * step + width], heatmap_overlay(image, cams[14]))
-    np.testing.assert_array_equal(panel[rows, 3 * step:3 * step + width], colorize_label(label))
+    np.testing.assert_array_equal(panel[rows, step : step + width], heatmap_overlay(image, cams[0]))
+    np.testing.assert_array_equal(panel[rows, 2 * step : 2 * step + width], heatmap_overlay(image, cams[14]))
+    np.testing.assert_array_equal(panel[rows, 3 * step : 3 * step + width], colorize_label(label))

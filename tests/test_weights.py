@@ -1,6 +1,7 @@
 """network/weights.py: load_weights on the real CPN network. Most files here hold one constant
 per key, stored as an expanded 0-d tensor (a few bytes on disk): a key loaded into the wrong
 place, or not at all, shows up as the wrong constant."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -8,12 +9,12 @@ import pytest
 import torch
 from torch import nn
 
-from network import resnet38_CPN, resnet38_cls
+from network import resnet38_cls, resnet38_CPN
 from network.weights import WeightsReport, load_weights
 from tests.mxnet_writer import write_ndarray_list
-from tool.fileio import UserError
+from tool.errors import UserError
 
-HEAD_LAYERS = {"fc8", "f8_3", "f8_4", "f9", "f10"}       # SPEC §2's new layers
+HEAD_LAYERS = {"fc8", "f8_3", "f8_4", "f9", "f10"}  # SPEC §2's new layers
 
 
 @pytest.fixture(scope="module")
@@ -23,8 +24,10 @@ def cpn_net() -> resnet38_CPN.Net:
 
 def constant_state(shapes: dict[str, torch.Tensor], offset: float) -> dict[str, torch.Tensor]:
     """Key i holds `offset + i` everywhere, in the dtype and shape of `shapes[key]`."""
-    return {key: torch.tensor(offset + index, dtype=like.dtype).expand(like.shape)
-            for index, (key, like) in enumerate(shapes.items())}
+    return {
+        key: torch.tensor(offset + index, dtype=like.dtype).expand(like.shape)
+        for index, (key, like) in enumerate(shapes.items())
+    }
 
 
 def is_head(key: str) -> bool:
@@ -73,8 +76,10 @@ def test_pth_layouts_load_identically(tmp_path, cpn_net, case, wrap):
 
 def test_random_full_checkpoint_round_trip(tmp_path, cpn_net):
     generator = torch.Generator().manual_seed(0)
-    state = {key: torch.randn(value.shape, generator=generator) if value.is_floating_point() else value + 7
-             for key, value in cpn_net.state_dict().items()}
+    state = {
+        key: torch.randn(value.shape, generator=generator) if value.is_floating_point() else value + 7
+        for key, value in cpn_net.state_dict().items()
+    }
     torch.save(state, tmp_path / "full.pth")
     load_weights(cpn_net, tmp_path / "full.pth")
     assert_model_holds(cpn_net, state)
@@ -83,8 +88,11 @@ def test_random_full_checkpoint_round_trip(tmp_path, cpn_net):
 def test_imagenet_like_file_reports_head_from_scratch(tmp_path, cpn_net):
     before = {key: value.clone() for key, value in cpn_net.state_dict().items() if is_head(key)}
     # As the reference's converted ImageNet .pth: backbone only, no BN counters, plus the classifier.
-    backbone = {key: value for key, value in cpn_net.state_dict().items()
-                if not is_head(key) and not key.endswith("num_batches_tracked")}
+    backbone = {
+        key: value
+        for key, value in cpn_net.state_dict().items()
+        if not is_head(key) and not key.endswith("num_batches_tracked")
+    }
     state = constant_state(backbone, offset=-500)
     state["linear1000.weight"] = torch.zeros(1000, 4096)
     state["linear1000.bias"] = torch.zeros(1000)
@@ -103,10 +111,13 @@ def test_imagenet_like_file_reports_head_from_scratch(tmp_path, cpn_net):
 
 
 def test_summary_groups_keys_by_layer():
-    report = WeightsReport(path="w.pth", loaded=["a.weight"], from_scratch=["f9.weight", "f9.bias", "fc8.weight"],
-                           unexpected=[])
-    assert report.summary().splitlines() == ["loaded 1 tensors from w.pth",
-                                             "initialised from scratch (3 tensors): f9, fc8"]
+    report = WeightsReport(
+        path="w.pth", loaded=["a.weight"], from_scratch=["f9.weight", "f9.bias", "fc8.weight"], unexpected=[]
+    )
+    assert report.summary().splitlines() == [
+        "loaded 1 tensors from w.pth",
+        "initialised from scratch (3 tensors): f9, fc8",
+    ]
 
 
 def test_baseline_checkpoint_into_cpn_names_20_vs_21(tmp_path, cpn_net):
@@ -114,11 +125,13 @@ def test_baseline_checkpoint_into_cpn_names_20_vs_21(tmp_path, cpn_net):
         cls_shapes = resnet38_cls.Net().state_dict()
     torch.save(constant_state(cls_shapes, offset=0), tmp_path / "cls.pth")
     before = {key: value.clone() for key, value in cpn_net.state_dict().items()}
-    with pytest.raises(UserError, match="fc8.weight has shape .20, 4096, 1, 1. but the model expects "
-                                        ".21, 4096, 1, 1.*20 vs 21.*resnet38_cls") as caught:
+    with pytest.raises(
+        UserError,
+        match="fc8.weight has shape .20, 4096, 1, 1. but the model expects .21, 4096, 1, 1.*20 vs 21.*resnet38_cls",
+    ) as caught:
         load_weights(cpn_net, tmp_path / "cls.pth")
     assert str(tmp_path / "cls.pth") in str(caught.value)
-    assert_model_holds(cpn_net, before)          # a refused file changes nothing
+    assert_model_holds(cpn_net, before)  # a refused file changes nothing
 
 
 def test_cpn_checkpoint_into_baseline_names_21_vs_20(tmp_path, cpn_net):
@@ -133,8 +146,11 @@ def test_backbone_shape_mismatch_names_key_and_shapes(tmp_path, cpn_net):
     state = constant_state(cpn_net.state_dict(), offset=0)
     state["b4_3.conv_branch2a.weight"] = torch.zeros(512, 512, 1, 1)
     torch.save(state, tmp_path / "bad.pth")
-    with pytest.raises(UserError, match=r"b4_3.conv_branch2a.weight has shape \(512, 512, 1, 1\) but the model "
-                                        r"expects \(512, 512, 3, 3\)$"):
+    with pytest.raises(
+        UserError,
+        match=r"b4_3.conv_branch2a.weight has shape \(512, 512, 1, 1\) but the model "
+        r"expects \(512, 512, 3, 3\)$",
+    ):
         load_weights(cpn_net, tmp_path / "bad.pth")
 
 
@@ -172,8 +188,12 @@ def test_unreadable_files_are_user_errors(tmp_path, cpn_net):
 
 
 def test_non_state_dict_contents_are_user_errors(tmp_path, cpn_net):
-    contents = {"tensor.pth": torch.zeros(3), "ints.pth": {"conv1a.weight": 1}, "empty_dict.pth": {},
-                "list.pth": [torch.zeros(1)]}
+    contents = {
+        "tensor.pth": torch.zeros(3),
+        "ints.pth": {"conv1a.weight": 1},
+        "empty_dict.pth": {},
+        "list.pth": [torch.zeros(1)],
+    }
     for name, content in contents.items():
         torch.save(content, tmp_path / name)
         with pytest.raises(UserError, match="state dict") as caught:
@@ -215,17 +235,18 @@ class TinyResNetEnds(nn.Module):
 
 def test_mxnet_params_file_loads_end_to_end(tmp_path):
     rng = np.random.default_rng(0)
-    arrays = {"arg:conv1a_weight": rng.standard_normal((64, 3, 3, 3)).astype(np.float32),
-              "arg:bn7_gamma": rng.standard_normal(4096).astype(np.float32),
-              "arg:bn7_beta": rng.standard_normal(4096).astype(np.float32),
-              "aux:bn7_moving_mean": rng.standard_normal(4096).astype(np.float32),
-              "aux:bn7_moving_var": rng.random(4096).astype(np.float32),
-              "arg:linear1000_weight": np.zeros((1000, 4096), np.float32)}
+    arrays = {
+        "arg:conv1a_weight": rng.standard_normal((64, 3, 3, 3)).astype(np.float32),
+        "arg:bn7_gamma": rng.standard_normal(4096).astype(np.float32),
+        "arg:bn7_beta": rng.standard_normal(4096).astype(np.float32),
+        "aux:bn7_moving_mean": rng.standard_normal(4096).astype(np.float32),
+        "aux:bn7_moving_var": rng.random(4096).astype(np.float32),
+        "arg:linear1000_weight": np.zeros((1000, 4096), np.float32),
+    }
     path = write_ndarray_list(tmp_path / "imagenet.params", list(arrays.values()), list(arrays), headers="legacy")
     model = TinyResNetEnds()
     report = load_weights(model, path)
-    assert sorted(report.loaded) == ["bn7.bias", "bn7.running_mean", "bn7.running_var", "bn7.weight",
-                                     "conv1a.weight"]
+    assert sorted(report.loaded) == ["bn7.bias", "bn7.running_mean", "bn7.running_var", "bn7.weight", "conv1a.weight"]
     assert report.from_scratch == [] and report.unexpected == []
     np.testing.assert_array_equal(model.conv1a.weight.detach().numpy(), arrays["arg:conv1a_weight"])
     np.testing.assert_array_equal(model.bn7.running_var.numpy(), arrays["aux:bn7_moving_var"])

@@ -1,5 +1,6 @@
 """The CPU cores a process may use, kept apart from tool/runtime.py so that numpy jobs
 (evaluation_cam.py) count them without importing torch (STYLE: imports only go down)."""
+
 from __future__ import annotations
 
 import os

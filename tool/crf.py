@@ -5,11 +5,12 @@ The reference kept two copies of `crf_inference` with different bilateral ranges
 (50 in tool/imutils.py, 80 in tool/visualization.py); SPEC §7 is the first, and this is
 the only one. pydensecrf is imported inside the functions so that the rest of the
 project works without it."""
+
 from __future__ import annotations
 
 import numpy as np
 
-from tool.fileio import UserError
+from tool.errors import UserError
 
 # SPEC §7: pairwise terms and mean-field iterations of the reference's crf_inference.
 GAUSSIAN_SXY = 3
@@ -18,7 +19,7 @@ BILATERAL_SXY = 50
 BILATERAL_SRGB = 13
 BILATERAL_COMPAT = 10
 CRF_ITERATIONS = 5
-SEAM_CRF_ALPHAS = (4.0, 24.0)   # SPEC §7: SEAM's background exponents
+SEAM_CRF_ALPHAS = (4.0, 24.0)  # SPEC §7: SEAM's background exponents
 
 
 def require_pydensecrf():
@@ -27,13 +28,20 @@ def require_pydensecrf():
         import pydensecrf.densecrf as densecrf
         from pydensecrf.utils import unary_from_softmax
     except ImportError:
-        raise UserError("the dense CRF needs pydensecrf, which is not installed; "
-                        "run `pip install pydensecrf2` or leave out the CRF option") from None
+        raise UserError(
+            "the dense CRF needs pydensecrf, which is not installed; "
+            "run `pip install pydensecrf2` or leave out the CRF option"
+        ) from None
     return densecrf, unary_from_softmax
 
 
-def crf_inference(image: np.ndarray, probs: np.ndarray, iterations: int = CRF_ITERATIONS,
-                  scale_factor: float = 1.0, labels: int | None = None) -> np.ndarray:
+def crf_inference(
+    image: np.ndarray,
+    probs: np.ndarray,
+    iterations: int = CRF_ITERATIONS,
+    scale_factor: float = 1.0,
+    labels: int | None = None,
+) -> np.ndarray:
     """SPEC §7: refine per-class scores with a fully connected CRF.
 
     image: uint8 H×W×3 RGB; probs: C×H×W non-negative scores, used as probabilities
@@ -47,8 +55,12 @@ def crf_inference(image: np.ndarray, probs: np.ndarray, iterations: int = CRF_IT
     crf = densecrf.DenseCRF2D(width, height, num_labels)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
     crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY / scale_factor, compat=GAUSSIAN_COMPAT)
-    crf.addPairwiseBilateral(sxy=BILATERAL_SXY / scale_factor, srgb=BILATERAL_SRGB,
-                             rgbim=np.ascontiguousarray(image), compat=BILATERAL_COMPAT)
+    crf.addPairwiseBilateral(
+        sxy=BILATERAL_SXY / scale_factor,
+        srgb=BILATERAL_SRGB,
+        rgbim=np.ascontiguousarray(image),
+        compat=BILATERAL_COMPAT,
+    )
     marginals = crf.inference(iterations)
     return np.asarray(marginals, dtype=np.float32).reshape(num_labels, height, width)
 
@@ -62,12 +74,13 @@ def seam_background_score(fg_maps: np.ndarray, alpha: float) -> np.ndarray:
     return np.power(1.0 - fg_maps.max(axis=0), alpha).astype(np.float32)
 
 
-def seam_crf_scores(image: np.ndarray, fg_maps: np.ndarray, alpha: float,
-                    iterations: int = CRF_ITERATIONS) -> np.ndarray:
+def seam_crf_scores(
+    image: np.ndarray, fg_maps: np.ndarray, alpha: float, iterations: int = CRF_ITERATIONS
+) -> np.ndarray:
     """SEAM-style CRF scores: channel 0 the background score of `seam_background_score`,
     channels 1..K the foreground maps, refined by `crf_inference`. (K+1)×H×W float32."""
     background = seam_background_score(fg_maps, alpha)[None]
     scores = np.concatenate([background, fg_maps.astype(np.float32)], axis=0)
     if len(scores) == 1:
-        return scores     # background only: nothing for the CRF to decide
+        return scores  # background only: nothing for the CRF to decide
     return crf_inference(image, scores, iterations=iterations)

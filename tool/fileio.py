@@ -4,40 +4,20 @@ Errors a user can cause are raised as `UserError` with one line that names the f
 and the fix; `run_main` turns them into that line on stderr and exit status 1, also
 when they were raised inside a DataLoader worker (PyTorch re-raises them in the main
 process with the worker's traceback glued in front of the message)."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import pickle
-import sys
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-
-class UserError(Exception):
-    """A problem with the user's input: one line, naming the file and the fix."""
-
-
-def user_message(error: UserError) -> str:
-    """The user's one line, without the traceback a DataLoader worker prepends."""
-    return str(error).strip().splitlines()[-1].rsplit("UserError: ", 1)[-1]
-
-
-def run_main(main: Callable[[], object]) -> None:
-    """Run a script's `main`: a UserError becomes one line on stderr and exit 1,
-    Ctrl-C becomes one line (the KeyboardInterrupt's message, if any) and exit 130."""
-    try:
-        main()
-    except UserError as error:
-        sys.exit(f"error: {user_message(error)}")
-    except KeyboardInterrupt as interrupt:
-        # A script may re-raise Ctrl-C with one line saying how to go on (train_cpn: how to resume).
-        print(str(interrupt) or "interrupted", file=sys.stderr)
-        sys.exit(130)
+from tool.errors import UserError
 
 
 @contextlib.contextmanager
@@ -91,8 +71,12 @@ def load_npy_dict(path: str | os.PathLike, what: str, hint: str) -> dict:
         content = np.load(path, allow_pickle=True)
     except (OSError, ValueError, EOFError, pickle.UnpicklingError) as error:
         raise UserError(f"cannot read {what} {path}: {error}; {hint}") from None
-    if not (isinstance(content, np.ndarray) and content.dtype == object and content.shape == ()
-            and isinstance(content.item(), dict)):
+    if not (
+        isinstance(content, np.ndarray)
+        and content.dtype == object
+        and content.shape == ()
+        and isinstance(content.item(), dict)
+    ):
         raise UserError(f"{what} {path} is not a {what} dict; {hint}")
     return content.item()
 
@@ -129,8 +113,10 @@ def read_rgb(path: str | os.PathLike) -> Image.Image:
                 image = Image.fromarray(np.round(wide / peak * 255).astype(np.uint8))
             return image.convert("RGB")
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
-        raise UserError(f"cannot read image {path}: {error}; the file is corrupt or truncated, "
-                        "replace it or remove it from the list") from None
+        raise UserError(
+            f"cannot read image {path}: {error}; the file is corrupt or truncated, "
+            "replace it or remove it from the list"
+        ) from None
 
 
 def read_label_png(path: str | os.PathLike) -> np.ndarray:
@@ -142,8 +128,10 @@ def read_label_png(path: str | os.PathLike) -> np.ndarray:
         with Image.open(path) as image:
             image.load()
             if image.mode not in ("P", "L"):
-                raise UserError(f"label image {path} has mode {image.mode}; expected a palette "
-                                "(P) or grayscale (L) PNG of class indices")
+                raise UserError(
+                    f"label image {path} has mode {image.mode}; expected a palette "
+                    "(P) or grayscale (L) PNG of class indices"
+                )
             return np.asarray(image, dtype=np.uint8)
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as error:
         raise UserError(f"cannot read label image {path}: {error}") from None

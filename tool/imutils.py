@@ -1,35 +1,50 @@
-"""Image transforms of SPEC §3 (training augmentation, complementary patch pairs),
-§4 (`max_norm`, `keepmax`) and §5 (`scale_image`).
+"""Image transforms of SPEC §1 (`Normalize`), §3 (training augmentation, complementary patch
+pairs) and §5 (`scale_image`).
 
 Randomness: the augmentation draws from torch's global RNG (torchvision's flip and
 ColorJitter do too), so a caller that seeds torch gets the same sample back; the
 complementary patch draws from an explicit numpy Generator."""
+
 from __future__ import annotations
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from skimage.color import rgb2lab
 from skimage.segmentation import slic
 from torchvision import transforms
 
-from network.resnet38d import Normalize
-from tool.constants import CROP_SIZE, RESIZE_LONG
-from tool.fileio import UserError
+from tool.constants import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_LONG
+from tool.errors import UserError
 
 # SPEC §3: torchvision's own transforms, as the reference composes them.
 _horizontal_flip = transforms.RandomHorizontalFlip()
 _color_jitter = transforms.ColorJitter(brightness=0.3, contrast=0.3, saturation=0.3, hue=0.1)
-_normalize = Normalize()
 
-SLIC_COMPACTNESS = 10           # SPEC §3
+SLIC_COMPACTNESS = 10  # SPEC §3
 SLIC_SEGMENTS = 300
-HIDDEN_DRAW_RATIO = 0.5         # SPEC §3: floor((M+1)·0.5) labels drawn with replacement
-GRID_CELL_SIZES = (224, 448)    # SPEC §3: grid strategy
+HIDDEN_DRAW_RATIO = 0.5  # SPEC §3: floor((M+1)·0.5) labels drawn with replacement
+GRID_CELL_SIZES = (224, 448)  # SPEC §3: grid strategy
 GRID_HIDE_PROBABILITY = 0.5
 PATCH_STRATEGIES = ("superpixel", "grid")
-MAX_NORM_EPSILON = 1e-5         # SPEC §4
+
+
+class Normalize:
+    """RGB image (HWC, uint8 or float in 0..255) -> float32 HWC, `(x / 255 - mean) / std` (SPEC §1)."""
+
+    def __init__(
+        self, mean: tuple[float, float, float] = IMAGENET_MEAN, std: tuple[float, float, float] = IMAGENET_STD
+    ):
+        self.mean = np.asarray(mean, np.float64)
+        self.std = np.asarray(std, np.float64)
+
+    def __call__(self, img) -> np.ndarray:
+        image = np.asarray(img, np.float64)
+        assert image.ndim == 3 and image.shape[2] == 3, f"expected an HxWx3 RGB image, got {image.shape}"
+        return ((image / 255.0 - self.mean) / self.std).astype(np.float32)
+
+
+_normalize = Normalize()
 
 
 def random_resize_long(img: Image.Image, low: int, high: int) -> Image.Image:
@@ -62,13 +77,15 @@ def random_crop(arr: np.ndarray, crop_size: int) -> np.ndarray:
     container_top, image_top = _random_placement(height, crop_size)
     kept_height, kept_width = min(crop_size, height), min(crop_size, width)
     container = np.zeros((crop_size, crop_size, channels), np.float32)
-    container[container_top:container_top + kept_height, container_left:container_left + kept_width] = \
-        arr[image_top:image_top + kept_height, image_left:image_left + kept_width]
+    container[container_top : container_top + kept_height, container_left : container_left + kept_width] = arr[
+        image_top : image_top + kept_height, image_left : image_left + kept_width
+    ]
     return container
 
 
-def train_transform(img: Image.Image, crop_size: int = CROP_SIZE,
-                    resize_long: tuple[int, int] = RESIZE_LONG) -> torch.Tensor:
+def train_transform(
+    img: Image.Image, crop_size: int = CROP_SIZE, resize_long: tuple[int, int] = RESIZE_LONG
+) -> torch.Tensor:
     """SPEC §3 training augmentation of a PIL RGB image: resize long side → flip →
     ColorJitter → normalise → random crop; returns a 3×crop×crop float32 tensor."""
     img = random_resize_long(img, *resize_long)
@@ -97,8 +114,9 @@ def superpixel_labels(img_hwc: np.ndarray) -> np.ndarray:
     lab = rgb2lab(img_hwc)
     lab_range = float(lab.max() - lab.min())
     compactness = SLIC_COMPACTNESS / lab_range if lab_range > 0 else SLIC_COMPACTNESS
-    return slic(lab, compactness=compactness, n_segments=SLIC_SEGMENTS, start_label=1,
-                convert2lab=False, channel_axis=-1)
+    return slic(
+        lab, compactness=compactness, n_segments=SLIC_SEGMENTS, start_label=1, convert2lab=False, channel_axis=-1
+    )
 
 
 def hide_superpixels(labels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -133,13 +151,15 @@ def split_by_mask(img: torch.Tensor, kept_mask: np.ndarray) -> tuple[torch.Tenso
     return img * mask, img * (1 - mask), kept_fraction, 1 - kept_fraction
 
 
-def complementary_patch(img: torch.Tensor, strategy: str = "superpixel",
-                        rng: np.random.Generator | None = None
-                        ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
+def complementary_patch(
+    img: torch.Tensor, strategy: str = "superpixel", rng: np.random.Generator | None = None
+) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """The complementary patch pair of a normalised, cropped C×H×W float tensor
     (SPEC §3): (img_kept, img_hidden, kept_fraction, hidden_fraction)."""
     if strategy not in PATCH_STRATEGIES:
-        raise UserError(f"unknown complementary patch strategy {strategy!r}; choose one of {', '.join(PATCH_STRATEGIES)}")
+        raise UserError(
+            f"unknown complementary patch strategy {strategy!r}; choose one of {', '.join(PATCH_STRATEGIES)}"
+        )
     rng = np.random.default_rng() if rng is None else rng
     if strategy == "superpixel":
         kept_mask = hide_superpixels(superpixel_labels(img.permute(1, 2, 0).numpy()), rng)
@@ -148,17 +168,4 @@ def complementary_patch(img: torch.Tensor, strategy: str = "superpixel",
     return split_by_mask(img, kept_mask)
 
 
-def max_norm(p: torch.Tensor) -> torch.Tensor:
-    """SPEC §4: relu, then per (n, channel) relu(p − min − ε) / (max − min + ε) over
-    the H×W positions of an N×C×H×W tensor; values in [0, 1)."""
-    p = F.relu(p)
-    flat = p.flatten(2)
-    min_value = flat.min(dim=-1).values[..., None, None]
-    max_value = flat.max(dim=-1).values[..., None, None]
-    return F.relu(p - min_value - MAX_NORM_EPSILON) / (max_value - min_value + MAX_NORM_EPSILON)
-
-
-def keepmax(z: torch.Tensor) -> torch.Tensor:
-    """SPEC §4: per pixel of an N×C×H×W tensor keep the values equal to the max over
-    channels (ties keep all), set the others to 0 (the value is kept, not 1)."""
-    return torch.where(z == z.max(dim=1, keepdim=True).values, z, torch.zeros_like(z))
+# END

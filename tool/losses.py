@@ -6,15 +6,31 @@ vector; `label_map` is the N×21×1×1 form with channel 0 = 1 that the maps are
 The three views of one batch are the full image, the kept patches (`img_kept`, weight
 `kept_fraction`) and the hidden patches (`img_hidden`, weight `hidden_fraction`).
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from tool.imutils import keepmax, max_norm
+MAX_NORM_EPSILON = 1e-5  # SPEC §4: max_norm's ε
+OHEM_RATIO = 0.2  # SPEC §4: L_cpcr averages the hardest 20% of the entries per image
 
-OHEM_RATIO = 0.2            # SPEC §4: L_cpcr averages the hardest 20% of the entries per image
+
+def max_norm(p: torch.Tensor) -> torch.Tensor:
+    """SPEC §4: relu, then per (n, channel) relu(p − min − ε) / (max − min + ε) over
+    the H×W positions of an N×C×H×W tensor; values in [0, 1)."""
+    p = F.relu(p)
+    flat = p.flatten(2)
+    min_value = flat.min(dim=-1).values[..., None, None]
+    max_value = flat.max(dim=-1).values[..., None, None]
+    return F.relu(p - min_value - MAX_NORM_EPSILON) / (max_value - min_value + MAX_NORM_EPSILON)
+
+
+def keepmax(z: torch.Tensor) -> torch.Tensor:
+    """SPEC §4: per pixel of an N×C×H×W tensor keep the values equal to the max over
+    channels (ties keep all), set the others to 0 (the value is kept, not 1)."""
+    return torch.where(z == z.max(dim=1, keepdim=True).values, z, torch.zeros_like(z))
 
 
 def label_map_with_background(label: Tensor) -> Tensor:
@@ -51,8 +67,9 @@ def weighted_normalized_map(maps: Tensor, label_map: Tensor, weight: Tensor) -> 
     return max_norm(maps) * label_map * weight.float().view(-1, 1, 1, 1)
 
 
-def tcp_loss(cam_full: Tensor, cam_kept: Tensor, cam_hidden: Tensor,
-             rv_full: Tensor, rv_kept: Tensor, rv_hidden: Tensor) -> Tensor:
+def tcp_loss(
+    cam_full: Tensor, cam_kept: Tensor, cam_hidden: Tensor, rv_full: Tensor, rv_kept: Tensor, rv_hidden: Tensor
+) -> Tensor:
     """SPEC §4 L_tcp = mean|A2 + A1 - A| + mean|B - B1 - B2| over the foreground channels 1..20.
 
     In the first term A1, A2 (cam_kept, cam_hidden) are detached: only the full view's cam
@@ -84,8 +101,9 @@ def ohem_mean(errors: Tensor, ratio: float = OHEM_RATIO) -> Tensor:
     return errors.reshape(batch, -1).topk(count, dim=1).values.mean()
 
 
-def cpcr_errors(cam_full: Tensor, cam_kept: Tensor, cam_hidden: Tensor,
-                rv_kept: Tensor, rv_hidden: Tensor) -> tuple[Tensor, Tensor]:
+def cpcr_errors(
+    cam_full: Tensor, cam_kept: Tensor, cam_hidden: Tensor, rv_kept: Tensor, rv_hidden: Tensor
+) -> tuple[Tensor, Tensor]:
     """SPEC §4 E1 = |keepmax(A - A1) - B2|, E2 = |keepmax(A - A2) - B1| with A, A1, A2
     detached: the targets come from the cams, the gradient goes to the patch views' cam_rv.
 
@@ -96,8 +114,14 @@ def cpcr_errors(cam_full: Tensor, cam_kept: Tensor, cam_hidden: Tensor,
     return error_kept_target, error_hidden_target
 
 
-def cpcr_loss(cam_full: Tensor, cam_kept: Tensor, cam_hidden: Tensor,
-              rv_kept: Tensor, rv_hidden: Tensor, ohem_ratio: float = OHEM_RATIO) -> Tensor:
+def cpcr_loss(
+    cam_full: Tensor,
+    cam_kept: Tensor,
+    cam_hidden: Tensor,
+    rv_kept: Tensor,
+    rv_hidden: Tensor,
+    ohem_ratio: float = OHEM_RATIO,
+) -> Tensor:
     """SPEC §4 L_cpcr = ohem(E1) + ohem(E2); inputs as `cpcr_errors` → scalar."""
     error_kept_target, error_hidden_target = cpcr_errors(cam_full, cam_kept, cam_hidden, rv_kept, rv_hidden)
     return ohem_mean(error_kept_target, ohem_ratio) + ohem_mean(error_hidden_target, ohem_ratio)
@@ -117,10 +141,20 @@ def forward_views(model: nn.Module, views: list[Tensor], batched: bool) -> list[
     return list(zip(cam.split(sizes), cam_rv.split(sizes)))
 
 
-def cpn_loss(model: nn.Module, img: Tensor, img_kept: Tensor, img_hidden: Tensor, label: Tensor,
-             kept_fraction: Tensor, hidden_fraction: Tensor, *, use_tcp: bool = True,
-             use_cpcr: bool = True, ohem_ratio: float = OHEM_RATIO,
-             batched: bool = True) -> dict[str, Tensor]:
+def cpn_loss(
+    model: nn.Module,
+    img: Tensor,
+    img_kept: Tensor,
+    img_hidden: Tensor,
+    label: Tensor,
+    kept_fraction: Tensor,
+    hidden_fraction: Tensor,
+    *,
+    use_tcp: bool = True,
+    use_cpcr: bool = True,
+    ohem_ratio: float = OHEM_RATIO,
+    batched: bool = True,
+) -> dict[str, Tensor]:
     """SPEC §4 training loss of one batch: loss = L_cls + L_tcp + L_cpcr.
 
     img, img_kept, img_hidden N×3×H×W; label N×20 multi-hot; kept_fraction, hidden_fraction
@@ -149,5 +183,4 @@ def cpn_loss(model: nn.Module, img: Tensor, img_kept: Tensor, img_hidden: Tensor
         loss_cpcr = cpcr_loss(cam_full, cam_kept, cam_hidden, rv_kept, rv_hidden, ohem_ratio)
     else:
         loss_cpcr = zero
-    return {"loss": loss_cls + loss_tcp + loss_cpcr, "loss_cls": loss_cls,
-            "loss_tcp": loss_tcp, "loss_cpcr": loss_cpcr}
+    return {"loss": loss_cls + loss_tcp + loss_cpcr, "loss_cls": loss_cls, "loss_tcp": loss_tcp, "loss_cpcr": loss_cpcr}

@@ -15,6 +15,7 @@ which weights made them is unknown. `--overwrite` (the scripts' flag) skips ever
 
 torchrun: every process computes the same content (no times, no ranks) and writes it
 atomically before the folder's first file, so concurrent writers agree."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,7 +24,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from tool.fileio import UserError, atomic_path
+from tool.errors import UserError
+from tool.fileio import atomic_path
 
 MANIFEST_NAME = "manifest.json"
 HASH_CHUNK_BYTES = 1 << 20
@@ -48,8 +50,13 @@ def weights_sha256(path: str | os.PathLike) -> str:
 def git_commit() -> str | None:
     """The checkout's git commit (one `git rev-parse`, a few ms), None outside a git checkout."""
     try:
-        result = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
-                                capture_output=True, text=True, timeout=10)
+        result = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
     except (OSError, subprocess.SubprocessError):
         return None
     return result.stdout.strip() or None
@@ -65,8 +72,16 @@ class FolderManifest:
     """The manifest one run expects in `folder`. `check` before any work (reads, writes nothing),
     then `write` before the run's first file in the folder."""
 
-    def __init__(self, folder: str | os.PathLike, *, weights: str | os.PathLike, weights_sha256: str,
-                 settings: dict, input_list: str | os.PathLike, version: str | None):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        *,
+        weights: str | os.PathLike,
+        weights_sha256: str,
+        settings: dict,
+        input_list: str | os.PathLike,
+        version: str | None,
+    ):
         self.folder = Path(folder)
         self.path = self.folder / MANIFEST_NAME
         # Through JSON once, so that it compares equal to what is read back (tuples become lists).
@@ -87,8 +102,10 @@ class FolderManifest:
         existing = self._read()
         if existing is None:
             if holds_files:
-                raise UserError(f"{self.folder} holds outputs but no {MANIFEST_NAME} (an older infer_cam.py's "
-                                f"or the reference's), so which weights made them is unknown; {REMEDY}")
+                raise UserError(
+                    f"{self.folder} holds outputs but no {MANIFEST_NAME} (an older infer_cam.py's "
+                    f"or the reference's), so which weights made them is unknown; {REMEDY}"
+                )
             return
         difference = self._difference(existing)
         if difference:
@@ -113,8 +130,10 @@ class FolderManifest:
         write's temporary file, aside)."""
         try:
             with os.scandir(self.folder) as entries:
-                return any(entry.is_file() and entry.name != MANIFEST_NAME and not entry.name.startswith(".")
-                           for entry in entries)
+                return any(
+                    entry.is_file() and entry.name != MANIFEST_NAME and not entry.name.startswith(".")
+                    for entry in entries
+                )
         except FileNotFoundError:
             return False
 
@@ -133,8 +152,10 @@ class FolderManifest:
         """The first difference that changes the files' contents, as "by X, this run uses Y"."""
         old_sha, new_sha = existing.get("weights_sha256"), self.expected["weights_sha256"]
         if old_sha != new_sha:
-            return (f"by weights {existing.get('weights')} (sha256 {str(old_sha)[:12]}…), this run uses "
-                    f"{self.record['weights']} (sha256 {new_sha[:12]}…)")
+            return (
+                f"by weights {existing.get('weights')} (sha256 {str(old_sha)[:12]}…), this run uses "
+                f"{self.record['weights']} (sha256 {new_sha[:12]}…)"
+            )
         old, new = existing["settings"], self.expected["settings"]
         for key in [*new, *(key for key in old if key not in new)]:
             if old.get(key) != new.get(key):

@@ -6,6 +6,7 @@ Counts arrays are int64 with a last axis of size 3, indexed by TRUE_POSITIVE, PR
 GROUND_TRUTH, over the NUM_CLASSES classes (background first); ignored pixels (IGNORE_INDEX
 in the ground truth) count nowhere. Pure functions: no I/O, no globals.
 """
+
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
@@ -14,9 +15,9 @@ import numpy as np
 
 from tool.constants import IGNORE_INDEX, NUM_CLASSES, NUM_FG_CLASSES
 
-TRUE_POSITIVE, PREDICTED, GROUND_TRUTH = range(3)   # last axis of a counts array
-IOU_EPSILON = 1e-10                                 # SPEC §6: IoU = TP / (T + P - TP + 1e-10)
-LABEL_VALUES = 256                                  # uint8 label images: every possible value
+TRUE_POSITIVE, PREDICTED, GROUND_TRUTH = range(3)  # last axis of a counts array
+IOU_EPSILON = 1e-10  # SPEC §6: IoU = TP / (T + P - TP + 1e-10)
+LABEL_VALUES = 256  # uint8 label images: every possible value
 
 
 class InvalidLabelsError(ValueError):
@@ -32,8 +33,10 @@ def threshold_array(thresholds: Sequence[float]) -> np.ndarray:
 def _check_label_values(histogram: np.ndarray, what: str) -> None:
     stray = np.flatnonzero(histogram[NUM_CLASSES:IGNORE_INDEX]) + NUM_CLASSES
     if stray.size:
-        raise InvalidLabelsError(f"{what} holds label value {stray[0]} ({stray.size} values outside "
-                                 f"0..{NUM_CLASSES - 1} and {IGNORE_INDEX}); it is not a VOC class-index image")
+        raise InvalidLabelsError(
+            f"{what} holds label value {stray[0]} ({stray.size} values outside "
+            f"0..{NUM_CLASSES - 1} and {IGNORE_INDEX}); it is not a VOC class-index image"
+        )
 
 
 def _truth_counts(ground_truth: np.ndarray, likely_labels: Iterable[int]) -> np.ndarray:
@@ -57,7 +60,7 @@ def _best_foreground(candidates: list[tuple[int, np.ndarray]]) -> tuple[np.ndarr
     is a plain int when there is one candidate."""
     score = candidates[0][1]
     for _, values in candidates[1:]:
-        score = np.maximum(score, values)          # NaN propagates: one check below finds any
+        score = np.maximum(score, values)  # NaN propagates: one check below finds any
     if np.isnan(score.max()):
         raise InvalidLabelsError("prediction holds NaN scores; the CAM is broken, re-run inference")
     if len(candidates) == 1:
@@ -68,8 +71,9 @@ def _best_foreground(candidates: list[tuple[int, np.ndarray]]) -> tuple[np.ndarr
     return score, fg_class
 
 
-def threshold_sweep_counts(class_maps: Mapping[int, np.ndarray], ground_truth: np.ndarray,
-                           thresholds: Sequence[float]) -> np.ndarray:
+def threshold_sweep_counts(
+    class_maps: Mapping[int, np.ndarray], ground_truth: np.ndarray, thresholds: Sequence[float]
+) -> np.ndarray:
     """Counts [len(thresholds), NUM_CLASSES, 3] of one CAM against its ground truth at each
     background threshold t, equal to evaluating the reference's argmax prediction once per t.
 
@@ -139,7 +143,7 @@ def label_counts(prediction: np.ndarray, ground_truth: np.ndarray) -> np.ndarray
     confusion = np.bincount(joint, minlength=LABEL_VALUES * LABEL_VALUES).reshape(LABEL_VALUES, LABEL_VALUES)
     _check_label_values(confusion.sum(axis=1), "prediction")
     _check_label_values(confusion.sum(axis=0), "ground truth")
-    counted = confusion[:NUM_CLASSES, :NUM_CLASSES]      # [prediction, ground truth], ignore pixels left out
+    counted = confusion[:NUM_CLASSES, :NUM_CLASSES]  # [prediction, ground truth], ignore pixels left out
     counts = np.empty((NUM_CLASSES, 3), np.int64)
     counts[:, TRUE_POSITIVE] = np.diagonal(counted)
     counts[:, PREDICTED] = counted.sum(axis=1)

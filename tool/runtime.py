@@ -1,4 +1,5 @@
 """Device, precision and process-group decisions, made once per script (STYLE 7)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -10,7 +11,7 @@ import torch.distributed as dist
 
 # Re-exported: the training and inference scripts take them with the device helpers.
 from tool.cores import default_num_workers, usable_cores  # noqa: F401
-from tool.fileio import UserError
+from tool.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -21,21 +22,27 @@ def add_runtime_arguments(parser) -> None:
     The default is the reference's precision: it ran fp32 on Ampere GPUs with torch 1.7, whose
     defaults let cuBLAS and cuDNN use TF32 there. AMP is an opt-in speed switch: its effect on
     the paper's CAM mIoU has not been measured."""
-    parser.add_argument("--device", default=None,
-                        help="cuda, cuda:N or cpu (default: cuda when available, else cpu)")
-    parser.add_argument("--amp", choices=("off", "auto", "bf16", "fp16"), default="off",
-                        help="mixed precision on CUDA (default off: fp32 as the reference; auto: bf16 where "
-                             "the GPU supports it; always off on the CPU)")
-    parser.add_argument("--no_tf32", action="store_true",
-                        help="full-precision fp32 matmuls and convolutions on CUDA; by default TF32 is allowed "
-                             "where the GPU has it, as on the reference's stack")
+    parser.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--amp",
+        choices=("off", "auto", "bf16", "fp16"),
+        default="off",
+        help="mixed precision on CUDA (default off: fp32 as the reference; auto: bf16 where "
+        "the GPU supports it; always off on the CPU)",
+    )
+    parser.add_argument(
+        "--no_tf32",
+        action="store_true",
+        help="full-precision fp32 matmuls and convolutions on CUDA; by default TF32 is allowed "
+        "where the GPU has it, as on the reference's stack",
+    )
 
 
 def set_fp32_precision(allow_tf32: bool) -> None:
     """Let cuBLAS matmuls and cuDNN convolutions use TF32 on GPUs that have it (torch 1.7's
     default, the reference's stack), or forbid it. No effect on the CPU."""
     torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
-    if hasattr(torch.backends.cudnn, "conv"):      # torch >= 2.9; mixing in the old flag is an error there
+    if hasattr(torch.backends.cudnn, "conv"):  # torch >= 2.9; mixing in the old flag is an error there
         torch.backends.cudnn.conv.fp32_precision = "tf32" if allow_tf32 else "ieee"
     else:
         torch.backends.cudnn.allow_tf32 = allow_tf32
@@ -93,14 +100,18 @@ def memory_format_for(device: torch.device) -> torch.memory_format:
 @dataclass(frozen=True)
 class ProcessGroup:
     """This process's place among the `torchrun` processes (rank 0 of 1 without torchrun)."""
+
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
 
     @classmethod
-    def from_env(cls) -> "ProcessGroup":
-        return cls(rank=int(os.environ.get("RANK", "0")), world_size=int(os.environ.get("WORLD_SIZE", "1")),
-                   local_rank=int(os.environ.get("LOCAL_RANK", "0")))
+    def from_env(cls) -> ProcessGroup:
+        return cls(
+            rank=int(os.environ.get("RANK", "0")),
+            world_size=int(os.environ.get("WORLD_SIZE", "1")),
+            local_rank=int(os.environ.get("LOCAL_RANK", "0")),
+        )
 
     @property
     def is_main(self) -> bool:

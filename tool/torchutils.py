@@ -1,16 +1,18 @@
 """The reference's optimiser (SPEC §4): SGD with a per-step poly learning rate, and the
 four parameter groups of SPEC §2 with their lr multipliers."""
+
 from __future__ import annotations
 
-from typing import Any, Iterable, Sequence
+from collections.abc import Iterable, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
-from tool.fileio import UserError
+from tool.errors import UserError
 
-REFERENCE_MOMENTUM = 5e-4   # SPEC §4 quirk: the reference passes its weight decay where SGD expects momentum
-POLY_POWER = 0.9            # SPEC §4: lr_t = lr_0 · (1 - t / T)^0.9
+REFERENCE_MOMENTUM = 5e-4  # SPEC §4 quirk: the reference passes its weight decay where SGD expects momentum
+POLY_POWER = 0.9  # SPEC §4: lr_t = lr_0 · (1 - t / T)^0.9
 
 # SPEC §2: (lr multiplier, weight decay applies) for the groups (pretrained weights,
 # pretrained biases, new-layer weights, new-layer biases) of `get_parameter_groups()`.
@@ -22,8 +24,7 @@ def poly_lr(initial_lr: float, step: int, max_step: int, power: float = POLY_POW
     return initial_lr * (1 - step / max_step) ** power
 
 
-def cpn_param_groups(groups: Sequence[Iterable[nn.Parameter]], lr: float,
-                     weight_decay: float) -> list[dict[str, Any]]:
+def cpn_param_groups(groups: Sequence[Iterable[nn.Parameter]], lr: float, weight_decay: float) -> list[dict[str, Any]]:
     """SGD parameter groups from a network's `get_parameter_groups()` 4-tuple (SPEC §2):
     (lr, wd), (2·lr, 0), (10·lr, wd), (20·lr, 0). An empty group is left out; the others
     keep their own multipliers."""
@@ -32,8 +33,9 @@ def cpn_param_groups(groups: Sequence[Iterable[nn.Parameter]], lr: float,
     for params, (lr_multiplier, decays) in zip(groups, GROUP_SETTINGS):
         params = list(params)
         if params:
-            sgd_groups.append({"params": params, "lr": lr_multiplier * lr,
-                               "weight_decay": weight_decay if decays else 0.0})
+            sgd_groups.append(
+                {"params": params, "lr": lr_multiplier * lr, "weight_decay": weight_decay if decays else 0.0}
+            )
     return sgd_groups
 
 
@@ -44,9 +46,16 @@ class PolyOptimizer(torch.optim.SGD):
     `global_step` and `max_step` travel in `state_dict()`, and each group's initial lr is
     stored in the group ("initial_lr"), so a resumed run continues the same schedule."""
 
-    def __init__(self, params: Iterable[Any], lr: float, max_step: int, *,
-                 momentum: float = REFERENCE_MOMENTUM, weight_decay: float = 0.0,
-                 power: float = POLY_POWER):
+    def __init__(
+        self,
+        params: Iterable[Any],
+        lr: float,
+        max_step: int,
+        *,
+        momentum: float = REFERENCE_MOMENTUM,
+        weight_decay: float = 0.0,
+        power: float = POLY_POWER,
+    ):
         assert max_step >= 1, f"max_step must be positive, got {max_step}"
         super().__init__(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
         self.max_step = max_step
@@ -74,8 +83,10 @@ class PolyOptimizer(torch.optim.SGD):
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         state_dict = dict(state_dict)
         if "global_step" not in state_dict or "max_step" not in state_dict:
-            raise UserError("optimizer state has no global_step/max_step: it was not saved by "
-                            "PolyOptimizer; resume from a checkpoint written by train_cpn.py")
+            raise UserError(
+                "optimizer state has no global_step/max_step: it was not saved by "
+                "PolyOptimizer; resume from a checkpoint written by train_cpn.py"
+            )
         self.global_step = state_dict.pop("global_step")
         self.max_step = state_dict.pop("max_step")
         super().load_state_dict(state_dict)
@@ -94,7 +105,7 @@ def estimate_batchnorm_statistics(model: nn.Module, images: torch.Tensor) -> Non
     norms = [module for module in model.modules() if isinstance(module, nn.modules.batchnorm._BatchNorm)]
     for norm in norms:
         norm.reset_running_stats()
-        norm.momentum = None        # a cumulative average over the batch
+        norm.momentum = None  # a cumulative average over the batch
         norm.train()
     model(images)
     for norm in norms:

@@ -1,6 +1,7 @@
 """Pictures of CAMs for people: heat maps over the image, label maps in the VOC palette,
 and a side-by-side panel of both. Pure functions of arrays returning arrays or PIL
 images; nothing here opens a window (matplotlib is used for its colour map only)."""
+
 from __future__ import annotations
 
 import matplotlib
@@ -9,9 +10,9 @@ from PIL import Image, ImageDraw, ImageFont
 
 from tool.constants import VOC_CLASSES, VOC_PALETTE
 
-HEATMAP_OPACITY = 0.5      # the reference's color_pro blends image and colour map half and half
-TITLE_HEIGHT = 16          # pixels of the strip that holds a tile's title
-TILE_GAP = 4               # pixels between tiles
+HEATMAP_OPACITY = 0.5  # the reference's color_pro blends image and colour map half and half
+TITLE_HEIGHT = 16  # pixels of the strip that holds a tile's title
+TILE_GAP = 4  # pixels between tiles
 _JET = (matplotlib.colormaps["jet"](np.linspace(0.0, 1.0, 256))[:, :3] * 255).round().astype(np.uint8)
 
 
@@ -67,8 +68,9 @@ def _legend(labels: list[int], font: ImageFont.ImageFont) -> Image.Image:
     return strip
 
 
-def cam_panel(image: np.ndarray, cams: dict[int, np.ndarray], label: np.ndarray,
-              label_title: str = "prediction") -> Image.Image:
+def cam_panel(
+    image: np.ndarray, cams: dict[int, np.ndarray], label: np.ndarray, label_title: str = "prediction"
+) -> Image.Image:
     """Side by side: the image, each class's CAM over it, and the label map in the VOC
     palette, each tile titled, with a colour legend of the label map underneath.
 
@@ -76,8 +78,10 @@ def cam_panel(image: np.ndarray, cams: dict[int, np.ndarray], label: np.ndarray,
     label: uint8 H×W class indices (0 = background). Returns a PIL RGB image."""
     font = ImageFont.load_default()
     tiles = [_titled_tile(image, "image", font)]
-    tiles += [_titled_tile(heatmap_overlay(image, cam), _class_name(fg_class + 1), font)
-              for fg_class, cam in sorted(cams.items())]
+    tiles += [
+        _titled_tile(heatmap_overlay(image, cam), _class_name(fg_class + 1), font)
+        for fg_class, cam in sorted(cams.items())
+    ]
     tiles.append(_titled_tile(colorize_label(label), label_title, font))
 
     legend = _legend([int(value) for value in np.unique(label)], font)

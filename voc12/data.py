@@ -5,6 +5,7 @@ Datasets return dicts with named fields (STYLE 4). Every training sample is a pu
 of (seed, epoch, index), so a resumed run, any worker count and any machine see the same
 augmentations.
 """
+
 from __future__ import annotations
 
 import operator
@@ -17,16 +18,17 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from network.resnet38d import Normalize
 from tool.constants import CROP_SIZE, IGNORE_INDEX, INFER_SCALES, NUM_FG_CLASSES, RESIZE_LONG, VOC_CLASSES
-from tool.fileio import UserError, load_npy_dict, read_label_png, read_rgb
-from tool.imutils import PATCH_STRATEGIES, complementary_patch, scale_image, train_transform
+from tool.errors import UserError
+from tool.fileio import load_npy_dict, read_label_png, read_rgb
+from tool.imutils import PATCH_STRATEGIES, Normalize, complementary_patch, scale_image, train_transform
+
 # load_image_list is re-exported: the scripts read lists and build datasets from this one module.
 from voc12.lists import IMAGE_FOLDER, check_voc_root, load_image_list  # noqa: F401
 
 ANNOTATION_FOLDER = "Annotations"
 MAKE_LABELS_HINT = "make one with: python voc12/make_cls_labels.py --voc12_root <VOC2012 folder>"
-FG_CLASS_INDEX = {name: index for index, name in enumerate(VOC_CLASSES[1:])}   # name -> 0..19
+FG_CLASS_INDEX = {name: index for index, name in enumerate(VOC_CLASSES[1:])}  # name -> 0..19
 
 
 class ClsLabels(dict):
@@ -48,8 +50,10 @@ def load_cls_labels(path: str | os.PathLike) -> ClsLabels:
     for name, vector in content.items():
         vector = np.asarray(vector, dtype=np.float32)
         if not isinstance(name, str) or vector.shape != (NUM_FG_CLASSES,):
-            raise UserError(f"{path}: entry {name!r} is not an image name with a {NUM_FG_CLASSES}-class vector "
-                            f"(got shape {vector.shape}); {MAKE_LABELS_HINT}")
+            raise UserError(
+                f"{path}: entry {name!r} is not an image name with a {NUM_FG_CLASSES}-class vector "
+                f"(got shape {vector.shape}); {MAKE_LABELS_HINT}"
+            )
         labels[name] = vector
     return ClsLabels(labels, path)
 
@@ -84,8 +88,10 @@ def cls_labels_from_png(png_dir: str | os.PathLike, names: Sequence[str]) -> dic
         present = np.unique(read_label_png(png_path))
         present = present[(present != 0) & (present != IGNORE_INDEX)]
         if present.size and present.max() > NUM_FG_CLASSES:
-            raise UserError(f"label image {png_path} holds index {present.max()}, not a VOC class "
-                            f"(0..{NUM_FG_CLASSES} or {IGNORE_INDEX})")
+            raise UserError(
+                f"label image {png_path} holds index {present.max()}, not a VOC class "
+                f"(0..{NUM_FG_CLASSES} or {IGNORE_INDEX})"
+            )
         label = np.zeros(NUM_FG_CLASSES, np.float32)
         label[present.astype(np.int64) - 1] = 1.0
         labels[name] = label
@@ -105,8 +111,10 @@ def _labels_of(names: Sequence[str], cls_labels: Mapping[str, np.ndarray] | str 
     missing = [name for name in names if name not in cls_labels]
     if missing:
         more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"image {missing[0]}{more} of the list has no class label in {source}; "
-                        f"regenerate the labels for this dataset ({MAKE_LABELS_HINT}) or fix the list")
+        raise UserError(
+            f"image {missing[0]}{more} of the list has no class label in {source}; "
+            f"regenerate the labels for this dataset ({MAKE_LABELS_HINT}) or fix the list"
+        )
     return [np.asarray(cls_labels[name], dtype=np.float32) for name in names]
 
 
@@ -121,8 +129,12 @@ def _image_paths(voc_root: Path, names: Sequence[str]) -> list[Path]:
 
 
 class _VocDataset(Dataset):
-    def __init__(self, voc_root: str | os.PathLike, names: Sequence[str],
-                 cls_labels: Mapping[str, np.ndarray] | str | os.PathLike):
+    def __init__(
+        self,
+        voc_root: str | os.PathLike,
+        names: Sequence[str],
+        cls_labels: Mapping[str, np.ndarray] | str | os.PathLike,
+    ):
         self.voc_root = check_voc_root(voc_root)
         self.names = list(names)
         self.labels = _labels_of(self.names, cls_labels)
@@ -144,9 +156,16 @@ class TrainDataset(_VocDataset):
     `dataset[index]` is epoch 0; `dataset[epoch, index]` gives that epoch's augmentation.
     """
 
-    def __init__(self, voc_root: str | os.PathLike, names: Sequence[str],
-                 cls_labels: Mapping[str, np.ndarray] | str | os.PathLike, crop_size: int = CROP_SIZE,
-                 resize_long: tuple[int, int] = RESIZE_LONG, patch_strategy: str = "superpixel", seed: int = 0):
+    def __init__(
+        self,
+        voc_root: str | os.PathLike,
+        names: Sequence[str],
+        cls_labels: Mapping[str, np.ndarray] | str | os.PathLike,
+        crop_size: int = CROP_SIZE,
+        resize_long: tuple[int, int] = RESIZE_LONG,
+        patch_strategy: str = "superpixel",
+        seed: int = 0,
+    ):
         if patch_strategy not in PATCH_STRATEGIES:
             raise UserError(f"unknown patch strategy {patch_strategy!r}; choose one of {', '.join(PATCH_STRATEGIES)}")
         super().__init__(voc_root, names, cls_labels)
@@ -169,7 +188,8 @@ class TrainDataset(_VocDataset):
         img = self.augmented_image(epoch, index)
         # The patches draw only from this numpy generator, so they are seeded apart from torch.
         img_kept, img_hidden, kept_fraction, hidden_fraction = complementary_patch(
-            img, self.patch_strategy, np.random.default_rng(sample_seed(self.seed, epoch, index)))
+            img, self.patch_strategy, np.random.default_rng(sample_seed(self.seed, epoch, index))
+        )
         return {
             "name": self.names[index],
             "img": img,
@@ -184,9 +204,13 @@ class TrainDataset(_VocDataset):
 class InferDataset(_VocDataset):
     """SPEC §5: each scale of the original image, normalised, with its horizontal flip."""
 
-    def __init__(self, voc_root: str | os.PathLike, names: Sequence[str],
-                 cls_labels: Mapping[str, np.ndarray] | str | os.PathLike,
-                 scales: Sequence[float] = INFER_SCALES):
+    def __init__(
+        self,
+        voc_root: str | os.PathLike,
+        names: Sequence[str],
+        cls_labels: Mapping[str, np.ndarray] | str | os.PathLike,
+        scales: Sequence[float] = INFER_SCALES,
+    ):
         super().__init__(voc_root, names, cls_labels)
         self.scales = tuple(scales)
         self.normalize = Normalize()

@@ -1,15 +1,16 @@
 """VOC2012 image lists and folder names, without torch: evaluation_cam.py (a numpy job) reads
 lists from here, voc12/data.py builds its datasets on them (STYLE: imports only go down)."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path, PurePosixPath
 
-from tool.fileio import UserError
+from tool.errors import UserError
 
 IMAGE_FOLDER = "JPEGImages"
-SEGMENTATION_FOLDER = "SegmentationClass"       # SPEC §6: the ground truth CAMs are scored against
-AUG_FOLDER = "SegmentationClassAug"             # SBD's coarser masks, for the train_aug class labels
+SEGMENTATION_FOLDER = "SegmentationClass"  # SPEC §6: the ground truth CAMs are scored against
+AUG_FOLDER = "SegmentationClassAug"  # SBD's coarser masks, for the train_aug class labels
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 

@@ -8,6 +8,7 @@ Annotations XML, as the reference made its cls_labels.npy: every object counts, 
 ones included. train_aug = (aug ∪ train) − val. Lists are sorted, one image name per line
 (the ImageSets form; voc12.data.load_image_list also reads the reference's path form).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -17,14 +18,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run as a plain script
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plain script
 
 from tool.constants import SBD_AUG_LABELS, VOC_TRAIN_AUG_IMAGES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
-from tool.fileio import atomic_path, run_main, save_npy
+from tool.errors import run_main
+from tool.fileio import atomic_path, save_npy
 from voc12.data import cls_labels_from_xml
 from voc12.lists import AUG_FOLDER, check_voc_root, load_image_list
 
-REFERENCE_BATCH, REFERENCE_EPOCHS = 4, 8    # SPEC §4: the schedule a list's size turns into steps
+REFERENCE_BATCH, REFERENCE_EPOCHS = 4, 8  # SPEC §4: the schedule a list's size turns into steps
 
 
 def train_aug_warning(splits: dict[str, list[str]], aug_labels: int | None) -> str | None:
@@ -41,14 +43,16 @@ def train_aug_warning(splits: dict[str, list[str]], aug_labels: int | None) -> s
         cause = f"{AUG_FOLDER} holds {aug_labels:,} PNGs, the usual download {SBD_AUG_LABELS:,}"
     steps = num_train_aug // REFERENCE_BATCH * REFERENCE_EPOCHS
     paper_steps = VOC_TRAIN_AUG_IMAGES // REFERENCE_BATCH * REFERENCE_EPOCHS
-    return (f"train_aug has {num_train_aug:,} images, not the paper's {VOC_TRAIN_AUG_IMAGES:,}: {cause}; "
-            f"the reference schedule on it is {steps:,} steps instead of {paper_steps:,}")
+    return (
+        f"train_aug has {num_train_aug:,} images, not the paper's {VOC_TRAIN_AUG_IMAGES:,}: {cause}; "
+        f"the reference schedule on it is {steps:,} steps instead of {paper_steps:,}"
+    )
 
 
 @dataclass(frozen=True)
 class WrittenLists:
-    paths: dict[str, Path]          # keyed "cls_labels", "train", "val", "train_aug"
-    warning: str | None             # train_aug_warning's line
+    paths: dict[str, Path]  # keyed "cls_labels", "train", "val", "train_aug"
+    warning: str | None  # train_aug_warning's line
 
 
 def make_cls_labels(voc12_root: str | os.PathLike, out_dir: str | os.PathLike = "voc12") -> WrittenLists:
@@ -72,8 +76,9 @@ def make_cls_labels(voc12_root: str | os.PathLike, out_dir: str | os.PathLike = 
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description="Write cls_labels.npy and train/val/train_aug lists "
-                                                 "from a VOC2012 folder.")
+    parser = argparse.ArgumentParser(
+        description="Write cls_labels.npy and train/val/train_aug lists from a VOC2012 folder."
+    )
     parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages, Annotations)")
     parser.add_argument("--out_dir", default="voc12", help="where to write the four files (default: voc12)")
     return parser.parse_args(argv)

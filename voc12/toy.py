@@ -10,29 +10,31 @@ has its own shape, hue and texture, so a network learns them in a few hundred st
 
 The same seed gives byte-identical files (each image draws from its own seeded generator).
 """
+
 from __future__ import annotations
 
 import argparse
 import os
 import xml.etree.ElementTree as ET
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
 from tool.constants import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
-from tool.fileio import atomic_path, run_main, save_jpeg, save_png
+from tool.errors import run_main
+from tool.fileio import atomic_path, save_jpeg, save_png
 
-IMAGE_SIDE_RANGE = (48, 160)       # some sides are below a 64-px training crop on purpose
+IMAGE_SIDE_RANGE = (48, 160)  # some sides are below a 64-px training crop on purpose
 MAX_OBJECTS = 3
 PLACEMENT_TRIES = 60
-MIN_OBJECT_SIDE = 18               # keeps an interior after the 255 border is drawn
+MIN_OBJECT_SIDE = 18  # keeps an interior after the 255 border is drawn
 
 
 def _ellipse(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    return u ** 2 + v ** 2 <= 1.0
+    return u**2 + v**2 <= 1.0
 
 
 def _box(u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -53,7 +55,7 @@ def _cross(u: np.ndarray, v: np.ndarray) -> np.ndarray:
 
 
 def _ring(u: np.ndarray, v: np.ndarray) -> np.ndarray:
-    radius_squared = u ** 2 + v ** 2
+    radius_squared = u**2 + v**2
     return (radius_squared <= 1.0) & (radius_squared >= 0.3)
 
 
@@ -83,10 +85,10 @@ def _flat(y: np.ndarray, x: np.ndarray) -> np.ndarray:
 
 @dataclass(frozen=True)
 class ToyClass:
-    name: str                                                   # a VOC class name
-    shape: Callable[[np.ndarray, np.ndarray], np.ndarray]       # (u, v) in [-1, 1]² -> inside?
+    name: str  # a VOC class name
+    shape: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (u, v) in [-1, 1]² -> inside?
     rgb: tuple[int, int, int]
-    texture: Callable[[np.ndarray, np.ndarray], np.ndarray]     # (y, x) -> 0 or 1
+    texture: Callable[[np.ndarray, np.ndarray], np.ndarray]  # (y, x) -> 0 or 1
 
 
 # Six hues 60° apart, each with its own shape and texture.
@@ -103,7 +105,7 @@ TOY_CLASSES = (
 @dataclass(frozen=True)
 class ToyObject:
     toy_class: ToyClass
-    mask: np.ndarray        # bool H×W
+    mask: np.ndarray  # bool H×W
 
 
 def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
@@ -135,8 +137,10 @@ def _place_objects(rng: np.random.Generator, height: int, width: int) -> list[To
             top = int(rng.integers(1, height - box_height))
             left = int(rng.integers(1, width - box_width))
             box = (top, left, top + box_height, left + box_width)
-            if all(box[2] + 2 <= other[0] or other[2] + 2 <= box[0] or
-                   box[3] + 2 <= other[1] or other[3] + 2 <= box[1] for other in boxes):
+            if all(
+                box[2] + 2 <= other[0] or other[2] + 2 <= box[0] or box[3] + 2 <= other[1] or other[3] + 2 <= box[1]
+                for other in boxes
+            ):
                 break
         else:
             continue
@@ -152,8 +156,12 @@ def _label_border(label: np.ndarray) -> np.ndarray:
     """Pixels with a differently labelled 4-neighbour: VOC marks object borders as void (255)."""
     padded = np.pad(label, 1, mode="edge")
     center = padded[1:-1, 1:-1]
-    return ((padded[:-2, 1:-1] != center) | (padded[2:, 1:-1] != center) |
-            (padded[1:-1, :-2] != center) | (padded[1:-1, 2:] != center))
+    return (
+        (padded[:-2, 1:-1] != center)
+        | (padded[2:, 1:-1] != center)
+        | (padded[1:-1, :-2] != center)
+        | (padded[1:-1, 2:] != center)
+    )
 
 
 def _render(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[ToyObject]]:
@@ -220,8 +228,9 @@ def make_toy_voc(root: str | os.PathLike, num_train: int = 48, num_val: int = 16
         _write_bytes(root / "Annotations" / f"{name}.xml", _annotation_xml(name, *label.shape, objects))
     splits = {"train": names[:num_train], "val": names[num_train:]}
     for split, split_names in splits.items():
-        _write_bytes(root / "ImageSets" / "Segmentation" / f"{split}.txt",
-                     "".join(f"{name}\n" for name in split_names).encode())
+        _write_bytes(
+            root / "ImageSets" / "Segmentation" / f"{split}.txt", "".join(f"{name}\n" for name in split_names).encode()
+        )
     return root
 
 
@@ -240,9 +249,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     root = make_toy_voc(args.out_dir, args.num_train, args.num_val, args.seed)
-    print(f"wrote a toy VOC2012 set to {root}: {args.num_train} train + {args.num_val} val images "
-          f"(JPEGImages, SegmentationClass, Annotations, ImageSets/Segmentation/{{train,val}}.txt), "
-          f"classes: {', '.join(toy_class.name for toy_class in TOY_CLASSES)}")
+    print(
+        f"wrote a toy VOC2012 set to {root}: {args.num_train} train + {args.num_val} val images "
+        f"(JPEGImages, SegmentationClass, Annotations, ImageSets/Segmentation/{{train,val}}.txt), "
+        f"classes: {', '.join(toy_class.name for toy_class in TOY_CLASSES)}"
+    )
 
 
 if __name__ == "__main__":
