@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from tool.constants import NUM_FG_CLASSES, SWEEP_THRESHOLDS, VOC_CLASSES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
 from tool.cores import default_num_workers
-from tool.errors import UserError, run_main
+from tool.errors import UserError, and_more, run_main
 from tool.fileio import atomic_path, load_npy_dict, read_label_png
 from tool.metrics import (
     InvalidLabelsError,
@@ -201,10 +201,10 @@ def check_files(names: list[str], folder: Path, suffix: str, what: str, hint: st
     missing = [name for name in names if name + suffix not in present]
     if not missing:
         return None
-    shown = ", ".join(missing[:MISSING_SHOWN]) + (
-        f" and {len(missing) - MISSING_SHOWN} more" if len(missing) > MISSING_SHOWN else ""
+    return (
+        f"{len(missing)} of {len(names)} listed images have no {what} {folder}/<name>{suffix}: "
+        f"{and_more(missing, MISSING_SHOWN)}"
     )
-    return f"{len(missing)} of {len(names)} listed images have no {what} {folder}/<name>{suffix}: {shown}"
 
 
 def read_class_maps(path: Path) -> dict[int, np.ndarray]:

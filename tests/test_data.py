@@ -154,6 +154,12 @@ def test_make_cls_labels_with_augmented_set(tmp_path):
     assert sorted(load_cls_labels(paths["cls_labels"])) == names
 
 
+def test_unknown_patch_strategy_is_a_user_error(toy_voc, toy_lists):
+    names = load_image_list(toy_lists["train"])[:2]
+    with pytest.raises(UserError, match="unknown patch strategy 'pixel'; choose one of superpixel, grid"):
+        TrainDataset(toy_voc, names, toy_lists["cls_labels"], patch_strategy="pixel")
+
+
 def official_splits(num_train_aug: int) -> dict[str, list[str]]:
     return {
         "train": [f"t{index}" for index in range(VOC_TRAIN_IMAGES)],

@@ -391,7 +391,7 @@ def test_missing_files_are_listed_and_exit_nonzero(dataset):
     assert completed.returncode != 0
     error = completed.stderr.strip().splitlines()[-1]
     assert error.startswith("error: 7 of 12 listed images have no prediction")
-    assert "gone_0, gone_1, gone_2, gone_3, gone_4 and 2 more" in error
+    assert "gone_0, gone_1, gone_2, gone_3, gone_4 (and 2 more)" in error
     assert "8 of 12 listed images have no ground truth" in error and NAMES[0] in error
     assert "Traceback" not in completed.stderr
 

@@ -8,7 +8,6 @@ import torch
 from PIL import Image
 
 from tool import imutils
-from tool.errors import UserError
 
 
 def _normalised_image(height, width, seed=0):
@@ -52,11 +51,6 @@ def test_rng_makes_pair_deterministic(strategy, size):
     assert torch.equal(first[0], again[0]) and first[2:] == again[2:]
     others = [imutils.complementary_patch(img, strategy, np.random.default_rng(seed))[0] for seed in range(8, 14)]
     assert any(not torch.equal(first[0], other) for other in others)
-
-
-def test_unknown_strategy_is_a_user_error():
-    with pytest.raises(UserError, match="superpixel"):
-        imutils.complementary_patch(torch.ones(3, 8, 8), "pixel", np.random.default_rng(0))
 
 
 def test_every_superpixel_is_all_kept_or_all_hidden():

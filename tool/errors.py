@@ -6,7 +6,14 @@ front of the message), and Ctrl-C into one line and exit 130."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+
+
+def and_more(items: Sequence, shown: int = 1) -> str:
+    """The first `shown` items and a count of the rest, for messages about many files or names:
+    "a (and 3 more)", "a, b, c (and 2 more)"."""
+    listed = ", ".join(str(item) for item in items[:shown])
+    return listed + (f" (and {len(items) - shown} more)" if len(items) > shown else "")
 
 
 class UserError(Exception):

@@ -15,7 +15,6 @@ from skimage.segmentation import slic
 from torchvision import transforms
 
 from tool.constants import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, RESIZE_LONG
-from tool.errors import UserError
 
 # SPEC §3: torchvision's own transforms, as the reference composes them.
 _horizontal_flip = transforms.RandomHorizontalFlip()
@@ -156,10 +155,7 @@ def complementary_patch(
 ) -> tuple[torch.Tensor, torch.Tensor, float, float]:
     """The complementary patch pair of a normalised, cropped C×H×W float tensor
     (SPEC §3): (img_kept, img_hidden, kept_fraction, hidden_fraction)."""
-    if strategy not in PATCH_STRATEGIES:
-        raise UserError(
-            f"unknown complementary patch strategy {strategy!r}; choose one of {', '.join(PATCH_STRATEGIES)}"
-        )
+    assert strategy in PATCH_STRATEGIES, strategy  # checked where the user's value enters: TrainDataset
     rng = np.random.default_rng() if rng is None else rng
     if strategy == "superpixel":
         kept_mask = hide_superpixels(superpixel_labels(img.permute(1, 2, 0).numpy()), rng)

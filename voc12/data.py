@@ -19,7 +19,7 @@ import torch
 from torch.utils.data import Dataset
 
 from tool.constants import CROP_SIZE, IGNORE_INDEX, INFER_SCALES, NUM_FG_CLASSES, RESIZE_LONG, VOC_CLASSES
-from tool.errors import UserError
+from tool.errors import UserError, and_more
 from tool.fileio import load_npy_dict, read_label_png, read_rgb
 from tool.imutils import PATCH_STRATEGIES, Normalize, complementary_patch, scale_image, train_transform
 
@@ -110,9 +110,8 @@ def _labels_of(names: Sequence[str], cls_labels: Mapping[str, np.ndarray] | str 
     source = f"class-label file {cls_labels.path}" if isinstance(cls_labels, ClsLabels) else "the class labels given"
     missing = [name for name in names if name not in cls_labels]
     if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
         raise UserError(
-            f"image {missing[0]}{more} of the list has no class label in {source}; "
+            f"image {and_more(missing)} of the list has no class label in {source}; "
             f"regenerate the labels for this dataset ({MAKE_LABELS_HINT}) or fix the list"
         )
     return [np.asarray(cls_labels[name], dtype=np.float32) for name in names]
@@ -123,8 +122,7 @@ def _image_paths(voc_root: Path, names: Sequence[str]) -> list[Path]:
     paths = [voc_root / IMAGE_FOLDER / f"{name}.jpg" for name in names]
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
-        raise UserError(f"image not found: {missing[0]}{more}; the list does not match {voc_root}")
+        raise UserError(f"image not found: {and_more(missing)}; the list does not match {voc_root}")
     return paths
 
 
