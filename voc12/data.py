@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from tool.constants import CROP_SIZE, IGNORE_INDEX, INFER_SCALES, NUM_FG_CLASSES, RESIZE_LONG, VOC_CLASSES
+from tool.constants import CROP_SIZE, INFER_SCALES, NUM_FG_CLASSES, RESIZE_LONG, VOC_CLASSES
 from tool.errors import UserError, and_more
-from tool.fileio import load_npy_dict, read_label_png, read_rgb
+from tool.fileio import load_npy_dict, read_rgb
 from tool.imutils import PATCH_STRATEGIES, Normalize, complementary_patch, scale_image, train_transform
 
 # load_image_list is re-exported: the scripts read lists and build datasets from this one module.
@@ -78,24 +78,6 @@ def cls_label_from_xml(xml_path: Path) -> np.ndarray:
 def cls_labels_from_xml(voc_root: str | os.PathLike, names: Sequence[str]) -> dict[str, np.ndarray]:
     annotation_dir = Path(voc_root) / ANNOTATION_FOLDER
     return {name: cls_label_from_xml(annotation_dir / f"{name}.xml") for name in names}
-
-
-def cls_labels_from_png(png_dir: str | os.PathLike, names: Sequence[str]) -> dict[str, np.ndarray]:
-    """Multi-hot float32[20] of the classes present in each segmentation PNG (0 and 255 excluded)."""
-    labels = {}
-    for name in names:
-        png_path = Path(png_dir) / f"{name}.png"
-        present = np.unique(read_label_png(png_path))
-        present = present[(present != 0) & (present != IGNORE_INDEX)]
-        if present.size and present.max() > NUM_FG_CLASSES:
-            raise UserError(
-                f"label image {png_path} holds index {present.max()}, not a VOC class "
-                f"(0..{NUM_FG_CLASSES} or {IGNORE_INDEX})"
-            )
-        label = np.zeros(NUM_FG_CLASSES, np.float32)
-        label[present.astype(np.int64) - 1] = 1.0
-        labels[name] = label
-    return labels
 
 
 def sample_seed(seed: int, epoch: int, index: int) -> int:
