@@ -1,26 +1,30 @@
-"""Load weights into a network: the one function every script uses.
+"""Load weights into a network: the one function every script uses; and write IRNet's weights for IRN.
 
 Accepts a `.pth` state dict (plain, wrapped in {"state_dict": ...} or {"model": ...}, with or
 without DataParallel's "module." prefix) or an MXNet `.params` file (SPEC §1). Checkpoints are
-read with `weights_only=True`, so a file never runs code. The ResNet-38 backbone must be
-complete and every shape must match; head layers the file lacks (an ImageNet file) start
-from their initialisation and are reported."""
+read with `weights_only=True`, so a file never runs code. The backbone must be complete and every
+shape must match; head layers the file lacks (an ImageNet file) start from their initialisation
+and are reported. What a file may name a tensor depends on the model (`CheckpointLayout`): the
+ResNet-38 nets read their own names; IRNet (SPEC-IRN §1-2) reads its own, torchvision's ResNet-50
+(`fc.*` ignored) and IRN's `res50_irn.pth`, which holds each tensor under several names."""
 
 from __future__ import annotations
 
 import os
 import pickle
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from torch import nn
 
+from network import resnet50_irn
 from network.mxnet_params import LIST_MAGIC, convert_mxnet_to_torch
 from tool.constants import NUM_CLASSES, NUM_FG_CLASSES
 from tool.errors import UserError
+from tool.fileio import atomic_path
 
 # SPEC §1: the backbone's top-level layers, conv1a, b2 ... b7 (with their b4_3-style followers), bn7.
 BACKBONE_KEY = re.compile(r"(?:conv1a|bn7|b[2-7](?:_[1-9][0-9]*)?)\.")
@@ -31,6 +35,27 @@ OPTIONAL_SUFFIX = ".num_batches_tracked"
 # Keys that trainers wrap around a whole state dict: nn.DataParallel / DistributedDataParallel, torch.compile.
 WRAPPER_PREFIXES = ("module.", "_orig_mod.")
 WRAPPER_KEYS = ("state_dict", "model")
+
+
+@dataclass(frozen=True)
+class CheckpointLayout:
+    """How the weights files of one family of networks name the model's tensors."""
+
+    description: str  # what such a file is, for "not a ... checkpoint"
+    backbone_key: re.Pattern  # model keys every file must supply
+    checkpoint_names: Callable[[str], tuple[str, ...]]  # the names a model key may have in a file, preferred first
+
+
+RESNET38_LAYOUT = CheckpointLayout("ResNet-38", BACKBONE_KEY, lambda key: (key,))
+RESNET50_IRN_LAYOUT = CheckpointLayout(
+    "ResNet-50 (torchvision's resnet50 or IRN's res50_irn.pth)",
+    re.compile(r"resnet50\."),
+    resnet50_irn.checkpoint_names,
+)
+
+
+def checkpoint_layout(model: nn.Module) -> CheckpointLayout:
+    return RESNET50_IRN_LAYOUT if isinstance(model, resnet50_irn.Net) else RESNET38_LAYOUT
 
 
 @dataclass(frozen=True)
@@ -61,36 +86,44 @@ def _layer_names(keys: list[str]) -> list[str]:
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> WeightsReport:
     """Copy the tensors of `path` into `model` (see the module docstring); UserError when the
-    file is missing, corrupt, not a ResNet-38 checkpoint, or made for another head."""
+    file is missing, corrupt, not a checkpoint of the model's backbone, or made for another head."""
     path = Path(path)
+    layout = checkpoint_layout(model)
     file_state = read_state_dict(path)
     model_state = model.state_dict()
-    matched = {key: value for key, value in file_state.items() if key in model_state}
-    missing = [key for key in model_state if key not in matched and not key.endswith(OPTIONAL_SUFFIX)]
-    missing_backbone = [key for key in missing if BACKBONE_KEY.match(key)]
+    file_names = {key: layout.checkpoint_names(key) for key in model_state}
+    sources = {}  # {model key: its name in the file}, for the keys the file supplies
+    for key, names in file_names.items():
+        name = next((name for name in names if name in file_state), None)
+        if name is not None:
+            sources[key] = name
+    missing = [key for key in model_state if key not in sources and not key.endswith(OPTIONAL_SUFFIX)]
+    missing_backbone = [key for key in missing if layout.backbone_key.match(key)]
     if missing_backbone:
         examples = ", ".join(missing_backbone[:3])
         raise UserError(
             f"weights file {path} is missing {len(missing_backbone)} backbone tensors, e.g. "
-            f"{examples}: not a ResNet-38 checkpoint"
+            f"{examples}: not a {layout.description} checkpoint"
         )
-    mismatched = [key for key, value in matched.items() if value.shape != model_state[key].shape]
+    mismatched = [key for key, name in sources.items() if file_state[name].shape != model_state[key].shape]
     if mismatched:
-        key = mismatched[0]
+        name, expected = sources[mismatched[0]], model_state[mismatched[0]]
         more = f" (and {len(mismatched) - 1} more mismatches)" if len(mismatched) > 1 else ""
         raise UserError(
-            f"weights file {path}: {key} has shape {tuple(matched[key].shape)} but the model "
-            f"expects {tuple(model_state[key].shape)}{more}"
-            f"{_head_hint(key, matched[key], model_state[key])}"
+            f"weights file {path}: {name} has shape {tuple(file_state[name].shape)} but the model "
+            f"expects {tuple(expected.shape)}{more}"
+            f"{_head_hint(name, file_state[name], expected)}"
         )
+    matched = {key: file_state[name] for key, name in sources.items()}
     # Every model key is supplied (file tensor, or the model's own for the rest), so the
     # load itself is strict.
     model.load_state_dict({**model_state, **matched}, strict=True)
+    claimed = {name for names in file_names.values() for name in names}
     return WeightsReport(
         path=path,
         loaded=list(matched),
         from_scratch=missing,
-        unexpected=[key for key in file_state if key not in model_state],
+        unexpected=[key for key in file_state if key not in claimed],
     )
 
 
@@ -164,3 +197,10 @@ def _unwrap(loaded: object, path: Path) -> dict[str, torch.Tensor]:
     ):
         state_dict = {key.removeprefix(prefix): value for key, value in state_dict.items()}
     return state_dict
+
+
+def save_irn_weights(model: resnet50_irn.Net, path: str | os.PathLike) -> None:
+    """Write `model` atomically as IRN's own file (`resnet50_irn.irn_state_dict`): IRN's
+    step/make_sem_seg_labels.py loads it into its `EdgeDisplacement` (SPEC-IRN §9), and so does `load_weights`."""
+    with atomic_path(path) as tmp_path:
+        torch.save(resnet50_irn.irn_state_dict(model), tmp_path)
