@@ -2,8 +2,8 @@
 superpixel strategy split into SLIC and masking, and the reference's per-pixel Python
 masking loop timed on a few samples for comparison.
 
-    python bench/complementary_patch.py
-    python bench/complementary_patch.py --samples 10 --reference-samples 2
+    python -m bench.complementary_patch
+    python -m bench.complementary_patch --samples 10 --reference-samples 2
 
 One torch thread, as in a DataLoader worker. The inputs are training crops
 (`train_transform`) of the photographs bundled with scikit-image.
@@ -15,28 +15,21 @@ from __future__ import annotations
 import argparse
 import datetime
 import statistics
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
-from skimage import data
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.results import cpu_name, publish  # noqa: E402
-from tool import imutils  # noqa: E402
-from tool.constants import CROP_SIZE  # noqa: E402
-
-SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
+from bench.photos import SAMPLE_PHOTOS, sample_photos
+from bench.results import cpu_name, publish
+from tool import imutils
+from tool.constants import CROP_SIZE
 
 
 def training_crops(count: int) -> list[torch.Tensor]:
     """Training crops (3×448×448, normalised, `train_transform`) of scikit-image's bundled
     photographs: real images, so SLIC meets real boundaries and texture."""
-    photos = [Image.fromarray(getattr(data, name)()).convert("RGB") for name in SAMPLE_PHOTOS]
+    photos = sample_photos()
     torch.manual_seed(0)
     return [imutils.train_transform(photos[index % len(photos)]) for index in range(count)]
 

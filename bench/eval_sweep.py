@@ -2,8 +2,8 @@
 per-threshold loop (every file re-read and re-argmaxed for each of the 40 thresholds), and
 against plain file loading.
 
-    python bench/eval_sweep.py                        # 1,464 VOC-train-sized synthetic CAMs
-    python bench/eval_sweep.py --images 200 --naive_images 20
+    python -m bench.eval_sweep                        # 1,464 VOC-train-sized synthetic CAMs
+    python -m bench.eval_sweep --images 200 --naive_images 20
 
 Synthetic predictions (~500×375 CAM dicts of 1–3 classes with VOC-like ground truth PNGs) are
 generated once into --data_dir and reused. The naive loop runs on a subset of images and
@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -25,14 +24,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.results import RESULTS_PATH, cpu_name, publish  # noqa: E402
-from evaluation_cam import count_all, evaluate_image, read_class_maps  # noqa: E402
-from tool.constants import IGNORE_INDEX, NUM_CLASSES, SWEEP_THRESHOLDS, VOC_PALETTE, VOC_TRAIN_IMAGES  # noqa: E402
-from tool.cores import usable_cores  # noqa: E402
-from tool.fileio import read_label_png, save_npy, save_png  # noqa: E402
-from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE, accumulate_counts  # noqa: E402
+from bench.results import RESULTS_PATH, cpu_name, publish
+from evaluation_cam import count_all, evaluate_image, read_class_maps
+from tool.constants import IGNORE_INDEX, NUM_CLASSES, SWEEP_THRESHOLDS, VOC_PALETTE, VOC_TRAIN_IMAGES
+from tool.cores import usable_cores
+from tool.fileio import read_label_png, save_npy, save_png
+from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE, accumulate_counts
 
 IMAGE_SIZES = ((375, 500), (500, 375), (333, 500), (500, 500))  # (H, W), VOC's most common
 SIZE_WEIGHTS = (0.6, 0.25, 0.1, 0.05)

@@ -1,18 +1,20 @@
-"""CAM inference throughput (SPEC §5): the 8-input multi-scale CAM of one image, fp32 against AMP,
-and the whole infer_cam.py run (loader workers, output writers) on synthetic VOC-sized images.
+"""CAM inference throughput (SPEC §5): the 8-input multi-scale CAM of one image (tool/cam.py's
+present_class_cams, as infer_cam.py calls it), fp32 against AMP, and the whole infer_cam.py run
+(loader workers, output writers) on synthetic VOC-sized images.
 
-    python bench/infer.py                        # GPU: 500×375, 30 images per setting, e2e on 300 images
-    python bench/infer.py --device cpu           # CPU: 125×94 (a quarter of VOC's sides), 2 images, no e2e
+    python -m bench.infer                        # GPU: 500×375, 30 images per setting, e2e on 300 images
+    python -m bench.infer --device cpu           # CPU: 125×94 (a quarter of VOC's sides), 2 images, no e2e
+    python -m bench.infer --device cpu --size 32 48 --images 1   # a smoke run
 
-Prints one table and appends it, with the device name, to bench/RESULTS.md. A random-init CPN
-stands in for trained weights (the cost does not depend on the weights).
+Run from the repository root. Prints one table and appends it, with the device name, to
+bench/RESULTS.md. A random-init CPN stands in for trained weights (the cost does not depend on the
+weights); the image is random noise, read by infer_cam.py's dataset.
 """
 
 from __future__ import annotations
 
 import argparse
 import datetime
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -21,31 +23,33 @@ import numpy as np
 import torch
 from PIL import Image
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-import infer_cam  # noqa: E402
-from bench.results import cpu_name, publish  # noqa: E402
-from bench.train_step import make_images  # noqa: E402
-from network import build_network  # noqa: E402
-from tool.constants import INFER_SCALES, VOC_TRAIN_IMAGES  # noqa: E402
-from tool.imutils import Normalize, scale_image  # noqa: E402
-from tool.runtime import memory_format_for, resolve_amp, resolve_device  # noqa: E402
+import infer_cam
+from bench.results import cpu_name, publish
+from bench.train_step import make_images
+from network import build_network
+from tool.cam import present_class_cams
+from tool.constants import INFER_SCALES, NUM_FG_CLASSES, VOC_TRAIN_IMAGES
+from tool.runtime import memory_format_for, resolve_amp, resolve_device
+from voc12.data import InferDataset
 
 CLASSES_PER_IMAGE = 2  # maps copied back per image (VOC averages about 1.5 classes)
 
 
-def make_inputs(height: int, width: int, scales, pin: bool) -> list[torch.Tensor]:
-    """The loader's inputs for one random image: per scale the image and its flip, 2×3×h×w."""
+def make_sample(height: int, width: int, scales, pin: bool) -> dict:
+    """infer_cam.py's loader sample of one random image with CLASSES_PER_IMAGE classes: per scale
+    the image and its flip, 2×3×h×w (pinned for the GPU, as the loader does)."""
     rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
-    normalize = Normalize()
-    inputs = []
-    for scale in scales:
-        scaled = normalize(np.asarray(scale_image(image, scale)))
-        chw = torch.from_numpy(np.ascontiguousarray(scaled.transpose(2, 0, 1)))
-        pair = torch.stack([chw, chw.flip(-1)])
-        inputs.append(pair.pin_memory() if pin else pair)
-    return inputs
+    label = np.zeros(NUM_FG_CLASSES, np.float32)
+    label[:CLASSES_PER_IMAGE] = 1
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp) / "VOC2012"
+        (root / "JPEGImages").mkdir(parents=True)
+        noise = Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
+        noise.save(root / "JPEGImages" / "noise.jpg", quality=95)
+        sample = InferDataset(root, ["noise"], {"noise": label}, scales=scales)[0]
+    if pin:
+        sample["inputs"] = [pair.pin_memory() for pair in sample["inputs"]]
+    return sample
 
 
 def synchronize(device: torch.device) -> None:
@@ -53,21 +57,18 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_multiscale_cam(model, inputs, size, device, amp_dtype, images: int, warmup: int) -> list[float]:
+def time_present_class_cams(model, sample: dict, device, amp_dtype, images: int, warmup: int) -> list[float]:
     """Seconds per image, inputs copied in and the present classes' maps copied out each time."""
-    label = torch.zeros(20)
-    label[:CLASSES_PER_IMAGE] = 1
-    keys = torch.arange(CLASSES_PER_IMAGE, device=device)
+    size = sample["image"].shape[:2]
     memory_format = memory_format_for(device)
     latencies = []
     with torch.inference_mode():
         for index in range(warmup + images):
             synchronize(device)
             started = time.perf_counter()
-            (cams,) = infer_cam.multiscale_cam(
-                model, inputs, label, [size], amp_dtype=amp_dtype, memory_format=memory_format
+            present_class_cams(
+                model, sample["inputs"], sample["label"], [size], amp_dtype=amp_dtype, memory_format=memory_format
             )
-            cams[keys].cpu()
             if index >= warmup:
                 latencies.append(time.perf_counter() - started)
     return latencies
@@ -77,13 +78,13 @@ def time_end_to_end(device: torch.device, images: int, amp: str, root: Path) -> 
     """infer_cam.main (defaults, --out_cam and --out_cam_irn) on `images` images: (seconds to the
     first image, steady images/s after the first tenth, wall seconds), the CAM calls timestamped."""
     stamps = []
-    timed_cam = infer_cam.multiscale_cam
+    timed_cam = infer_cam.present_class_cams
 
     def stamped(*args, **kwargs):
         stamps.append(time.perf_counter())
         return timed_cam(*args, **kwargs)
 
-    infer_cam.multiscale_cam = stamped
+    infer_cam.present_class_cams = stamped
     try:
         started = time.perf_counter()
         infer_cam.main(
@@ -108,7 +109,7 @@ def time_end_to_end(device: torch.device, images: int, amp: str, root: Path) -> 
         )
         wall = time.perf_counter() - started
     finally:
-        infer_cam.multiscale_cam = timed_cam
+        infer_cam.present_class_cams = timed_cam
     skip = images // 10
     return stamps[0] - started, (images - 1 - skip) / (stamps[-1] - stamps[skip]), wall
 
@@ -154,7 +155,7 @@ def main() -> None:
 
     torch.manual_seed(0)
     model = build_network("network.resnet38_CPN").eval().to(device, memory_format=memory_format_for(device))
-    inputs = make_inputs(height, width, INFER_SCALES, pin=on_gpu)
+    sample = make_sample(height, width, INFER_SCALES, pin=on_gpu)
     settings = [("fp32", None)]
     amp_dtype = resolve_amp("auto", device)
     if amp_dtype is not None:
@@ -163,7 +164,7 @@ def main() -> None:
     for setting, dtype in settings:
         if on_gpu:
             torch.cuda.reset_peak_memory_stats(device)
-        latencies = np.array(time_multiscale_cam(model, inputs, (height, width), device, dtype, images, warmup))
+        latencies = np.array(time_present_class_cams(model, sample, device, dtype, images, warmup))
         peak_gib = f"{torch.cuda.max_memory_allocated(device) / 2**30:.1f}" if on_gpu else "–"
         rows.append(
             (
@@ -178,7 +179,7 @@ def main() -> None:
 
     table = (
         f"\n### infer — {device_name} — {datetime.date.today()}\n\n"
-        f"multiscale_cam of one {width}×{height} image: scales {INFER_SCALES}, each flip pair one forward "
+        f"present_class_cams of one {width}×{height} image: scales {INFER_SCALES}, each flip pair one forward "
         f"(8 inputs), random-init CPN, {CLASSES_PER_IMAGE} classes copied back; {images} timed images after "
         f"{warmup} warm-up; torch {torch.__version__}\n\n"
         "| precision | ms/image (mean) | ms/image (median) | images/s | 1,464 images at this size, min "

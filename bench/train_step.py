@@ -2,8 +2,8 @@
 fed by the reference's 2 loader workers and by as many as ours, against ours (one batched forward,
 channels_last) in the default fp32 and with --amp bf16; each alone and end to end with its loader.
 
-    python bench/train_step.py                       # GPU: batch 4, crop 448; CPU: batch 2, crop 96
-    python bench/train_step.py --device cpu --crop 64 --steps 3
+    python -m bench.train_step                       # GPU: batch 4, crop 448; CPU: batch 2, crop 96
+    python -m bench.train_step --device cpu --crop 64 --steps 3
 
 Prints one table and appends it, with the device name, to bench/RESULTS.md. VOC-sized JPEGs cut from
 scikit-image's sample photos stand in for VOC (no data set is needed); a random-init network stands in for the
@@ -13,40 +13,44 @@ ImageNet weights.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime
 import itertools
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
-import skimage.data
 import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bench.results import cpu_name, publish  # noqa: E402
-from network import build_network  # noqa: E402
-from tool.cores import default_num_workers  # noqa: E402
-from tool.losses import cpn_loss  # noqa: E402
-from tool.runtime import autocast, memory_format_for, precision_name, resolve_amp, resolve_device, set_fp32_precision  # noqa: E402
-from tool.torchutils import PolyOptimizer, cpn_param_groups  # noqa: E402
-from voc12.data import TrainDataset  # noqa: E402
+from bench.photos import sample_photos
+from bench.results import cpu_name, publish
+from network import build_network
+from tool.cores import default_num_workers
+from tool.runtime import (
+    ProcessGroup,
+    memory_format_for,
+    precision_name,
+    resolve_amp,
+    resolve_device,
+    set_fp32_precision,
+)
+from tool.torchutils import PolyOptimizer, cpn_param_groups
+from tool.training import ResumableSampler, training_loader
+from train_cpn import StepOptions, train_step
+from voc12.data import TrainDataset
 
 REFERENCE_WORKERS = 2
 FULL_SCHEDULE_STEPS = 21160  # SPEC §4: 10,582 // 4 × 8 epochs
-SAMPLE_PHOTOS = ("astronaut", "chelsea", "coffee", "rocket")
 
 
 def make_images(root: Path, count: int, seed: int = 0) -> tuple[list[str], dict[str, np.ndarray]]:
-    """VOC-sized (500×375) JPEGs cut from scikit-image's bundled photos (SLIC's cost depends on real
-    image content: noise-like synthetic images give it a different amount of work), one class each."""
+    """VOC-sized (500×375) JPEGs cut from scikit-image's bundled photos, one class each."""
     rng = np.random.default_rng(seed)
     (root / "JPEGImages").mkdir(parents=True)
-    photos = [Image.fromarray(getattr(skimage.data, name)()).convert("RGB") for name in SAMPLE_PHOTOS]
+    photos = sample_photos()
     names, labels = [], {}
     for index in range(count):
         photo = photos[index % len(photos)]
@@ -61,15 +65,9 @@ def make_images(root: Path, count: int, seed: int = 0) -> tuple[list[str], dict[
 
 
 def make_loader(dataset, batch_size: int, workers: int, device: torch.device) -> DataLoader:
-    return DataLoader(
-        dataset,
-        batch_size=batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=workers,
-        pin_memory=device.type == "cuda",
-        persistent_workers=workers > 0,
-        prefetch_factor=4 if workers > 0 else None,
+    """train_cpn.py's loader, in epoch 0's order."""
+    return training_loader(
+        dataset, ResumableSampler(len(dataset), batch_size, seed=0, group=ProcessGroup()), workers, device
     )
 
 
@@ -78,32 +76,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(
-    model, optimizer, batches, count: int, device, amp_dtype, batched: bool, memory_format, warmup: int
-) -> float:
-    """Seconds per step over `count` batches drawn from `batches` after `warmup` more."""
+def time_steps(model, optimizer, batches, count: int, options: StepOptions, warmup: int) -> float:
+    """Seconds per `train_step` over `count` batches drawn from `batches` after `warmup` more."""
+    scaler = torch.amp.GradScaler(options.device.type, enabled=False)  # fp32 and bf16 need no loss scaling
     started = None
     for index, batch in zip(range(warmup + count), batches):
         if index == warmup:
-            synchronize(device)
+            synchronize(options.device)
             started = time.perf_counter()
-        views = [
-            batch[key].to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            for key in ("img", "img_kept", "img_hidden")
-        ]
-        with autocast(device, amp_dtype):
-            losses = cpn_loss(
-                model,
-                *views,
-                batch["label"].to(device),
-                batch["kept_fraction"].to(device),
-                batch["hidden_fraction"].to(device),
-                batched=batched,
-            )
-        optimizer.zero_grad(set_to_none=True)
-        losses["loss"].backward()
-        optimizer.step()
-    synchronize(device)
+        train_step(model, optimizer, scaler, batch, options)
+    synchronize(options.device)
     return (time.perf_counter() - started) / count
 
 
@@ -140,32 +122,20 @@ def main() -> None:
         torch.cuda.get_device_name(device) if on_gpu else f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
     )
     fp32 = precision_name(device, None, allow_tf32=True)
-    ours_format = memory_format_for(device)
-    # (label, autocast dtype, one batched forward, memory format, loader workers)
+    channels_last = ", channels_last" if on_gpu else ""
+    reference = StepOptions(device, three_pass=True)  # fp32, three forwards, contiguous memory
+    ours = StepOptions(device, memory_format=memory_format_for(device))
+    # (label, step options, loader workers)
     configs = [
-        (
-            f"reference: {fp32}, three forwards, {REFERENCE_WORKERS} workers",
-            None,
-            False,
-            torch.contiguous_format,
-            REFERENCE_WORKERS,
-        ),
-        (f"reference: {fp32}, three forwards, {workers} workers", None, False, torch.contiguous_format, workers),
-        (
-            f"ours, default: {fp32}, one batched forward{', channels_last' if on_gpu else ''}",
-            None,
-            True,
-            ours_format,
-            workers,
-        ),
+        (f"reference: {fp32}, three forwards, {REFERENCE_WORKERS} workers", reference, REFERENCE_WORKERS),
+        (f"reference: {fp32}, three forwards, {workers} workers", reference, workers),
+        (f"ours, default: {fp32}, one batched forward{channels_last}", ours, workers),
     ]
     if bf16 is not None:
         configs.append(
             (
-                f"ours, --amp bf16: one batched forward{', channels_last' if on_gpu else ''}",
-                bf16,
-                True,
-                ours_format,
+                f"ours, --amp bf16: one batched forward{channels_last}",
+                dataclasses.replace(ours, amp_dtype=bf16),
                 workers,
             )
         )
@@ -180,26 +150,19 @@ def main() -> None:
         model = build_network("network.resnet38_CPN")
         model.train()
         rows = []
-        for label, dtype, batched, memory_format, config_workers in configs:
-            model.to(device, memory_format=memory_format)
+        for label, options, config_workers in configs:
+            model.to(device, memory_format=options.memory_format)
             optimizer = PolyOptimizer(
-                cpn_param_groups(model.get_parameter_groups(), 0.01, 5e-4), lr=0.01, weight_decay=5e-4, max_step=10**6
+                cpn_param_groups(model.get_parameter_groups()._asdict(), 0.01, 5e-4),
+                lr=0.01,
+                weight_decay=5e-4,
+                max_step=10**6,
             )
-            step_s = time_steps(
-                model, optimizer, itertools.repeat(fixed), steps, device, dtype, batched, memory_format, warmup
-            )
+            step_s = time_steps(model, optimizer, itertools.repeat(fixed), steps, options, warmup)
             loader = make_loader(dataset, batch, config_workers, device)
             loader_ips = loader_rate(loader, steps)
             end_to_end_s = time_steps(
-                model,
-                optimizer,
-                itertools.chain.from_iterable(itertools.repeat(loader)),
-                steps,
-                device,
-                dtype,
-                batched,
-                memory_format,
-                warmup,
+                model, optimizer, itertools.chain.from_iterable(itertools.repeat(loader)), steps, options, warmup
             )
             rows.append((label, step_s, batch / step_s, config_workers, loader_ips, end_to_end_s))
             del loader, optimizer

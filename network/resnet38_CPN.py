@@ -15,7 +15,8 @@ from torch import nn
 from network import resnet38d
 from tool.constants import NUM_CLASSES
 
-CAM_EPS = 1e-5  # SPEC §2 steps 2 and 6
+NORMALISATION_EPSILON = 1e-5  # SPEC §2 step 2: the class probability map's per-channel max normalisation
+AFFINITY_EPSILON = 1e-5  # SPEC §2 step 6: PCM's feature L2 norm and affinity column sums
 # SPEC §2 step 5: the reference scales the class-to-pixel similarities by 21^-0.5 (the
 # class count, not the key width 192).
 PRCM_SCALE = NUM_CLASSES**-0.5
@@ -27,8 +28,8 @@ def class_probability_map(cam: torch.Tensor) -> torch.Tensor:
     normalisation of relu(cam); background = 1 - max foreground; foreground values below
     the pixel's foreground max set to 0 (ties keep all)."""
     positive = F.relu(cam)
-    channel_max = positive.flatten(2).amax(dim=2)[:, :, None, None] + CAM_EPS
-    normalised = F.relu(positive - CAM_EPS) / channel_max
+    channel_max = positive.flatten(2).amax(dim=2)[:, :, None, None] + NORMALISATION_EPSILON
+    normalised = F.relu(positive - NORMALISATION_EPSILON) / channel_max
     foreground = normalised[:, 1:]
     foreground_max = foreground.amax(dim=1, keepdim=True)
     background = 1 - foreground_max
@@ -67,9 +68,9 @@ def pcm(probability: torch.Tensor, affinity_features: torch.Tensor) -> torch.Ten
     relu(cos(f9(g)_i, f9(g)_j)), each column normalised by its sum."""
     n, num_classes, h, w = probability.shape
     features = affinity_features.flatten(2)  # N×D×hw
-    features = features / (torch.linalg.vector_norm(features, dim=1, keepdim=True) + CAM_EPS)
+    features = features / (torch.linalg.vector_norm(features, dim=1, keepdim=True) + AFFINITY_EPSILON)
     affinity = F.relu(torch.matmul(features.transpose(1, 2), features))  # N×hw×hw
-    affinity = affinity / (affinity.sum(dim=1, keepdim=True) + CAM_EPS)
+    affinity = affinity / (affinity.sum(dim=1, keepdim=True) + AFFINITY_EPSILON)
     return torch.matmul(probability.flatten(2), affinity).reshape(n, num_classes, h, w)
 
 

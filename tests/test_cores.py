@@ -1,9 +1,8 @@
-"""tool/cores.py: core counting without torch, and tool/runtime.py still offering it."""
+"""tool/cores.py: core counting without torch."""
 
 import pytest
 
 import tool.cores
-import tool.runtime
 
 
 def test_usable_cores_is_positive():
@@ -23,8 +22,3 @@ def test_usable_cores_is_positive():
 def test_default_num_workers(monkeypatch, cores, processes_per_node, workers):
     monkeypatch.setattr(tool.cores, "usable_cores", lambda: cores)
     assert tool.cores.default_num_workers(processes_per_node) == workers
-
-
-def test_runtime_re_exports_the_same_functions():
-    assert tool.runtime.usable_cores is tool.cores.usable_cores
-    assert tool.runtime.default_num_workers is tool.cores.default_num_workers

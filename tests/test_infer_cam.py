@@ -1,6 +1,6 @@
-"""infer_cam.py (SPEC §5): the batched multi-scale CAM against a direct loop over the 8
-inputs, every output format read back by its own reader's rules (IRN's stride-4 `cam` against
-the same loop, SPEC_IRN §11), manifests, resume, --overwrite, sharding, and the command line.
+"""infer_cam.py (SPEC §5): every output format read back by its own reader's rules (IRN's stride-4
+`cam` against a direct loop over the 8 inputs, SPEC_IRN §11), manifests, resume, --overwrite,
+sharding, and the command line; the CAM maths alone is tests/test_cam.py's.
 A randomly initialised CPN on the smallest toy images keeps it quick."""
 
 from __future__ import annotations
@@ -16,54 +16,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 import infer_cam
 from network import build_network
+from tests.reference_cam import direct_loop_cam
 from tool.constants import VOC_PALETTE
 from tool.errors import UserError
-from tool.fileio import read_rgb
-from tool.imutils import Normalize, scale_image
 from tool.manifest import MANIFEST_NAME
-from voc12.data import InferDataset, load_cls_labels, load_image_list
+from voc12.data import load_cls_labels, load_image_list
 
 REPO = Path(__file__).resolve().parent.parent
 SCALES = (0.5, 1.0)
 HAS_PYDENSECRF = importlib.util.find_spec("pydensecrf") is not None
 
 
-# --- Reference implementations, written from SPEC §5/§6 and IRN's readers ----------------
-
-
-def reference_normalize(sum_cam: np.ndarray) -> np.ndarray:
-    """SPEC §5 as the reference writes it in numpy, before the halving."""
-    sum_cam = sum_cam.copy()
-    sum_cam[sum_cam < 0] = 0
-    cam_max = np.max(sum_cam, (1, 2), keepdims=True)
-    cam_min = np.min(sum_cam, (1, 2), keepdims=True)
-    sum_cam[sum_cam < cam_min + 1e-5] = 0
-    return (sum_cam - cam_min - 1e-5) / (cam_max - cam_min + 1e-5)
-
-
-def direct_loop_cam(model, image_path: Path, label: np.ndarray, scales, size=None) -> np.ndarray:
-    """The reference's loop: every scale and its flip forwarded alone, the second output's
-    foreground channels resized to `size` (default: the original size), times the label,
-    flipped back, summed, normalised."""
-    image = read_rgb(image_path)
-    height, width = size or (image.height, image.width)
-    normalize = Normalize()
-    maps = []
-    for scale in scales:
-        chw = torch.from_numpy(normalize(np.asarray(scale_image(image, scale))).transpose(2, 0, 1).copy())
-        for flipped in (False, True):
-            x = (chw.flip(-1) if flipped else chw)[None]
-            with torch.no_grad():
-                _, cam_rv = model(x)
-            cam = F.interpolate(cam_rv[:, 1:], (height, width), mode="bilinear", align_corners=False)[0]
-            cam = cam.numpy() * label.reshape(20, 1, 1)
-            maps.append(np.flip(cam, -1) if flipped else cam)
-    return reference_normalize(np.sum(maps, axis=0))
+# --- Reference readers, written from SPEC §6 and IRN's ---------------------------------------
 
 
 def evaluation_prediction(cam_dict: dict, threshold: float) -> np.ndarray:
@@ -163,51 +131,6 @@ def run_dir(toy_voc, toy_lists, weights, tiny, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("infer")
     infer_cam.main(cli_args(toy_voc, toy_lists, weights, tiny, out))
     return out
-
-
-# --- SPEC §5 core --------------------------------------------------------------------------
-
-
-def test_normalize_cams_matches_reference_numpy():
-    rng = np.random.default_rng(0)
-    summed = rng.normal(size=(20, 7, 9)).astype(np.float32)
-    summed[3] = 0.0  # an absent class: -1 everywhere (the quirk)
-    summed[4] = np.abs(summed[4]) + 2.0  # min well above zero: zeroed pixels go negative
-    ours = infer_cam.normalize_cams(torch.from_numpy(summed)).numpy()
-    np.testing.assert_allclose(ours, reference_normalize(summed), rtol=1e-6, atol=1e-6)
-    assert np.allclose(ours[3], -1.0)
-    assert ours[4].min() < -0.1 and ours.max() <= 1.0
-
-
-def test_multiscale_cam_equals_direct_loop(model, toy_voc, tiny):
-    name = tiny["names"][0]
-    sample = InferDataset(toy_voc, [name], tiny["cls_labels"], scales=SCALES)[0]
-    size = sample["image"].shape[:2]
-    # Every class on, so that all 20 channels are compared; a random network leaves some
-    # channels of its second output at zero (constant maps), the others must vary.
-    label = np.ones(20, np.float32)
-    with torch.no_grad():
-        (batched,) = infer_cam.multiscale_cam(model, sample["inputs"], torch.from_numpy(label), [size])
-        (channels_last,) = infer_cam.multiscale_cam(
-            model, sample["inputs"], torch.from_numpy(label), [size], memory_format=torch.channels_last
-        )
-    batched, channels_last = batched.numpy(), channels_last.numpy()
-    expected = direct_loop_cam(model, toy_voc / "JPEGImages" / f"{name}.jpg", label, SCALES)
-    varying = np.ptp(expected, axis=(1, 2)) > 0.5
-    assert batched.shape == (20, *size) and varying.sum() >= 3
-    np.testing.assert_allclose(batched, expected, atol=2e-5)
-    np.testing.assert_allclose(channels_last, expected, atol=2e-5)
-    # The test can fail: forgetting to flip back the flipped halves changes the maps.
-    wrong = sample["inputs"][:1] + [pair.flip(0) for pair in sample["inputs"][1:]]
-    with torch.no_grad():
-        (unflipped,) = infer_cam.multiscale_cam(model, wrong, torch.from_numpy(label), [size])
-    unflipped = unflipped.numpy()
-    assert np.abs(unflipped - expected)[varying].max() > 1e-2
-
-
-def test_second_output_rejects_a_classifier():
-    with pytest.raises(UserError, match="resnet38_CPN"):
-        infer_cam.second_output(torch.zeros(1, 20))
 
 
 # --- Output formats ------------------------------------------------------------------------
@@ -535,6 +458,13 @@ def test_two_outputs_in_one_folder_is_a_user_error(toy_voc, weights, tmp_path):
 def test_no_output_requested_is_a_user_error(toy_voc, weights):
     with pytest.raises(UserError, match="nothing to write"):
         infer_cam.main(["--weights", str(weights), "--voc12_root", str(toy_voc)])
+
+
+def test_network_must_be_the_cpn(capsys):
+    """SPEC §5 reads the CPN's second output: a classifier is refused by the parser."""
+    with pytest.raises(SystemExit):
+        infer_cam.parse_args(["--weights", "w.pth", "--voc12_root", "v", "--network", "network.resnet38_cls"])
+    assert "invalid choice: 'network.resnet38_cls'" in capsys.readouterr().err
 
 
 # --- Command line ---------------------------------------------------------------------------

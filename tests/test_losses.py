@@ -366,11 +366,16 @@ def test_cpcr_loss_matches_formula():
 # ---------------------------------------------------------------- cpn_loss
 
 
-@pytest.mark.parametrize("batched", [True, False])
-def test_cpn_loss_matches_naive_composition(batched):
+def cpn_loss_of(model, batch, **switches):
+    """cpn_loss on the model's outputs for the batch's three views."""
+    outputs = [model(batch[key]) for key in ("img", "img_kept", "img_hidden")]
+    return losses.cpn_loss(outputs, batch["label"], batch["kept_fraction"], batch["hidden_fraction"], **switches)
+
+
+def test_cpn_loss_matches_naive_composition():
     model = TinyCPN()
     batch = tiny_batch()
-    result = losses.cpn_loss(model, **batch, batched=batched)
+    result = cpn_loss_of(model, batch)
     actual_grads = torch.autograd.grad(
         result["loss"], list(model.parameters()), allow_unused=True, materialize_grads=True
     )
@@ -390,30 +395,14 @@ def test_cpn_loss_matches_naive_composition(batched):
 
 
 def test_cpn_loss_gradients_reach_each_view_as_spec_says():
-    """With the model's outputs as leaves: L_tcp's cam term reaches only the full view's cam,
+    """With the network's outputs as leaves: L_tcp's cam term reaches only the full view's cam,
     E1/E2 reach only the patch views' cam_rv, and absent classes' cam_rv get nothing."""
     outputs = [(random_maps(20 + k, requires_grad=True), random_maps(30 + k, requires_grad=True)) for k in range(3)]
-
-    class Replay(nn.Module):
-        def forward(self, views):
-            return torch.cat([cam for cam, _ in outputs]), torch.cat([rv for _, rv in outputs])
-
-    dummy = torch.zeros(N, 3, H, W)
-    batch = dict(
-        img=dummy,
-        img_kept=dummy,
-        img_hidden=dummy,
-        label=naive_label(),
-        kept_fraction=torch.tensor([0.4, 0.7]),
-        hidden_fraction=torch.tensor([0.6, 0.3]),
-    )
-    result = losses.cpn_loss(Replay(), **batch)
+    label, kept_fraction, hidden_fraction = naive_label(), torch.tensor([0.4, 0.7]), torch.tensor([0.6, 0.3])
+    result = losses.cpn_loss(outputs, label, kept_fraction, hidden_fraction)
     leaves = [tensor for pair in outputs for tensor in pair]
     expected_terms = dict(
-        zip(
-            ("loss_cls", "loss_tcp", "loss_cpcr"),
-            naive_cpn_terms(outputs, batch["label"], batch["kept_fraction"], batch["hidden_fraction"]),
-        )
+        zip(("loss_cls", "loss_tcp", "loss_cpcr"), naive_cpn_terms(outputs, label, kept_fraction, hidden_fraction))
     )
     for key, expected_term in expected_terms.items():
         actual = torch.autograd.grad(result[key], leaves, retain_graph=True, allow_unused=True, materialize_grads=True)
@@ -440,15 +429,15 @@ def test_cpn_loss_gradients_reach_each_view_as_spec_says():
 def test_cpn_loss_switches_zero_their_terms_only():
     model = TinyCPN()
     batch = tiny_batch()
-    full = losses.cpn_loss(model, **batch)
+    full = cpn_loss_of(model, batch)
     for switches, zeroed in (({"use_tcp": False}, "loss_tcp"), ({"use_cpcr": False}, "loss_cpcr")):
-        result = losses.cpn_loss(model, **batch, **switches)
+        result = cpn_loss_of(model, batch, **switches)
         assert result[zeroed].item() == 0 and full[zeroed].item() > 0
         kept = {"loss_cls", "loss_tcp", "loss_cpcr"} - {zeroed}
         for key in kept:
             assert_close(result[key], full[key])
         assert_close(result["loss"], sum(result[key] for key in kept))
-    neither = losses.cpn_loss(model, **batch, use_tcp=False, use_cpcr=False)
+    neither = cpn_loss_of(model, batch, use_tcp=False, use_cpcr=False)
     assert_close(neither["loss"], full["loss_cls"])
 
 
@@ -459,7 +448,7 @@ def test_cpn_loss_ohem_ratio_is_passed_on():
     _, _, cpcr = naive_cpn_terms(
         outputs, batch["label"], batch["kept_fraction"], batch["hidden_fraction"], ohem_ratio=0.5
     )
-    assert_close(losses.cpn_loss(model, **batch, ohem_ratio=0.5)["loss_cpcr"], cpcr)
+    assert_close(cpn_loss_of(model, batch, ohem_ratio=0.5)["loss_cpcr"], cpcr)
 
 
 def test_cpn_loss_is_float32_under_autocast():
@@ -467,21 +456,5 @@ def test_cpn_loss_is_float32_under_autocast():
     batch = tiny_batch()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert model(batch["img"])[0].dtype == torch.bfloat16
-        result = losses.cpn_loss(model, **batch)
+        result = cpn_loss_of(model, batch)
     assert all(value.dtype == torch.float32 for value in result.values())
-
-
-@pytest.fixture(scope="module")
-def cpn_net():
-    resnet38_cpn = pytest.importorskip("network.resnet38_CPN")
-    torch.manual_seed(0)
-    return resnet38_cpn.Net().eval()
-
-
-def test_batched_views_equal_separate_forwards_for_the_real_network(cpn_net):
-    batch = tiny_batch(size=(32, 32))
-    with torch.no_grad():
-        batched, separate = (losses.cpn_loss(cpn_net, **batch, batched=batched) for batched in (True, False))
-    for key in batched:
-        torch.testing.assert_close(batched[key], separate[key], rtol=1e-4, atol=1e-6)
-    assert batched["loss_tcp"] > 0 and batched["loss_cpcr"] > 0

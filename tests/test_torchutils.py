@@ -7,21 +7,29 @@ import pytest
 import torch
 from torch import nn
 
+from network import build_network
 from tool.errors import UserError
 from tool.torchutils import REFERENCE_MOMENTUM, PolyOptimizer, cpn_param_groups
 
 LR, WEIGHT_DECAY, MAX_STEP = 0.01, 5e-4, 10
+# SPEC §2, in the optimiser's order
+GROUP_NAMES = ("pretrained_weights", "pretrained_biases", "new_weights", "new_biases")
 MULTIPLIERS = (1, 2, 10, 20)
 DECAYS = (WEIGHT_DECAY, 0.0, WEIGHT_DECAY, 0.0)
 
 
 def four_groups(seed=0, sizes=(3, 2, 4, 1)):
+    """One parameter (of the given size) per group, in GROUP_NAMES' order; size 0: an empty group."""
     generator = torch.Generator().manual_seed(seed)
     return [[nn.Parameter(torch.randn(size, generator=generator))] if size else [] for size in sizes]
 
 
+def named(groups):
+    return dict(zip(GROUP_NAMES, groups))
+
+
 def make_optimizer(groups, max_step=MAX_STEP):
-    return PolyOptimizer(cpn_param_groups(groups, LR, WEIGHT_DECAY), LR, max_step)
+    return PolyOptimizer(cpn_param_groups(named(groups), LR, WEIGHT_DECAY), LR, max_step)
 
 
 def fake_step(groups, optimizer, step):
@@ -34,15 +42,32 @@ def fake_step(groups, optimizer, step):
 
 def test_param_groups_have_the_spec_multipliers_and_decay():
     groups = four_groups()
-    sgd_groups = cpn_param_groups(groups, LR, WEIGHT_DECAY)
+    sgd_groups = cpn_param_groups(named(groups), LR, WEIGHT_DECAY)
     assert [group["lr"] for group in sgd_groups] == pytest.approx([m * LR for m in MULTIPLIERS])
     assert [group["weight_decay"] for group in sgd_groups] == list(DECAYS)
     assert [group["params"] for group in sgd_groups] == groups
 
 
+def test_param_groups_follow_the_names_not_the_order_given():
+    groups = four_groups()
+    reversed_names = dict(reversed(named(groups).items()))
+    assert list(reversed_names) == list(reversed(GROUP_NAMES))
+    sgd_groups = cpn_param_groups(reversed_names, LR, WEIGHT_DECAY)
+    assert [group["params"] for group in sgd_groups] == groups
+    assert [group["lr"] for group in sgd_groups] == pytest.approx([m * LR for m in MULTIPLIERS])
+
+
+def test_param_groups_of_a_real_network_by_name():
+    net = build_network("resnet38_CPN")
+    groups = net.get_parameter_groups()
+    sgd_groups = cpn_param_groups(groups._asdict(), LR, WEIGHT_DECAY)  # the CPN has no trainable biases
+    assert [group["params"] for group in sgd_groups] == [groups.pretrained_weights, groups.new_weights]
+    assert [group["lr"] for group in sgd_groups] == pytest.approx([LR, 10 * LR])
+
+
 def test_empty_param_group_is_skipped_without_shifting_the_others():
     groups = four_groups(sizes=(3, 0, 4, 1))
-    sgd_groups = cpn_param_groups(groups, LR, WEIGHT_DECAY)
+    sgd_groups = cpn_param_groups(named(groups), LR, WEIGHT_DECAY)
     assert [group["params"] for group in sgd_groups] == [groups[0], groups[2], groups[3]]
     assert [group["lr"] for group in sgd_groups] == pytest.approx([LR, 10 * LR, 20 * LR])
     assert [group["weight_decay"] for group in sgd_groups] == [WEIGHT_DECAY, WEIGHT_DECAY, 0.0]
@@ -111,7 +136,7 @@ def test_state_dict_round_trip_resumes_the_schedule():
 
     resumed = [[nn.Parameter(value.clone())] for value in checkpoint["params"]]
     # a different lr and max_step at construction: the checkpoint's schedule must win
-    second_run = PolyOptimizer(cpn_param_groups(resumed, 1.0, WEIGHT_DECAY), 1.0, 999)
+    second_run = PolyOptimizer(cpn_param_groups(named(resumed), 1.0, WEIGHT_DECAY), 1.0, 999)
     second_run.load_state_dict(checkpoint["optimizer"])
     assert (second_run.global_step, second_run.max_step) == (steps_before, MAX_STEP)
     for done in range(steps_before, steps_before + steps_after):
@@ -125,7 +150,7 @@ def test_state_dict_round_trip_resumes_the_schedule():
 
 def test_loading_a_plain_sgd_state_is_a_user_error():
     groups = four_groups()
-    plain = torch.optim.SGD(cpn_param_groups(groups, LR, WEIGHT_DECAY), LR)
+    plain = torch.optim.SGD(cpn_param_groups(named(groups), LR, WEIGHT_DECAY), LR)
     with pytest.raises(UserError, match="PolyOptimizer"):
         make_optimizer(groups).load_state_dict(plain.state_dict())
 

@@ -9,9 +9,11 @@ The three views of one batch are the full image, the kept patches (`img_kept`, w
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 MAX_NORM_EPSILON = 1e-5  # SPEC §4: max_norm's ε
 OHEM_RATIO = 0.2  # SPEC §4: L_cpcr averages the hardest 20% of the entries per image
@@ -127,25 +129,8 @@ def cpcr_loss(
     return ohem_mean(error_kept_target, ohem_ratio) + ohem_mean(error_hidden_target, ohem_ratio)
 
 
-def forward_views(model: nn.Module, views: list[Tensor], batched: bool) -> list[tuple[Tensor, Tensor]]:
-    """The model's (cam, cam_rv) for each view.
-
-    batched: one forward on the concatenated views, split back. This equals separate
-    forwards because every BatchNorm is frozen in eval mode (SPEC §1) and the CPN head works
-    per image (SPEC §2); only the dropout masks are drawn differently. Not batched: one
-    forward per view, as the reference does."""
-    if not batched:
-        return [tuple(model(view)) for view in views]
-    sizes = [view.shape[0] for view in views]
-    cam, cam_rv = model(torch.cat(views))
-    return list(zip(cam.split(sizes), cam_rv.split(sizes)))
-
-
 def cpn_loss(
-    model: nn.Module,
-    img: Tensor,
-    img_kept: Tensor,
-    img_hidden: Tensor,
+    outputs: Sequence[tuple[Tensor, Tensor]],
     label: Tensor,
     kept_fraction: Tensor,
     hidden_fraction: Tensor,
@@ -153,17 +138,16 @@ def cpn_loss(
     use_tcp: bool = True,
     use_cpcr: bool = True,
     ohem_ratio: float = OHEM_RATIO,
-    batched: bool = True,
 ) -> dict[str, Tensor]:
     """SPEC §4 training loss of one batch: loss = L_cls + L_tcp + L_cpcr.
 
-    img, img_kept, img_hidden N×3×H×W; label N×20 multi-hot; kept_fraction, hidden_fraction
-    length N (c and u of each image). The terms are computed in float32 whatever precision
-    the model ran in. A disabled term (use_tcp / use_cpcr False) is reported as a zero.
+    outputs: the network's (cam, cam_rv) for the full image, its kept patches and its hidden
+    patches, each N×21×H×W; label N×20 multi-hot; kept_fraction, hidden_fraction length N
+    (c and u of each image). The terms are computed in float32 whatever precision the network
+    ran in. A disabled term (use_tcp / use_cpcr False) is reported as a zero.
     → dict(loss, loss_cls, loss_tcp, loss_cpcr) of scalars."""
     label_map = label_map_with_background(label)
     view_weights = (torch.ones_like(kept_fraction), kept_fraction, hidden_fraction)
-    outputs = forward_views(model, [img, img_kept, img_hidden], batched)
 
     cls_terms, min_terms, cam_maps, rv_maps = [], [], [], []
     for (cam, cam_rv), weight in zip(outputs, view_weights):

@@ -9,8 +9,6 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
-# Re-exported: the training and inference scripts take them with the device helpers.
-from tool.cores import default_num_workers, usable_cores  # noqa: F401
 from tool.errors import UserError
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}

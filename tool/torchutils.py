@@ -3,8 +3,8 @@ four parameter groups of SPEC §2 with their lr multipliers."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import nn
@@ -14,9 +14,20 @@ from tool.errors import UserError
 REFERENCE_MOMENTUM = 5e-4  # SPEC §4 quirk: the reference passes its weight decay where SGD expects momentum
 POLY_POWER = 0.9  # SPEC §4: lr_t = lr_0 · (1 - t / T)^0.9
 
-# SPEC §2: (lr multiplier, weight decay applies) for the groups (pretrained weights,
-# pretrained biases, new-layer weights, new-layer biases) of `get_parameter_groups()`.
-GROUP_SETTINGS = ((1, True), (2, False), (10, True), (20, False))
+
+class GroupSetting(NamedTuple):
+    lr_multiplier: int
+    weight_decay_applies: bool
+
+
+# SPEC §2: the setting of each parameter group a network's `get_parameter_groups()` names,
+# in the order the optimiser holds them.
+GROUP_SETTINGS = {
+    "pretrained_weights": GroupSetting(lr_multiplier=1, weight_decay_applies=True),
+    "pretrained_biases": GroupSetting(lr_multiplier=2, weight_decay_applies=False),
+    "new_weights": GroupSetting(lr_multiplier=10, weight_decay_applies=True),
+    "new_biases": GroupSetting(lr_multiplier=20, weight_decay_applies=False),
+}
 
 
 def poly_lr(initial_lr: float, step: int, max_step: int, power: float = POLY_POWER) -> float:
@@ -24,17 +35,23 @@ def poly_lr(initial_lr: float, step: int, max_step: int, power: float = POLY_POW
     return initial_lr * (1 - step / max_step) ** power
 
 
-def cpn_param_groups(groups: Sequence[Iterable[nn.Parameter]], lr: float, weight_decay: float) -> list[dict[str, Any]]:
-    """SGD parameter groups from a network's `get_parameter_groups()` 4-tuple (SPEC §2):
-    (lr, wd), (2·lr, 0), (10·lr, wd), (20·lr, 0). An empty group is left out; the others
-    keep their own multipliers."""
-    assert len(groups) == len(GROUP_SETTINGS), f"expected 4 parameter groups, got {len(groups)}"
+def cpn_param_groups(
+    groups: Mapping[str, Iterable[nn.Parameter]], lr: float, weight_decay: float
+) -> list[dict[str, Any]]:
+    """SGD parameter groups from the parameters of each GROUP_SETTINGS name (SPEC §2):
+    (lr, wd), (2·lr, 0), (10·lr, wd), (20·lr, 0), in GROUP_SETTINGS' order whatever the
+    order of `groups`. An empty group is left out; the others keep their own settings."""
+    assert set(groups) == set(GROUP_SETTINGS), f"expected the groups {list(GROUP_SETTINGS)}, got {list(groups)}"
     sgd_groups = []
-    for params, (lr_multiplier, decays) in zip(groups, GROUP_SETTINGS):
-        params = list(params)
+    for name, setting in GROUP_SETTINGS.items():
+        params = list(groups[name])
         if params:
             sgd_groups.append(
-                {"params": params, "lr": lr_multiplier * lr, "weight_decay": weight_decay if decays else 0.0}
+                {
+                    "params": params,
+                    "lr": setting.lr_multiplier * lr,
+                    "weight_decay": weight_decay if setting.weight_decay_applies else 0.0,
+                }
             )
     return sgd_groups
 

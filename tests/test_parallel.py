@@ -1,0 +1,37 @@
+"""tool/parallel.py: the default worker count, jobs run inline or in fork-server workers, and a
+job's error surfacing in the caller."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+import tool.parallel
+from tool.parallel import WorkerPool, default_pool_workers
+
+
+@pytest.mark.parametrize(
+    "cores, loader_workers, processes_per_node, workers",
+    [(16, 4, 1, 8), (16, 4, 2, 3), (4, 4, 1, 1), (64, 4, 1, 8)],
+)
+def test_default_pool_workers_take_the_cores_the_loader_leaves(
+    cores, loader_workers, processes_per_node, workers, monkeypatch
+):
+    monkeypatch.setattr(tool.parallel, "usable_cores", lambda: cores)
+    assert default_pool_workers(loader_workers, processes_per_node) == workers
+
+
+def test_no_workers_runs_each_job_at_once(tmp_path):
+    with WorkerPool(0) as pool:
+        pool.submit(Path.write_text, tmp_path / "a.txt", "a")
+        assert (tmp_path / "a.txt").read_text() == "a"
+
+
+def test_workers_run_every_job_and_report_errors(tmp_path):
+    with WorkerPool(1) as pool:
+        for index in range(4):
+            pool.submit(Path.write_text, tmp_path / f"{index}.txt", str(index))
+    assert sorted(path.read_text() for path in tmp_path.iterdir()) == ["0", "1", "2", "3"]
+    with pytest.raises(FileNotFoundError), WorkerPool(1) as pool:
+        pool.submit(Path.read_text, tmp_path / "missing.txt")

@@ -1,0 +1,71 @@
+"""Worker processes for a stage's per-image CPU work (building and encoding its output files) while
+the main process keeps the GPU busy."""
+
+from __future__ import annotations
+
+import collections
+import multiprocessing
+import os
+import signal
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+
+from tool.cores import usable_cores
+
+MAX_DEFAULT_WORKERS = 8
+
+
+def default_pool_workers(loader_workers: int, processes_per_node: int = 1) -> int:
+    """Pool workers per process: the cores this process's share leaves after its loader workers and
+    itself, at least 1, at most MAX_DEFAULT_WORKERS."""
+    share = usable_cores() // max(1, processes_per_node)
+    return max(1, min(MAX_DEFAULT_WORKERS, share - loader_workers - 1))
+
+
+def _ignore_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class WorkerPool:
+    """Runs `function(*args)` jobs in worker processes, at most two jobs per worker queued (the main
+    process waits rather than piling up images); with 0 workers, inline. A job's error surfaces at the
+    next `submit` or at `close`. A context manager: leaving the block waits for every job.
+
+    Workers come from a fork server that imports `preload` (the modules holding the jobs'
+    functions) once: unlike plain fork it holds no CUDA or thread state, unlike spawn each worker
+    starts in a moment."""
+
+    def __init__(self, num_workers: int, preload: Sequence[str] = ()):
+        self.pool = None
+        if num_workers > 0:
+            context = multiprocessing.get_context("forkserver")
+            context.set_forkserver_preload(list(preload))
+            # Ctrl-C reaches the whole process group: the main process stops the pool, the
+            # workers finish their (atomic) write instead of each printing a traceback.
+            self.pool = ProcessPoolExecutor(num_workers, mp_context=context, initializer=_ignore_sigint)
+            # Start the fork server now, so that its imports overlap the caller's next steps.
+            self.pool.submit(os.getpid)
+        self.max_pending = 2 * num_workers
+        self.pending: collections.deque[Future] = collections.deque()
+
+    def submit(self, function: Callable, *args) -> None:
+        if self.pool is None:
+            function(*args)
+            return
+        self.pending.append(self.pool.submit(function, *args))
+        while len(self.pending) > self.max_pending or (self.pending and self.pending[0].done()):
+            self.pending.popleft().result()
+
+    def close(self) -> None:
+        try:
+            while self.pending:
+                self.pending.popleft().result()
+        finally:
+            if self.pool is not None:
+                self.pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> WorkerPool:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()

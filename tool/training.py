@@ -1,0 +1,319 @@
+"""What every trainer shares, whatever its network (MAE's util/misc.py role): the resumable sampler
+and its loader, the counters saved as one `TrainState`, checkpoints, the run log and the run record.
+
+Nothing here knows a network or a data set: a trainer passes its folder, session name and arguments."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import math
+import os
+import pickle
+import platform
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import torchvision
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm import tqdm
+
+from tool.cores import default_num_workers
+from tool.errors import UserError
+from tool.fileio import atomic_path
+from tool.manifest import git_commit
+from tool.runtime import ProcessGroup
+
+CHECKPOINTS_KEPT = 2
+CHECKPOINT_PATTERN = "step_*.pt"
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Where training stands: steps done, and the epoch and batch the next step starts from.
+    Saved and loaded as one unit, so a resumed run continues exactly where its checkpoint was."""
+
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+
+    def advance(self, batches_per_epoch: int) -> None:
+        """Count one finished step; after an epoch's last batch the next step opens the next epoch."""
+        self.step += 1
+        self.batch_in_epoch += 1
+        if self.batch_in_epoch == batches_per_epoch:
+            self.epoch, self.batch_in_epoch = self.epoch + 1, 0
+
+
+class ResumableSampler(Sampler):
+    """Reference order (shuffle, drop_last) reproducible from (seed, epoch), sharded over the processes,
+    and able to start mid-epoch. Yields (epoch, index) keys, so the data set can make each sample's
+    augmentation a pure function of them (voc12.data.TrainDataset does)."""
+
+    def __init__(self, num_items: int, batch_size: int, seed: int, group: ProcessGroup):
+        self.batch_size, self.seed, self.group = batch_size, seed, group
+        self.batches_per_epoch = num_items // (batch_size * group.world_size)
+        self.num_items = num_items
+        self.epoch, self.start_batch = 0, 0
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        order = torch.randperm(self.num_items, generator=torch.Generator().manual_seed(self.seed + self.epoch))
+        used = order[: self.batches_per_epoch * self.batch_size * self.group.world_size]
+        mine = used[self.group.rank :: self.group.world_size]
+        for index in mine[self.start_batch * self.batch_size :].tolist():
+            yield (self.epoch, index)
+
+
+def training_loader(
+    dataset: Dataset, sampler: ResumableSampler, num_workers: int | None, device: torch.device
+) -> DataLoader:
+    """Batches of `dataset` in `sampler`'s order. `num_workers` None: the cores shared among this node's
+    processes. PyTorch runs each worker on one torch thread, so workers never oversubscribe the cores."""
+    if num_workers is None:
+        num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    return DataLoader(
+        dataset,
+        batch_size=sampler.batch_size,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=num_workers,
+        pin_memory=device.type == "cuda",
+        persistent_workers=num_workers > 0,
+        prefetch_factor=4 if num_workers > 0 else None,
+        generator=torch.Generator(),  # keep the loader off the global RNG (dropout's)
+    )
+
+
+class Checkpoints:
+    """`step_<N>.pt` files in one folder, the newest `keep` kept: model, optimiser, `TrainState`, the
+    RNG states and the run's arguments. `last` is the newest one written or resumed from (or None)."""
+
+    def __init__(self, folder: Path, every: int = 0, keep: int = CHECKPOINTS_KEPT):
+        self.folder, self.every, self.keep = folder, every, keep
+        self.last: Path | None = None
+
+    def due(self, state: TrainState, last_step: int) -> bool:
+        """After each epoch, at the last step and every `every` steps (0: never in mid-epoch)."""
+        return state.batch_in_epoch == 0 or state.step == last_step or (self.every > 0 and state.step % self.every == 0)
+
+    def find(self, resume: str | None) -> Path | None:
+        """The checkpoint `--resume` names: None, a path, or "auto" for the newest in the folder (if any)."""
+        if resume is None:
+            return None
+        if resume != "auto":
+            path = Path(resume)
+            if not path.is_file():
+                raise UserError(f"checkpoint not found: {path}; pass an existing file or --resume auto")
+            return path
+        candidates = sorted(self.folder.glob(CHECKPOINT_PATTERN))
+        return candidates[-1] if candidates else None
+
+    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, args: dict) -> Path:
+        path = self.folder / f"step_{state.step:07d}.pt"
+        content = {
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "train_state": dataclasses.asdict(state),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "args": args,
+        }
+        with atomic_path(path) as tmp_path:
+            torch.save(content, tmp_path)
+        for old in sorted(self.folder.glob(CHECKPOINT_PATTERN))[: -self.keep]:
+            old.unlink()
+        self.last = path
+        return path
+
+    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
+        """Restore the model, the optimiser and the RNG states; → the state training continues from."""
+        try:
+            content = torch.load(path, map_location="cpu", weights_only=True)
+            model.load_state_dict(content["model"])
+            optimizer.load_state_dict(content["optimizer"])
+            state = TrainState(**content["train_state"])
+        except pickle.UnpicklingError:
+            raise UserError(
+                f"cannot resume from {path}: not a checkpoint; pass a step_*.pt file or --resume auto"
+            ) from None
+        except (RuntimeError, KeyError, TypeError, EOFError, OSError) as error:
+            raise UserError(
+                f"cannot resume from {path}: {str(error).splitlines()[0]}; "
+                "delete it to fall back to the previous checkpoint"
+            ) from None
+        torch.set_rng_state(content["torch_rng"])
+        if torch.cuda.is_available() and content["cuda_rng"]:
+            torch.cuda.set_rng_state_all(content["cuda_rng"])
+        self.last = path
+        return state
+
+
+def distributed_model(model: nn.Module, device: torch.device, group: ProcessGroup) -> nn.Module:
+    """The model wrapped to average its gradients over the torchrun processes; itself in one process."""
+    if not group.distributed:
+        return model
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
+
+
+def save_weights(model: nn.Module, path: Path) -> Path:
+    """The trained state dict, written atomically."""
+    with atomic_path(path) as tmp_path:
+        torch.save(model.state_dict(), tmp_path)
+    return path
+
+
+def mean_over_processes(values: dict[str, torch.Tensor], group: ProcessGroup) -> dict[str, float]:
+    """Scalar tensors averaged over the torchrun processes, as floats (in the dict's order)."""
+    stacked = torch.stack([value.detach().float() for value in values.values()])
+    if group.distributed:
+        dist.all_reduce(stacked)
+        stacked /= group.world_size
+    return dict(zip(values, stacked.tolist()))
+
+
+def check_finite(losses: dict[str, float], step: int, last_checkpoint: Path | None) -> None:
+    """Stop at the first non-finite loss, saying where to resume from."""
+    if not all(math.isfinite(value) for value in losses.values()):
+        hint = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+        raise UserError(f"non-finite loss at step {step} ({losses}); {hint} with a lower --lr or --amp off")
+
+
+class StepTimer:
+    """Images per second since this process started training (a resumed run counts afresh)."""
+
+    def __init__(self, first_step: int, last_step: int, images_per_step: int):
+        self.first_step, self.last_step, self.images_per_step = first_step, last_step, images_per_step
+        self.started = time.perf_counter()
+
+    def images_per_s(self, step: int) -> float:
+        return (step - self.first_step) * self.images_per_step / (time.perf_counter() - self.started)
+
+
+class RunLog:
+    """What the main process shows and keeps of a run: a progress bar per epoch; text lines on the
+    console and in <session>.log; every `log_every` steps and at the last one a text line, one JSON
+    object in <session>.jsonl ({"step", "epoch", the losses, "lr", "images_per_s"}; epochs count
+    from 1, as on the console) and, optionally, TensorBoard scalars. Other processes write nothing."""
+
+    def __init__(
+        self, out_dir: Path, session_name: str, *, enabled: bool, log_every: int, tensorboard_dir: str | None = None
+    ):
+        self.enabled, self.log_every = enabled, log_every
+        self.text = self.json_lines = self.board = self.bar = None
+        if not enabled:
+            return
+        text_path = out_dir / f"{session_name}.log"
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+            self.text = open(text_path, "a", encoding="utf-8")
+            self.json_lines = open(text_path.with_suffix(".jsonl"), "a", encoding="utf-8")
+        except OSError as error:
+            raise UserError(f"cannot write {error.filename}: {error.strerror}; choose a writable --out_dir") from None
+        if tensorboard_dir:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise UserError("--tensorboard needs the tensorboard package: pip install tensorboard") from None
+            self.board = SummaryWriter(tensorboard_dir)
+
+    def line(self, text: str, console: bool = True) -> None:
+        if self.enabled:
+            if console:
+                tqdm.write(text)
+            self.text.write(text + "\n")
+            self.text.flush()
+
+    def progress(self, batches: Iterable, state: TrainState, batches_per_epoch: int, max_epochs: int) -> Iterator:
+        """The batches of the state's epoch, from its batch on, under a progress bar."""
+        with tqdm(
+            batches,
+            total=batches_per_epoch,
+            initial=state.batch_in_epoch,
+            disable=not self.enabled,
+            desc=f"epoch {state.epoch + 1}/{max_epochs}",
+            dynamic_ncols=True,
+        ) as self.bar:
+            yield from self.bar
+
+    def step(self, step: int, epoch: int, losses: dict[str, float], lr: float, timer: StepTimer) -> None:
+        """After each step (`epoch` counted from 0, as in `TrainState`)."""
+        if not self.enabled:
+            return
+        images_per_s = timer.images_per_s(step)
+        self.bar.set_postfix(
+            {
+                **{name: f"{value:.3f}" for name, value in losses.items()},
+                "lr": f"{lr:.2e}",
+                "img/s": f"{images_per_s:.1f}",
+            }
+        )
+        if step % self.log_every != 0 and step != timer.last_step:
+            return
+        eta_s = (timer.last_step - step) * timer.images_per_step / max(images_per_s, 1e-9)
+        self.line(
+            f"step {step}/{timer.last_step} epoch {epoch + 1} "
+            + " ".join(f"{name} {value:.4f}" for name, value in losses.items())
+            + f" lr {lr:.3e} {images_per_s:.1f} img/s eta {eta_s / 60:.1f} min"
+        )
+        record = {"step": step, "epoch": epoch + 1, **losses, "lr": lr, "images_per_s": images_per_s}
+        self.json_lines.write(json.dumps(record) + "\n")
+        self.json_lines.flush()
+        if self.board is not None:
+            for name, value in {**losses, "lr": lr}.items():
+                self.board.add_scalar(f"train/{name}", value, step)
+
+    def close(self) -> None:
+        for writer in (self.text, self.json_lines, self.board):
+            if writer is not None:
+                writer.close()
+
+    def __enter__(self) -> RunLog:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+@contextlib.contextmanager
+def resume_hint_on_interrupt(log: RunLog, state: TrainState, checkpoints: Checkpoints) -> Iterator[None]:
+    """Turn Ctrl-C into one line (also logged) that says how to go on; `run_main` prints it last."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        where = f"from {checkpoints.last}" if checkpoints.last else "no checkpoint yet"
+        message = f"interrupted at step {state.step}; resume with --resume auto ({where})"
+        log.line(message, console=False)
+        raise KeyboardInterrupt(message) from None
+
+
+def write_run_record(path: Path, args: dict, device: torch.device, group: ProcessGroup) -> None:
+    """What made a run, as JSON: its arguments, library versions, git commit, device, process count, command."""
+    record = {
+        "args": args,
+        "versions": {
+            "python": platform.python_version(),
+            "torch": torch.__version__,
+            "torchvision": torchvision.__version__,
+            "numpy": np.__version__,
+        },
+        "git_commit": git_commit(),
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "world_size": group.world_size,
+        "command": " ".join(sys.argv),
+    }
+    with atomic_path(path) as tmp_path:
+        tmp_path.write_text(json.dumps(record, indent=2, default=str))
