@@ -23,6 +23,7 @@ import evaluation_cam
 import infer_cam
 import train_cpn
 from network import build_network
+from tests.tiny import TINY_TRAIN_ARGS
 from tool.errors import UserError, run_main
 from tool.fileio import check_writable_dir, read_rgb, save_npy
 from tool.manifest import MANIFEST_NAME
@@ -30,23 +31,6 @@ from voc12 import make_cls_labels
 from voc12.data import load_cls_labels, load_image_list
 
 REPO = Path(__file__).resolve().parents[1]
-TINY_TRAIN = [
-    "--crop_size",
-    "32",
-    "--resize_long",
-    "32",
-    "48",
-    "--batch_size",
-    "2",
-    "--num_workers",
-    "0",
-    "--weights",
-    "none",
-    "--log_every",
-    "1",
-    "--session_name",
-    "run",
-]
 
 
 def one_line_error(main, args: list[str], capsys) -> str:
@@ -93,7 +77,9 @@ def train_args(toy_voc, toy_lists, out_dir, *extra) -> list[str]:
         str(toy_lists["cls_labels"]),
         "--out_dir",
         str(out_dir),
-        *TINY_TRAIN,
+        *TINY_TRAIN_ARGS,
+        "--session_name",
+        "run",
         *extra,
     ]
 
@@ -241,7 +227,9 @@ def test_training_on_odd_images_smaller_than_the_crop(tmp_path):
         str(tmp_path / "labels.npy"),
         "--out_dir",
         str(out),
-        *TINY_TRAIN,
+        *TINY_TRAIN_ARGS,
+        "--session_name",
+        "run",
         "--resize_long",
         "16",
         "24",

@@ -13,24 +13,10 @@ import torch
 
 import train_cpn
 from network import build_network
+from tests.tiny import TINY_TRAIN_ARGS
 from tool.losses import cpn_loss
 
 REPO = Path(__file__).resolve().parents[1]
-TINY = [
-    "--crop_size",
-    "32",
-    "--resize_long",
-    "32",
-    "48",
-    "--batch_size",
-    "2",
-    "--num_workers",
-    "0",
-    "--weights",
-    "none",
-    "--log_every",
-    "1",
-]
 
 
 def run_args(toy_voc, toy_lists, out_dir, *extra, train_list=None) -> list[str]:
@@ -45,7 +31,7 @@ def run_args(toy_voc, toy_lists, out_dir, *extra, train_list=None) -> list[str]:
         str(out_dir),
         "--session_name",
         "run",
-        *TINY,
+        *TINY_TRAIN_ARGS,
         *extra,
     ]
 
