@@ -5,6 +5,7 @@ thresholds (SPEC §6).
         --gt_dir VOC2012/SegmentationClass --json eval.json --plot eval.png
     python evaluation_cam.py ... --t 0.32                  # one threshold
     python evaluation_cam.py ... --type png --predict_dir out_labels
+    python evaluation_cam.py ... --type png --predict_dir out_ir_label --prediction_void background   # IRN's rule
 
 Every file is read once: one pass gives the counts at all thresholds (tool/metrics.py), exactly
 those of the reference's per-threshold argmax.
@@ -60,6 +61,9 @@ BEST_ON_GROUND_TRUTH = "best on these ground-truth labels (the paper's protocol)
 FIXED_THRESHOLD = "fixed --t"
 NO_THRESHOLD = "none (png labels)"
 PAPER_CAM_MIOU = 57.4  # the paper's CAM mIoU, on VOC train (VOC_TRAIN_IMAGES images)
+# What a 255 in a png prediction counts as (tool.metrics.label_counts' void_label): no class, as
+# CPN's reference evaluation counts it, or background, as IRN's eval_sem_seg does (SPEC-IRN §10).
+PREDICTION_VOID = {"no_class": None, "background": 0}
 
 
 def parse_bool(text: str) -> bool:
@@ -91,7 +95,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--type",
         default="npy",
         choices=("npy", "png"),
-        help=f"npy: CAMs ({CAM_FORMAT}); png: label images of class indices (255 = no class)",
+        help=f"npy: CAMs ({CAM_FORMAT}); png: label images of class indices (for 255 see --prediction_void)",
+    )
+    parser.add_argument(
+        "--prediction_void",
+        choices=tuple(PREDICTION_VOID),
+        default="no_class",
+        help="what a 255 in a --type png prediction counts as: no_class (default, CPN's reference "
+        "evaluation: the pixel is missed for its true class and predicts none) or background (IRN's "
+        "eval_sem_seg, SPEC-IRN §10: for IRN's confident or pseudo labels)",
     )
     parser.add_argument(
         "--t", type=float, default=None, help="evaluate this background threshold only (npy); without it the sweep runs"
@@ -133,6 +145,8 @@ def chosen_thresholds(args: argparse.Namespace) -> tuple[float, ...] | None:
         if args.plot:
             raise UserError("--plot draws mIoU against the background threshold; --type png has none, drop --plot")
         return None
+    if args.prediction_void != "no_class":
+        raise UserError("--prediction_void says what a 255 in a label PNG counts as; it needs --type png")
     if args.t is not None and args.curve:
         raise UserError("--t evaluates one threshold and --curve the sweep; give one of them")
     if args.t is None and args.curve is False:
@@ -153,8 +167,8 @@ def threshold_choice(thresholds: tuple[float, ...] | None) -> str:
 
 def evaluation_protocol(args: argparse.Namespace, num_images: int, thresholds: tuple[float, ...] | None) -> dict:
     """What is scored against what, stated by every output: list, folders (absolute), prediction
-    type and how the background score is chosen."""
-    return {
+    type, how the background score is chosen and, for label PNGs, what a 255 in them counts as."""
+    protocol = {
         "list": os.path.abspath(args.list),
         "num_images": num_images,
         "gt_dir": os.path.abspath(args.gt_dir),
@@ -162,6 +176,9 @@ def evaluation_protocol(args: argparse.Namespace, num_images: int, thresholds: t
         "type": args.type,
         "threshold_choice": threshold_choice(thresholds),
     }
+    if args.type == "png":
+        protocol["prediction_void"] = args.prediction_void
+    return protocol
 
 
 def protocol_warnings(protocol: dict) -> list[str]:
@@ -185,10 +202,13 @@ def protocol_warnings(protocol: dict) -> list[str]:
 
 def protocol_lines(protocol: dict) -> list[str]:
     """The protocol as the console states it, just above the mIoU line."""
+    kind = PREDICTION_KIND[protocol["type"]]
+    if "prediction_void" in protocol:
+        kind += f", 255 counts as {protocol['prediction_void'].replace('_', ' ')}"
     return [
         f"list: {protocol['list']} ({protocol['num_images']} images)",
         f"ground truth: {protocol['gt_dir']}",
-        f"predictions: {protocol['predict_dir']} ({PREDICTION_KIND[protocol['type']]})",
+        f"predictions: {protocol['predict_dir']} ({kind})",
         f"background score: {protocol['threshold_choice']}",
     ]
 
@@ -228,9 +248,15 @@ def read_class_maps(path: Path) -> dict[int, np.ndarray]:
 
 
 def evaluate_image(
-    name: str, predict_dir: Path, gt_dir: Path, prediction_type: str, thresholds: tuple[float, ...] | None
+    name: str,
+    predict_dir: Path,
+    gt_dir: Path,
+    prediction_type: str,
+    thresholds: tuple[float, ...] | None,
+    void_label: int | None = None,
 ) -> np.ndarray:
-    """Counts of one listed image: [len(thresholds), 21, 3] for CAMs, [1, 21, 3] for label PNGs."""
+    """Counts of one listed image: [len(thresholds), 21, 3] for CAMs, [1, 21, 3] for label PNGs (a
+    255 in them counted as class `void_label`, None: as no class)."""
     prediction_path = predict_dir / f"{name}{PREDICTION_SUFFIX[prediction_type]}"
     gt_path = gt_dir / f"{name}{GT_SUFFIX}"
     ground_truth = read_label_png(gt_path)
@@ -248,7 +274,7 @@ def evaluate_image(
     try:
         if prediction_type == "npy":
             return threshold_sweep_counts(prediction, ground_truth, thresholds)
-        return label_counts(prediction, ground_truth)[None]
+        return label_counts(prediction, ground_truth, void_label)[None]
     except InvalidLabelsError as error:
         raise UserError(f"{name}: {error} (prediction {prediction_path}, ground truth {gt_path})") from None
 
@@ -394,7 +420,12 @@ def main(argv: list[str] | None = None) -> dict:
         raise UserError("; ".join(complaints) + f"; fix --list {args.list} or the folders")
 
     count_one = functools.partial(
-        evaluate_image, predict_dir=predict_dir, gt_dir=gt_dir, prediction_type=args.type, thresholds=thresholds
+        evaluate_image,
+        predict_dir=predict_dir,
+        gt_dir=gt_dir,
+        prediction_type=args.type,
+        thresholds=thresholds,
+        void_label=PREDICTION_VOID[args.prediction_void],
     )
     counts = count_all(names, count_one, num_workers)
     result = {"protocol": protocol, "warnings": protocol_warnings(protocol), **summary(counts, thresholds)}

@@ -123,3 +123,68 @@ def test_seam_crf_scores_stacks_background_first(recording_pydensecrf):
     np.testing.assert_allclose(unary[1], -np.log([1e-5, 0.5]), rtol=1e-6)
     # No class at all: background everywhere, no CRF needed.
     assert np.array_equal(crf.seam_crf_scores(image, np.zeros((0, 1, 2), np.float32), alpha=2), np.ones((1, 1, 2)))
+
+
+# --- IRN's crf_inference_label (SPEC-IRN §8) ---------------------------------------------------
+
+
+def irn_direct_crf(image: np.ndarray, labels: np.ndarray, num_labels: int) -> np.ndarray:
+    """SPEC-IRN §8 written out with pydensecrf: unary from labels (gt_prob 0.7, zero_unsure=False),
+    Gaussian sxy 3 compat 3, bilateral sxy 50 srgb 5 compat 10, 10 iterations, argmax of Q."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_labels
+
+    height, width = labels.shape
+    dense = dcrf.DenseCRF2D(width, height, num_labels)
+    dense.setUnaryEnergy(unary_from_labels(labels, num_labels, gt_prob=0.7, zero_unsure=False))
+    dense.addPairwiseGaussian(sxy=3, compat=3)
+    dense.addPairwiseBilateral(sxy=50, srgb=5, rgbim=np.ascontiguousarray(np.copy(image)), compat=10)
+    return np.argmax(np.array(dense.inference(10)).reshape((num_labels, height, width)), axis=0)
+
+
+@needs_pydensecrf
+def test_label_unary_is_pydensecrfs_unary_from_labels():
+    from pydensecrf.utils import unary_from_labels
+
+    labels = np.random.default_rng(0).integers(0, 4, size=(5, 6))
+    expected = unary_from_labels(labels, 4, gt_prob=0.7, zero_unsure=False)
+    np.testing.assert_array_equal(crf.label_unary(labels, 4), expected)
+
+
+@needs_pydensecrf
+def test_crf_inference_label_equals_the_spec_call_and_cleans_noise():
+    image, truth = two_region_image()
+    rng = np.random.default_rng(1)
+    image = np.clip(image.astype(int) + rng.integers(-3, 4, size=image.shape), 0, 255).astype(np.uint8)
+    noisy = np.where(rng.random(truth.shape) < 0.2, rng.integers(0, 3, size=truth.shape), truth)
+    refined = crf.crf_inference_label(image, noisy, 3)
+    np.testing.assert_array_equal(refined, irn_direct_crf(image, noisy, 3))
+    assert (refined != truth).mean() < 0.02 < (noisy != truth).mean()
+
+
+@needs_pydensecrf
+def test_one_crf_for_several_maps_equals_a_crf_each():
+    rng = np.random.default_rng(2)
+    image = rng.integers(0, 256, size=(20, 30, 3), dtype=np.uint8)
+    label_maps = [rng.integers(0, 4, size=(20, 30)) for _ in range(3)]
+    for refined, labels in zip(crf.crf_inference_labels(image, label_maps, 4), label_maps):
+        np.testing.assert_array_equal(refined, irn_direct_crf(image, labels, 4))
+
+
+def test_crf_inference_label_uses_irn_constants(recording_pydensecrf):
+    labels = np.array([[0, 1, 2], [2, 2, 0]])
+    crf.crf_inference_label(np.zeros((2, 3, 3), np.uint8), labels, 3)
+    calls = dict((call[0], call[1:]) for call in recording_pydensecrf)
+    assert calls["DenseCRF2D"] == (3, 2, 3)
+    assert calls["gaussian"] == ({"sxy": 3, "compat": 3},)
+    assert calls["bilateral"] == ({"sxy": 50, "srgb": 5, "compat": 10},)
+    assert calls["inference"] == (10,)
+    unary = calls["unary"][0]
+    np.testing.assert_allclose(unary[labels.reshape(-1), np.arange(6)], -np.log(0.7), rtol=1e-6)
+    np.testing.assert_allclose(unary.sum(axis=0), -np.log(0.7) - 2 * np.log(0.15), rtol=1e-6)
+
+
+def test_crf_inference_label_with_one_label_is_background(recording_pydensecrf):
+    labels = crf.crf_inference_label(np.zeros((2, 3, 3), np.uint8), np.zeros((2, 3), np.int64), 1)
+    np.testing.assert_array_equal(labels, np.zeros((2, 3)))
+    assert recording_pydensecrf == []  # no CRF: IRN's unary would divide by zero

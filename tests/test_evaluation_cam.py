@@ -227,6 +227,25 @@ def test_png_mode_equals_naive(dataset):
     assert written["protocol"]["type"] == "png" and written["protocol"]["threshold_choice"] == "none (png labels)"
 
 
+def test_png_void_as_background_is_irns_rule(dataset, capsys):
+    """SPEC-IRN §10: with --prediction_void background a 255 in a prediction scores as background."""
+    root, cases = dataset
+    rng = np.random.default_rng(6)
+    (root / "labels").mkdir()
+    expected = {"no_class": np.zeros((NUM_CLASSES, 3), np.int64), "background": np.zeros((NUM_CLASSES, 3), np.int64)}
+    for name, (_, ground_truth) in cases.items():
+        prediction = rng.choice([0, 3, 7, IGNORE_INDEX], size=ground_truth.shape).astype(np.uint8)
+        save_label_png(root / "labels" / f"{name}.png", prediction)
+        expected["no_class"] += naive_counts(prediction, ground_truth)
+        expected["background"] += naive_counts(np.where(prediction == IGNORE_INDEX, 0, prediction), ground_truth)
+    for void, counts in expected.items():
+        extra = ("--type", "png", "--predict_dir", str(root / "labels"), "--prediction_void", void)
+        result = evaluation_cam.main(arguments(root, *extra, "--json", str(root / f"{void}.json")))
+        np.testing.assert_allclose(result["iou"][0], naive_iou_percent(counts), rtol=0, atol=1e-9)
+        assert strict_json(root / f"{void}.json")["protocol"]["prediction_void"] == void
+    assert "(png labels, 255 counts as background)" in capsys.readouterr().out
+
+
 def test_undefined_precision_and_recall_are_null_and_n_a(tmp_path, capsys):
     # ground truth holds background and aeroplane only; the prediction adds bicycle, never cat
     (tmp_path / "gt").mkdir()
@@ -332,6 +351,7 @@ def test_segmentation_class_aug_ground_truth_warns_on_stderr_and_in_json(dataset
         (("--type", "png", "--t", "0.3"), "drop them"),
         (("--type", "png", "--plot", "x.png"), "drop --plot"),
         (("--t", "nan"), "not a number"),
+        (("--prediction_void", "background"), "needs --type png"),
     ],
 )
 def test_conflicting_flags_are_user_errors(dataset, extra, message):

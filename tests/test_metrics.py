@@ -160,6 +160,11 @@ def test_label_counts_equal_naive(seed):
     prediction = rng.choice(labels, size=(30, 23)).astype(np.uint8)  # 255 predicts no class
     ground_truth = rng.choice(labels, size=(30, 23)).astype(np.uint8)
     np.testing.assert_array_equal(label_counts(prediction, ground_truth), naive_counts(prediction, ground_truth))
+    # SPEC-IRN §10, IRN's eval_sem_seg: a 255 in the prediction counts as background.
+    as_background = np.where(prediction == IGNORE_INDEX, 0, prediction).astype(np.uint8)
+    np.testing.assert_array_equal(
+        label_counts(prediction, ground_truth, void_label=0), naive_counts(as_background, ground_truth)
+    )
 
 
 def test_iou_miou_and_best_by_hand():

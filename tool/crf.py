@@ -1,5 +1,5 @@
 """Dense CRF refinement of class scores (SPEC §7) and the SEAM-style pseudo labels
-built on it.
+built on it; IRN's CRF of a label map (SPEC-IRN §8, `crf_inference_label`).
 
 The reference kept two copies of `crf_inference` with different bilateral ranges
 (50 in tool/imutils.py, 80 in tool/visualization.py); SPEC §7 is the first, and this is
@@ -7,6 +7,8 @@ the only one. pydensecrf is imported inside the functions so that the rest of th
 project works without it."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -20,6 +22,11 @@ BILATERAL_SRGB = 13
 BILATERAL_COMPAT = 10
 CRF_ITERATIONS = 5
 SEAM_CRF_ALPHAS = (4.0, 24.0)  # SPEC §7: SEAM's background exponents
+# SPEC-IRN §8: IRN's crf_inference_label shares the pairwise sxy/compat values above, but not
+# the colour range (srgb 5, not 13) or the iterations (10, not 5); its unary comes from labels.
+IRN_LABEL_GT_PROB = 0.7
+IRN_BILATERAL_SRGB = 5
+IRN_CRF_ITERATIONS = 10
 
 
 def require_pydensecrf():
@@ -84,3 +91,55 @@ def seam_crf_scores(
     if len(scores) == 1:
         return scores  # background only: nothing for the CRF to decide
     return crf_inference(image, scores, iterations=iterations)
+
+
+def label_unary(labels: np.ndarray, num_labels: int, gt_prob: float = IRN_LABEL_GT_PROB) -> np.ndarray:
+    """SPEC-IRN §8: pydensecrf's `unary_from_labels(labels, num_labels, gt_prob, zero_unsure=False)`:
+    -log(gt_prob) for each pixel's own label, -log((1 - gt_prob) / (num_labels - 1)) for every other.
+    labels: H×W ints in 0..num_labels-1 (num_labels >= 2). Returns float32 num_labels×(H·W)."""
+    assert num_labels >= 2 and 0 < gt_prob < 1, (num_labels, gt_prob)
+    flat = labels.reshape(-1)
+    unary = np.full((num_labels, flat.size), -np.log((1.0 - gt_prob) / (num_labels - 1)), np.float32)
+    unary[flat, np.arange(flat.size)] = -np.log(gt_prob)
+    return unary
+
+
+def crf_inference_labels(
+    image: np.ndarray, label_maps: Sequence[np.ndarray], num_labels: int, iterations: int = IRN_CRF_ITERATIONS
+) -> list[np.ndarray]:
+    """SPEC-IRN §8, IRN's `crf_inference_label` for each of several label maps of one image: a dense
+    CRF whose unary trusts each pixel's label with probability 0.7 (`label_unary`), Gaussian sxy 3
+    compat 3, bilateral sxy 50 srgb 5 compat 10, `iterations` mean-field steps, the argmax of Q (the
+    first maximum winning).
+
+    One CRF serves every map: its pairwise terms (the bilateral lattice, most of the cost) are built
+    once and each map's unary is set in turn. Mean field starts from the unary alone, so each result
+    is that of a CRF of its own, as IRN builds per call.
+
+    image: uint8 H×W×3 RGB; label_maps: H×W ints in 0..num_labels-1. Returns int64 H×W labels per
+    map. With a single label the answer is that label everywhere (IRN's unary divides by zero there)."""
+    height, width = image.shape[:2]
+    assert image.shape == (height, width, 3) and image.dtype == np.uint8, (image.shape, image.dtype)
+    assert all(labels.shape == (height, width) for labels in label_maps), (image.shape, len(label_maps))
+    if num_labels == 1:
+        return [np.zeros((height, width), np.int64) for _ in label_maps]
+    densecrf, _ = require_pydensecrf()
+    crf = densecrf.DenseCRF2D(width, height, num_labels)
+    crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY, compat=GAUSSIAN_COMPAT)
+    # A copy: pydensecrf refuses read-only buffers, such as np.asarray of a PIL image.
+    crf.addPairwiseBilateral(
+        sxy=BILATERAL_SXY, srgb=IRN_BILATERAL_SRGB, rgbim=image.copy(order="C"), compat=BILATERAL_COMPAT
+    )
+    refined = []
+    for labels in label_maps:
+        crf.setUnaryEnergy(label_unary(labels, num_labels))
+        marginals = np.asarray(crf.inference(iterations)).reshape(num_labels, height, width)
+        refined.append(marginals.argmax(axis=0))
+    return refined
+
+
+def crf_inference_label(
+    image: np.ndarray, labels: np.ndarray, num_labels: int, iterations: int = IRN_CRF_ITERATIONS
+) -> np.ndarray:
+    """IRN's `crf_inference_label` of one label map (`crf_inference_labels`): int64 H×W labels."""
+    return crf_inference_labels(image, [labels], num_labels, iterations)[0]

@@ -133,12 +133,16 @@ def threshold_sweep_counts(
     return counts
 
 
-def label_counts(prediction: np.ndarray, ground_truth: np.ndarray) -> np.ndarray:
+def label_counts(prediction: np.ndarray, ground_truth: np.ndarray, void_label: int | None = None) -> np.ndarray:
     """Counts [NUM_CLASSES, 3] of a label image (uint8 H×W class indices) against its ground
-    truth. A prediction of IGNORE_INDEX predicts no class: like the reference, such a pixel
-    counts in the ground truth but in no prediction."""
+    truth. A prediction of IGNORE_INDEX counts as class `void_label`; with None (the default) it
+    predicts no class: like the CPN reference, such a pixel counts in the ground truth but in no
+    prediction. IRN's eval_sem_seg counts it as background, void_label 0 (SPEC-IRN §10)."""
     assert prediction.dtype == np.uint8 and ground_truth.dtype == np.uint8, (prediction.dtype, ground_truth.dtype)
     assert prediction.shape == ground_truth.shape, (prediction.shape, ground_truth.shape)
+    assert void_label is None or 0 <= void_label < NUM_CLASSES, void_label
+    if void_label is not None:
+        prediction = np.where(prediction == IGNORE_INDEX, np.uint8(void_label), prediction)
     joint = prediction.reshape(-1).astype(np.intp) * LABEL_VALUES + ground_truth.reshape(-1)
     confusion = np.bincount(joint, minlength=LABEL_VALUES * LABEL_VALUES).reshape(LABEL_VALUES, LABEL_VALUES)
     _check_label_values(confusion.sum(axis=1), "prediction")

@@ -1,0 +1,265 @@
+"""Confident labels for IRNet from IRN-format CAMs (SPEC-IRN §8, IRN's step cam_to_ir_label).
+
+    python cam_to_ir_label.py --voc12_root VOC2012 --train_list voc12/train_aug.txt \\
+        --cam_out_dir out_cam_irn --ir_label_out_dir out_ir_label
+    torchrun --nproc_per_node=N cam_to_ir_label.py ...   (each process takes every N-th image)
+
+Reads <name>.npy of `infer_cam.py --out_cam_irn` (or IRN's own make_cam), writes <name>.png: a
+single-channel uint8 label image, 0 background, 1..20 the classes, 255 not confident. Per image two
+dense CRFs (tool/crf.py, IRN's crf_inference_label) at --conf_fg_thres and --conf_bg_thres, combined by
+tool/ir_label.py. CPU work: --num_workers processes share the images. Images whose PNG exists are
+skipped, so an interrupted run resumes. The folder gets a manifest.json (tool/manifest.py) naming the
+CAMs' weights and settings (from the CAM folder's own manifest, when it has one) and the two
+thresholds: a run with other ones stops before any work, unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import multiprocessing
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from tqdm import tqdm
+
+from tool.constants import VOC_CLASSES
+from tool.cores import default_num_workers
+from tool.crf import crf_inference_labels, require_pydensecrf
+from tool.errors import UserError, and_more, run_main
+from tool.fileio import load_npy_dict, read_rgb, save_png
+from tool.ir_label import CONF_BG_THRES, CONF_FG_THRES, confident_labels
+from tool.manifest import MANIFEST_NAME, FolderManifest, git_commit
+from tool.outputs import OutputFormat, Outputs
+from tool.runtime import ProcessGroup
+from voc12.data import load_cls_labels
+from voc12.lists import IMAGE_FOLDER, check_voc_root, load_image_list
+
+CAM_SUFFIX = ".npy"
+IRN_CAM_HINT = "write IRN-format CAMs with infer_cam.py --out_cam_irn DIR and pass that DIR as --cam_out_dir"
+UNKNOWN_CHECKSUM = "unknown"  # a CAM folder without manifest (IRN's own make_cam): its weights are unknown
+
+
+# --- One image ------------------------------------------------------------------------------
+
+
+def class_names(classes) -> str:
+    return ", ".join(VOC_CLASSES[index + 1] for index in classes) or "none"
+
+
+def read_irn_cam(path: Path, cls_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, high_res) of an IRN-format CAM file (SPEC-IRN §11), keys matching the image's class
+    labels (0..19 indices of its nonzero entries)."""
+    content = load_npy_dict(path, "CAM", IRN_CAM_HINT)
+    missing = [key for key in ("keys", "high_res") if key not in content]
+    if missing:
+        raise UserError(
+            f"CAM file {path} has no {' or '.join(map(repr, missing))}: it is not in IRN's format "
+            f"(infer_cam.py --out_cam writes the reference's); {IRN_CAM_HINT}"
+        )
+    keys = np.asarray(content["keys"]).astype(np.int64).reshape(-1)  # a torch tensor in IRN's own files
+    high_res = np.asarray(content["high_res"])
+    if high_res.ndim != 3 or len(high_res) != len(keys) or high_res.dtype.kind != "f":
+        raise UserError(
+            f"CAM file {path}: high_res is a {high_res.dtype} array of shape {high_res.shape} for "
+            f"{len(keys)} keys; expected K×H×W floats, one map per key; {IRN_CAM_HINT}"
+        )
+    present = np.flatnonzero(cls_label)
+    if not np.array_equal(np.sort(keys), present):
+        raise UserError(
+            f"CAM file {path} holds classes ({class_names(keys)}) other than the image's class labels "
+            f"({class_names(present)}); make the CAMs with the same --cls_labels, or pass the labels they "
+            "were made with"
+        )
+    return keys, high_res
+
+
+def read_image_and_cam(name: str, cls_label: np.ndarray, voc_root: Path, cam_dir: Path):
+    """The image (uint8 H×W×3) and its CAM's (keys, high_res), of the same size."""
+    image_path = voc_root / IMAGE_FOLDER / f"{name}.jpg"
+    cam_path = cam_dir / f"{name}{CAM_SUFFIX}"
+    keys, high_res = read_irn_cam(cam_path, cls_label)
+    image = np.asarray(read_rgb(image_path))
+    if image.shape[:2] != high_res.shape[1:]:
+        raise UserError(
+            f"image {image_path} is {image.shape[0]}×{image.shape[1]} but its CAM {cam_path} is "
+            f"{high_res.shape[1]}×{high_res.shape[2]}: the CAMs were made from other images; "
+            "pass the --voc12_root they were made from"
+        )
+    return image, keys, high_res
+
+
+def write_ir_label(result: tuple[str, np.ndarray], folder) -> None:
+    name, labels = result
+    save_png(folder.file(name), Image.fromarray(labels, mode="L"))
+
+
+OUTPUT = OutputFormat(
+    "ir_label_out_dir",
+    ".png",
+    write_ir_label,
+    help="confident labels: <name>.png, single-channel uint8, 0 background, 1..20 classes, 255 unsure",
+    setting_flags=("conf_fg_thres", "conf_bg_thres"),
+)
+
+
+def label_one(
+    item: tuple[str, np.ndarray], voc_root: Path, cam_dir: Path, outputs: Outputs, fg_thres: float, bg_thres: float
+) -> str:
+    """SPEC-IRN §8 for one (name, class label): read, two CRFs, write. Runs in a pool process."""
+    name, cls_label = item
+    image, keys, high_res = read_image_and_cam(name, cls_label, voc_root, cam_dir)
+    labels = confident_labels(image, high_res, keys, crf_inference_labels, fg_thres, bg_thres)
+    outputs.write((name, labels))
+    return name
+
+
+# --- Script ---------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    here = Path(__file__).resolve().parent
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # IRN's flags and defaults (its --train_list default is voc12/train_aug.txt: IRNet trains on train_aug).
+    parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages)")
+    parser.add_argument(
+        "--train_list",
+        default=str(here / "voc12" / "train_aug.txt"),
+        help="images to label: IRNet trains on train_aug, so its CAMs are needed for train_aug (default)",
+    )
+    parser.add_argument("--cam_out_dir", required=True, help="IRN-format CAMs: infer_cam.py --out_cam_irn's folder")
+    parser.add_argument(f"--{OUTPUT.flag}", required=True, metavar="DIR", help=OUTPUT.help)
+    parser.add_argument(
+        "--conf_fg_thres",
+        type=float,
+        default=CONF_FG_THRES,
+        help="CAM score above which a pixel is confident foreground (default %(default)s, IRN's, on its CAMs' 0..1)",
+    )
+    parser.add_argument(
+        "--conf_bg_thres",
+        type=float,
+        default=CONF_BG_THRES,
+        help="CAM score below which a pixel is confident background (default %(default)s, IRN's)",
+    )
+    parser.add_argument(
+        "--num_workers", type=int, default=None, help="processes running the CRFs (default: the usable cores; 0: none)"
+    )
+    # Ours.
+    parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
+    parser.add_argument("--device", default=None, help="accepted as by every stage; this one runs on the CPU")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rewrite every listed image's labels and the folder's manifest, even when the folder was "
+        "written from other CAMs or thresholds",
+    )
+    return parser.parse_args(argv)
+
+
+def cam_source(cam_dir: Path) -> tuple[str, str, dict | None]:
+    """(weights path, its sha256, the CAM settings) from the CAM folder's manifest; without one (IRN's
+    own make_cam), the folder itself and an unknown checksum."""
+    try:
+        content = json.loads((cam_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
+        return content["weights"], content["weights_sha256"], content["settings"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return str(cam_dir), UNKNOWN_CHECKSUM, None
+
+
+def check_inputs(names: list[str], voc_root: Path, cam_dir: Path, args: argparse.Namespace) -> None:
+    """Every image and CAM file of `names` exists (listed, a few at a time, when not)."""
+    if not cam_dir.is_dir():
+        raise UserError(f"CAM folder not found: {cam_dir}; {IRN_CAM_HINT}")
+    present = {entry.name for entry in os.scandir(cam_dir)}
+    missing = [name for name in names if name + CAM_SUFFIX not in present]
+    if missing:
+        raise UserError(
+            f"{len(missing)} of {len(names)} images of {args.train_list} have no CAM file in {cam_dir}: "
+            f"{and_more(missing, 3)}; run infer_cam.py --out_cam_irn {cam_dir} on this list"
+        )
+    missing = [name for name in names if not (voc_root / IMAGE_FOLDER / f"{name}.jpg").is_file()]
+    if missing:
+        raise UserError(f"image not found in {voc_root / IMAGE_FOLDER}: {and_more(missing, 3)}; fix --train_list")
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    # ---- checks: everything a user can get wrong fails here, before any work ----
+    outputs = Outputs.from_args((OUTPUT,), args)
+    outputs.check()
+    group = ProcessGroup.from_env()
+    voc_root, cam_dir = check_voc_root(args.voc12_root), Path(args.cam_out_dir)
+    num_workers = args.num_workers
+    if num_workers is None:  # the cores, shared by this node's torchrun processes
+        num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    if num_workers < 0:
+        raise UserError(f"--num_workers {num_workers} is negative; use 0 to run in this process")
+    require_pydensecrf()
+    cls_labels = load_cls_labels(args.cls_labels)
+    all_names = load_image_list(args.train_list)
+    unlabelled = [name for name in all_names if name not in cls_labels]
+    if unlabelled:
+        raise UserError(
+            f"image {and_more(unlabelled)} of {args.train_list} has no class label in {args.cls_labels}; "
+            "use the labels made for this list (voc12/make_cls_labels.py)"
+        )
+    weights, checksum, cam_settings = cam_source(cam_dir)
+    settings = {"output": OUTPUT.flag, "cam_settings": cam_settings, **outputs.folders[0].settings}
+    manifest = FolderManifest(
+        outputs.folders[0].path,
+        weights=weights,
+        weights_sha256=checksum,
+        settings=settings,
+        input_list=args.train_list,
+        version=git_commit(),
+    )
+    manifest.check(args.overwrite)
+
+    # ---- this process's images ----
+    names = all_names[group.rank :: group.world_size]
+    todo = names if args.overwrite else [name for name in names if not outputs.done(name)]
+    check_inputs(todo, voc_root, cam_dir, args)
+    if group.is_main:
+        shard = f" (this process's share of {len(all_names)})" if group.distributed else ""
+        print(
+            f"{len(names)} images{shard}: {len(names) - len(todo)} already done, {len(todo)} to do; "
+            f"{max(1, num_workers)} CRF processes, thresholds fg {args.conf_fg_thres:g} bg {args.conf_bg_thres:g}"
+        )
+    if not todo:
+        return
+    # A CAM folder of another format fails on its first file, before the manifest is written.
+    read_image_and_cam(todo[0], cls_labels[todo[0]], voc_root, cam_dir)
+    manifest.write()
+
+    # ---- two CRFs per image, in a pool ----
+    job = functools.partial(
+        label_one,
+        voc_root=voc_root,
+        cam_dir=cam_dir,
+        outputs=outputs,
+        fg_thres=args.conf_fg_thres,
+        bg_thres=args.conf_bg_thres,
+    )
+    items = [(name, cls_labels[name]) for name in todo]
+    progress = functools.partial(
+        tqdm, total=len(todo), desc="cam_to_ir_label", unit="img", dynamic_ncols=True, disable=not group.is_main
+    )
+    start = time.perf_counter()
+    if num_workers == 0:
+        for _ in progress(map(job, items)):
+            pass
+    else:
+        with multiprocessing.Pool(num_workers) as pool:
+            for _ in progress(pool.imap_unordered(job, items)):
+                pass
+    seconds = time.perf_counter() - start
+    if group.is_main:
+        print(f"done: {len(todo)} images in {seconds:.1f} s ({len(todo) / seconds:.2f} images/s)")
+
+
+if __name__ == "__main__":
+    run_main(main)
