@@ -1,0 +1,329 @@
+"""Pseudo labels by random walk (SPEC-IRN §9), IRN's make_sem_seg_labels step: IRNet's class boundaries
+spread each image's CAMs, the walk's result becomes a label map.
+
+One GPU:   python make_sem_seg_labels.py --voc12_root VOC2012 --infer_list voc12/train_aug.txt \\
+               --cam_out_dir out_cam_irn --irn_weights_name CPN/res50_irn.pth --sem_seg_out_dir sem_seg
+Several:   torchrun --nproc_per_node=N make_sem_seg_labels.py ...  (each process takes every N-th image)
+
+Per image: the image and its flip, zero-padded to 512×512 as IRN does (a side over 512, where IRN fails,
+to the next multiple of 512), give the boundary probability; the stride-4 `cam` of the image's CAM file
+(infer_cam.py --out_cam_irn, IRN's make_cam format) walks over it, x·T^(2^exp_times) as sparse steps
+(never IRN's dense (hw)×(hw) matrix, same product); the result, upsampled and divided by its maximum,
+against a background of --sem_seg_bg_thres gives <name>.png: single-channel uint8 0..20, as IRN writes.
+The walk runs on the network's device. Images whose PNG exists are skipped, so an interrupted run
+resumes; the folder's manifest.json (tool/manifest.py) refuses a rerun with other weights, walk
+settings or CAMs (by the checksum of the CPN weights in the CAM folder's manifest), unless --overwrite.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from network import build_network
+from network.resnet50_irn import INFERENCE_PAD, boundary_probability
+from network.weights import load_weights
+from tool.cam import irn_cam_size, present_classes
+from tool.constants import VOC_CLASSES
+from tool.cores import usable_cores
+from tool.errors import UserError, and_more, run_main
+from tool.fileio import load_npy_dict, save_png
+from tool.irn import SEM_SEG_BG_THRES, WALK_BETA, WALK_EXP_TIMES, random_walk, rw_to_labels
+from tool.manifest import MANIFEST_NAME
+from tool.outputs import OutputFormat, Outputs
+from tool.runtime import (
+    ProcessGroup,
+    add_runtime_arguments,
+    autocast,
+    memory_format_for,
+    precision_name,
+    resolve_amp,
+    resolve_device,
+    set_fp32_precision,
+)
+from voc12.data import InferDataset, check_voc_root, load_cls_labels, load_image_list
+
+IRN_NETWORK = "network.resnet50_irn"
+CAM_HINT = "write IRN-format CAMs with infer_cam.py --out_cam_irn DIR and pass DIR as --cam_out_dir"
+
+
+# --- Inputs: the image pair and its CAM file ------------------------------------------------
+
+
+def class_names(classes) -> str:
+    return ", ".join(VOC_CLASSES[index + 1] for index in classes) or "none"
+
+
+def read_irn_cam(path: Path, label: np.ndarray, image_size: tuple[int, int], cls_labels_path) -> dict:
+    """SPEC-IRN §11's file of one image, checked against the image's class labels (0..19 multi-hot) and
+    size: {"keys": int64 K, the present classes; "cam": float32 K×h×w tensor on the stride-4 grid}."""
+    content = load_npy_dict(path, "CAM file", CAM_HINT)
+    missing = [entry for entry in ("cam", "keys") if entry not in content]
+    if missing:
+        raise UserError(
+            f"CAM file {path} has no {' or '.join(map(repr, missing))} entry (IRN's stride-4 maps and their "
+            f"classes): it was written by an older infer_cam.py or another tool; {CAM_HINT}"
+        )
+    keys = np.asarray(content["keys"]).astype(np.int64)
+    labelled = present_classes(label)
+    if not np.array_equal(np.sort(keys), labelled):
+        raise UserError(
+            f"CAM file {path} holds classes ({class_names(keys)}) other than the image's labels in "
+            f"{cls_labels_path} ({class_names(labelled)}): make the CAMs with the same --cls_labels"
+        )
+    cam = torch.as_tensor(np.asarray(content["cam"], dtype=np.float32))
+    expected = (len(keys), *irn_cam_size(image_size))
+    if tuple(cam.shape) != expected:
+        raise UserError(
+            f"CAM file {path}: 'cam' has shape {tuple(cam.shape)}, but the {image_size[0]}×{image_size[1]} image "
+            f"needs {expected} (K classes on the stride-4 grid): the CAMs were made from other images; {CAM_HINT}"
+        )
+    return {"keys": keys, "cam": cam}
+
+
+class CamImageDataset(Dataset):
+    """An image at scale 1 with its flip (`image_pair`, 2×3×H×W, normalised) and its CAM file's
+    `keys` and `cam`, read in the loader's workers."""
+
+    def __init__(self, voc_root: Path, names: list[str], cls_labels, cam_dir: Path):
+        self.images = InferDataset(voc_root, names, cls_labels, scales=(1.0,))
+        self.cam_dir = cam_dir
+        self.cls_labels_path = getattr(cls_labels, "path", "the class labels")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        sample = self.images[index]
+        image_pair = sample["inputs"][0]
+        cam_file = read_irn_cam(
+            self.cam_dir / f"{sample['name']}.npy",
+            sample["label"].numpy(),
+            tuple(image_pair.shape[2:]),
+            self.cls_labels_path,
+        )
+        return {"name": sample["name"], "image_pair": image_pair, **cam_file}
+
+
+# --- One image -------------------------------------------------------------------------------
+
+
+@torch.inference_mode()
+def sem_seg_label(
+    model: torch.nn.Module,
+    image_pair: torch.Tensor,
+    cam: torch.Tensor,
+    keys: np.ndarray,
+    beta: float = WALK_BETA,
+    exp_times: int = WALK_EXP_TIMES,
+    bg_threshold: float = SEM_SEG_BG_THRES,
+    amp_dtype: torch.dtype | None = None,
+    pad_to: int = INFERENCE_PAD,
+) -> np.ndarray:
+    """SPEC-IRN §9 for one image: boundary probability of `image_pair` (2×3×H×W, the normalised image and
+    its flip, on the model's device), the random walk of `cam` (K×h×w) over it, labels through `keys`
+    (the K present classes, 0..19) → H×W uint8, 0..20. Only the network runs under autocast."""
+    with autocast(image_pair.device, amp_dtype):
+        boundary = boundary_probability(model, image_pair, pad_to).float()
+    walked = random_walk(cam.to(boundary.device, torch.float32), boundary, beta, exp_times)
+    return rw_to_labels(walked, keys, tuple(image_pair.shape[2:]), bg_threshold)
+
+
+# --- Output: the label PNGs ------------------------------------------------------------------
+
+
+@dataclass
+class ImageLabel:
+    name: str
+    label: np.ndarray = field(repr=False)
+
+
+def write_label(result: ImageLabel, folder) -> None:
+    save_png(folder.file(result.name), Image.fromarray(result.label))  # uint8 H×W: mode L, as IRN writes
+
+
+SEM_SEG_OUTPUT = OutputFormat(
+    "sem_seg_out_dir",
+    ".png",
+    write_label,
+    help="pseudo labels: <name>.png, single-channel uint8 0..20 (IRN's format)",
+    setting_flags=("beta", "exp_times", "sem_seg_bg_thres"),
+)
+
+
+# --- Script ----------------------------------------------------------------------------------
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    here = Path(__file__).resolve().parent
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    # IRN's flags (run_sample.py). Its defaults for the three paths are relative session folders,
+    # so they are required here, as infer_cam.py's --weights.
+    parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages)")
+    parser.add_argument("--infer_list", default=str(here / "voc12" / "train.txt"))
+    parser.add_argument("--cam_out_dir", required=True, help="IRN-format CAMs (infer_cam.py --out_cam_irn)")
+    parser.add_argument(
+        "--irn_weights_name", required=True, help="IRNet weights: train_irn.py's output or IRN's res50_irn.pth"
+    )
+    parser.add_argument("--sem_seg_out_dir", required=True, metavar="DIR", help=SEM_SEG_OUTPUT.help)
+    parser.add_argument(
+        "--beta", type=float, default=float(WALK_BETA), help="T = A^beta, column-normalised (default 10)"
+    )
+    parser.add_argument(
+        "--exp_times", type=int, default=WALK_EXP_TIMES, help="the walk is T^(2^exp_times) (default 8: 256 steps)"
+    )
+    parser.add_argument(
+        "--sem_seg_bg_thres",
+        type=float,
+        default=SEM_SEG_BG_THRES,
+        help="background score against the walk's maps, each divided by their maximum (default 0.25)",
+    )
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="loader processes per GPU process, each reading the next images and CAM files "
+        "(default: half the cores, IRN's, shared among torchrun's processes)",
+    )
+    # Ours.
+    # fp32 by default, as IRN; --amp covers the network only, the walk stays fp32.
+    add_runtime_arguments(parser)
+    parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rewrite the listed images' labels and the folder's manifest, even when the folder was "
+        "written with other weights, CAMs or settings",
+    )
+    return parser.parse_args(argv)
+
+
+def load_labelled_list(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
+    """The list's names and the class labels, every name labelled."""
+    cls_labels = load_cls_labels(args.cls_labels)
+    names = load_image_list(args.infer_list)
+    missing = [name for name in names if name not in cls_labels]
+    if missing:
+        raise UserError(
+            f"image {and_more(missing)} of {args.infer_list} has no class label in {args.cls_labels}; "
+            "use the labels made for this list (voc12/make_cls_labels.py) or fix the list"
+        )
+    return names, cls_labels
+
+
+def cam_weights_sha256(cam_dir: Path) -> str | None:
+    """The checksum of the CPN weights that made the CAMs, from the CAM folder's manifest (infer_cam.py's);
+    None for a folder without one (IRN's own make_cam)."""
+    path = cam_dir / MANIFEST_NAME
+    if not path.is_file():
+        return None
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read {path} ({error}); rewrite the CAMs with infer_cam.py --overwrite") from None
+    return content.get("weights_sha256") if isinstance(content, dict) else None
+
+
+def check_cam_files(cam_dir: Path, names: list[str]) -> None:
+    missing = [str(cam_dir / f"{name}.npy") for name in names if not (cam_dir / f"{name}.npy").is_file()]
+    if missing:
+        raise UserError(f"CAM file not found: {and_more(missing)}; {CAM_HINT} for the same --infer_list")
+
+
+def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGroup) -> torch.nn.Module:
+    model = build_network(IRN_NETWORK)
+    report = load_weights(model, args.irn_weights_name)
+    if group.is_main:
+        print(report.summary())
+    untrained = [key for key in report.from_scratch if key.startswith("edge_branch.")]
+    if untrained:
+        raise UserError(
+            f"weights file {args.irn_weights_name} lacks IRNet's boundary head ({', '.join(untrained[:3])} ...): "
+            "not an IRNet weights file; pass the .pth written by train_irn.py or IRN's res50_irn.pth"
+        )
+    return model.eval().to(device, memory_format=memory_format_for(device))
+
+
+def first_item(batch: list[dict]) -> dict:
+    """DataLoader collate for batch size 1: the dataset's dict as it is (images differ in size)."""
+    return batch[0]
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    # ---- checks: everything a user can get wrong fails here, before any work ----
+    outputs = Outputs.from_args([SEM_SEG_OUTPUT], args)
+    outputs.check()
+    # Each rank writes its own images' files: no process group (and no collective) is needed.
+    group = ProcessGroup.from_env()
+    device = resolve_device(args.device, group.local_rank)
+    amp_dtype = resolve_amp(args.amp, device)
+    set_fp32_precision(allow_tf32=not args.no_tf32)
+    voc_root = check_voc_root(args.voc12_root)
+    all_names, cls_labels = load_labelled_list(args)
+    cam_dir = Path(args.cam_out_dir)
+    precision = precision_name(device, amp_dtype, allow_tf32=not args.no_tf32)
+    run_settings = {"precision": precision, "cam_weights_sha256": cam_weights_sha256(cam_dir)}
+    (manifest,) = outputs.manifests(args.irn_weights_name, run_settings, args.infer_list)
+    manifest.check(args.overwrite)
+
+    # ---- this process's images ----
+    names = all_names[group.rank :: group.world_size]
+    todo = names if args.overwrite else [name for name in names if not outputs.done(name)]
+    check_cam_files(cam_dir, todo)
+    if group.is_main:
+        shard = (
+            f" (this process's share of {len(all_names)}, {group.world_size} processes)" if group.distributed else ""
+        )
+        print(
+            f"{len(names)} images{shard}: {len(names) - len(todo)} already done, {len(todo)} to do; "
+            f"device {device}, {precision}, beta {args.beta:g}, exp_times {args.exp_times}, "
+            f"sem_seg_bg_thres {args.sem_seg_bg_thres:g}"
+        )
+    if not todo:
+        return
+
+    # ---- boundaries and walks on the device, one image at a time ----
+    model = load_model(args, device, group)
+    num_workers = args.num_workers
+    if num_workers is None:
+        num_workers = usable_cores() // 2 // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    loader = DataLoader(
+        CamImageDataset(voc_root, todo, cls_labels, cam_dir),
+        batch_size=1,
+        shuffle=False,
+        num_workers=num_workers,
+        collate_fn=first_item,
+        pin_memory=device.type == "cuda",
+    )
+    memory_format = memory_format_for(device)
+    for index, sample in enumerate(tqdm(loader, desc="make_sem_seg_labels", unit="img", disable=not group.is_main)):
+        image_pair = sample["image_pair"].to(device, non_blocking=True, memory_format=memory_format)
+        label = sem_seg_label(
+            model,
+            image_pair,
+            sample["cam"],
+            sample["keys"],
+            beta=args.beta,
+            exp_times=args.exp_times,
+            bg_threshold=args.sem_seg_bg_thres,
+            amp_dtype=amp_dtype,
+        )
+        if index == 0:  # with the folder's first file: a run that fails before leaves none
+            manifest.write()
+        outputs.write(ImageLabel(sample["name"], label))
+    if group.is_main:
+        print(f"done: {len(todo)} images written")
+
+
+if __name__ == "__main__":
+    run_main(main)
