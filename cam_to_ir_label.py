@@ -27,11 +27,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from tool.constants import VOC_CLASSES
+from tool.cam import IRN_CAM_HINT, read_irn_cam
 from tool.cores import default_num_workers
 from tool.crf import crf_inference_labels, require_pydensecrf
 from tool.errors import UserError, and_more, run_main
-from tool.fileio import load_npy_dict, read_rgb, save_png
+from tool.fileio import read_rgb, save_png
 from tool.ir_label import CONF_BG_THRES, CONF_FG_THRES, confident_labels
 from tool.manifest import MANIFEST_NAME, FolderManifest, git_commit
 from tool.outputs import OutputFormat, Outputs
@@ -40,49 +40,17 @@ from voc12.data import load_cls_labels
 from voc12.lists import IMAGE_FOLDER, check_voc_root, load_image_list
 
 CAM_SUFFIX = ".npy"
-IRN_CAM_HINT = "write IRN-format CAMs with infer_cam.py --out_cam_irn DIR and pass that DIR as --cam_out_dir"
 UNKNOWN_CHECKSUM = "unknown"  # a CAM folder without manifest (IRN's own make_cam): its weights are unknown
 
 
 # --- One image ------------------------------------------------------------------------------
 
 
-def class_names(classes) -> str:
-    return ", ".join(VOC_CLASSES[index + 1] for index in classes) or "none"
-
-
-def read_irn_cam(path: Path, cls_label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, high_res) of an IRN-format CAM file (SPEC-IRN §11), keys matching the image's class
-    labels (0..19 indices of its nonzero entries)."""
-    content = load_npy_dict(path, "CAM", IRN_CAM_HINT)
-    missing = [key for key in ("keys", "high_res") if key not in content]
-    if missing:
-        raise UserError(
-            f"CAM file {path} has no {' or '.join(map(repr, missing))}: it is not in IRN's format "
-            f"(infer_cam.py --out_cam writes the reference's); {IRN_CAM_HINT}"
-        )
-    keys = np.asarray(content["keys"]).astype(np.int64).reshape(-1)  # a torch tensor in IRN's own files
-    high_res = np.asarray(content["high_res"])
-    if high_res.ndim != 3 or len(high_res) != len(keys) or high_res.dtype.kind != "f":
-        raise UserError(
-            f"CAM file {path}: high_res is a {high_res.dtype} array of shape {high_res.shape} for "
-            f"{len(keys)} keys; expected K×H×W floats, one map per key; {IRN_CAM_HINT}"
-        )
-    present = np.flatnonzero(cls_label)
-    if not np.array_equal(np.sort(keys), present):
-        raise UserError(
-            f"CAM file {path} holds classes ({class_names(keys)}) other than the image's class labels "
-            f"({class_names(present)}); make the CAMs with the same --cls_labels, or pass the labels they "
-            "were made with"
-        )
-    return keys, high_res
-
-
 def read_image_and_cam(name: str, cls_label: np.ndarray, voc_root: Path, cam_dir: Path):
     """The image (uint8 H×W×3) and its CAM's (keys, high_res), of the same size."""
     image_path = voc_root / IMAGE_FOLDER / f"{name}.jpg"
     cam_path = cam_dir / f"{name}{CAM_SUFFIX}"
-    keys, high_res = read_irn_cam(cam_path, cls_label)
+    keys, high_res = read_irn_cam(cam_path, "high_res", cls_label, "--cls_labels")
     image = np.asarray(read_rgb(image_path))
     if image.shape[:2] != high_res.shape[1:]:
         raise UserError(

@@ -32,11 +32,10 @@ from tqdm import tqdm
 from network import build_network
 from network.resnet50_irn import INFERENCE_PAD, boundary_probability
 from network.weights import load_weights
-from tool.cam import irn_cam_size, present_classes
-from tool.constants import VOC_CLASSES
+from tool.cam import IRN_CAM_HINT, irn_cam_size, read_irn_cam
 from tool.cores import usable_cores
 from tool.errors import UserError, and_more, run_main
-from tool.fileio import load_npy_dict, save_png
+from tool.fileio import save_png
 from tool.irn import SEM_SEG_BG_THRES, WALK_BETA, WALK_EXP_TIMES, random_walk, rw_to_labels
 from tool.manifest import MANIFEST_NAME
 from tool.outputs import OutputFormat, Outputs
@@ -53,41 +52,22 @@ from tool.runtime import (
 from voc12.data import InferDataset, check_voc_root, load_cls_labels, load_image_list
 
 IRN_NETWORK = "network.resnet50_irn"
-CAM_HINT = "write IRN-format CAMs with infer_cam.py --out_cam_irn DIR and pass DIR as --cam_out_dir"
 
 
 # --- Inputs: the image pair and its CAM file ------------------------------------------------
 
 
-def class_names(classes) -> str:
-    return ", ".join(VOC_CLASSES[index + 1] for index in classes) or "none"
-
-
-def read_irn_cam(path: Path, label: np.ndarray, image_size: tuple[int, int], cls_labels_path) -> dict:
-    """SPEC-IRN §11's file of one image, checked against the image's class labels (0..19 multi-hot) and
-    size: {"keys": int64 K, the present classes; "cam": float32 K×h×w tensor on the stride-4 grid}."""
-    content = load_npy_dict(path, "CAM file", CAM_HINT)
-    missing = [entry for entry in ("cam", "keys") if entry not in content]
-    if missing:
-        raise UserError(
-            f"CAM file {path} has no {' or '.join(map(repr, missing))} entry (IRN's stride-4 maps and their "
-            f"classes): it was written by an older infer_cam.py or another tool; {CAM_HINT}"
-        )
-    keys = np.asarray(content["keys"]).astype(np.int64)
-    labelled = present_classes(label)
-    if not np.array_equal(np.sort(keys), labelled):
-        raise UserError(
-            f"CAM file {path} holds classes ({class_names(keys)}) other than the image's labels in "
-            f"{cls_labels_path} ({class_names(labelled)}): make the CAMs with the same --cls_labels"
-        )
-    cam = torch.as_tensor(np.asarray(content["cam"], dtype=np.float32))
+def read_stride4_cam(path: Path, label: np.ndarray, image_size: tuple[int, int], cls_labels_path) -> dict:
+    """SPEC-IRN §11's `cam` of one image, checked against the image's class labels and size:
+    {"keys": int64 K, the present classes; "cam": float32 K×h×w tensor on the stride-4 grid}."""
+    keys, cam = read_irn_cam(path, "cam", label, str(cls_labels_path))
     expected = (len(keys), *irn_cam_size(image_size))
-    if tuple(cam.shape) != expected:
+    if cam.shape != expected:
         raise UserError(
-            f"CAM file {path}: 'cam' has shape {tuple(cam.shape)}, but the {image_size[0]}×{image_size[1]} image "
-            f"needs {expected} (K classes on the stride-4 grid): the CAMs were made from other images; {CAM_HINT}"
+            f"CAM file {path}: 'cam' has shape {cam.shape}, but the {image_size[0]}×{image_size[1]} image "
+            f"needs {expected} (K classes on the stride-4 grid): the CAMs were made from other images; {IRN_CAM_HINT}"
         )
-    return {"keys": keys, "cam": cam}
+    return {"keys": keys, "cam": torch.from_numpy(cam)}
 
 
 class CamImageDataset(Dataset):
@@ -105,7 +85,7 @@ class CamImageDataset(Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.images[index]
         image_pair = sample["inputs"][0]
-        cam_file = read_irn_cam(
+        cam_file = read_stride4_cam(
             self.cam_dir / f"{sample['name']}.npy",
             sample["label"].numpy(),
             tuple(image_pair.shape[2:]),
@@ -236,7 +216,7 @@ def cam_weights_sha256(cam_dir: Path) -> str | None:
 def check_cam_files(cam_dir: Path, names: list[str]) -> None:
     missing = [str(cam_dir / f"{name}.npy") for name in names if not (cam_dir / f"{name}.npy").is_file()]
     if missing:
-        raise UserError(f"CAM file not found: {and_more(missing)}; {CAM_HINT} for the same --infer_list")
+        raise UserError(f"CAM file not found: {and_more(missing)}; {IRN_CAM_HINT} for the same --infer_list")
 
 
 def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGroup) -> torch.nn.Module:

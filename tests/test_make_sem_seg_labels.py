@@ -267,7 +267,7 @@ def test_keys_disagreeing_with_the_labels(toy_voc, toy_lists, weights, toy, tmp_
         other = np.array([19]) if 19 not in toy["keys"][name] else np.array([0])
         np.save(cam_dir / f"{name}.npy", cam_dict(other, height, width, seed))
     args = cli_args(toy_voc, toy_lists, weights, {**toy, "cam_dir": cam_dir}, tmp_path / "out")
-    expected = r"holds classes \((tvmonitor|aeroplane)\) other than the image's labels in .* \(\w+"
+    expected = r"holds classes \((tvmonitor|aeroplane)\) other than the image's class labels in .* \(\w+"
     with pytest.raises(UserError, match=expected):
         make_sem_seg_labels.main(args)
 

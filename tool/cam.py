@@ -6,14 +6,17 @@ model's parameters are)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tool.constants import NUM_FG_CLASSES
+from tool.constants import NUM_FG_CLASSES, VOC_CLASSES
 from tool.crf import seam_crf_scores
+from tool.errors import UserError
+from tool.fileio import load_npy_dict
 from tool.runtime import autocast
 
 CAM_NORMALISATION_EPSILON = 1e-5  # SPEC §5: the min/max normalisation's epsilon
@@ -149,3 +152,41 @@ def seam_crf_label(
     scores = seam_crf_scores(image, unit_maps(fg_maps), alpha)
     labels = np.concatenate([[0], keys + 1]).astype(np.uint8)
     return labels[scores.argmax(axis=0)], {int(label): score for label, score in zip(labels, scores)}
+
+
+# --- Reading IRN-format files (SPEC-IRN §11), for the IRN stage's scripts ------------------
+
+IRN_CAM_HINT = "write IRN-format CAMs with infer_cam.py --out_cam_irn DIR and pass that DIR as --cam_out_dir"
+
+
+def class_names(classes: Sequence[int]) -> str:
+    """Foreground class indices 0..19 as VOC names, for messages."""
+    return ", ".join(VOC_CLASSES[index + 1] for index in classes) or "none"
+
+
+def read_irn_cam(path: str | os.PathLike, entry: str, label, labels_source: str) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, maps) of one IRN-format CAM file: `keys` the int64 present classes 0..19 (a torch
+    tensor in IRN's own files), `maps` the float32 K×… array of `entry` ("high_res" K×H×W or "cam"
+    K×h×w). The keys must be the image's classes (`label`, float[20] multi-hot, from
+    `labels_source`); any other content is a UserError naming the file."""
+    content = load_npy_dict(path, "CAM file", IRN_CAM_HINT)
+    missing = [key for key in (entry, "keys") if key not in content]
+    if missing:
+        raise UserError(
+            f"CAM file {path} has no {' or '.join(map(repr, missing))} entry: it was written by infer_cam.py "
+            f"--out_cam (the reference's format), an older infer_cam.py or another tool; {IRN_CAM_HINT}"
+        )
+    keys = np.asarray(content["keys"]).astype(np.int64).reshape(-1)
+    maps = np.asarray(content[entry], dtype=np.float32)
+    if maps.ndim != 3 or len(maps) != len(keys):
+        raise UserError(
+            f"CAM file {path}: {entry!r} has shape {maps.shape} for {len(keys)} keys; expected one map per key; "
+            f"{IRN_CAM_HINT}"
+        )
+    present = present_classes(label)
+    if not np.array_equal(np.sort(keys), present):
+        raise UserError(
+            f"CAM file {path} holds classes ({class_names(keys)}) other than the image's class labels in "
+            f"{labels_source} ({class_names(present)}): make the CAMs with the same --cls_labels"
+        )
+    return keys, maps
