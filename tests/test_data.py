@@ -25,11 +25,15 @@ from tool.constants import (
     VOC_VAL_IMAGES,
 )
 from tool.errors import UserError, run_main
-from tool.fileio import read_label_png
+from tool.fileio import read_label_png, read_rgb
+from tool.irn import quarter_label, search_dst
 from voc12.data import (
     InferDataset,
+    IrnCalibrationDataset,
+    IrnTrainDataset,
     TrainDataset,
     cls_labels_from_xml,
+    irn_augment,
     load_cls_labels,
     load_image_list,
     sample_seed,
@@ -393,3 +397,134 @@ def test_truncated_jpeg_is_a_user_error(tmp_path):
         dataset[0]
     with pytest.raises(UserError, match="cut.jpg"):
         TrainDataset(root, ["cut"], {"cut": one_hot("cat")}, crop_size=16)[0]
+
+
+# ---------- IRN datasets (SPEC-IRN §5, §7) ----------
+
+IRN_CROP = 96  # the smallest sizes the radius-10 path index fits are multiples of 4 from 76
+
+
+def write_ir_labels(voc_root: Path, names, folder: Path) -> Path:
+    """Confident labels as cam_to_ir_label.py writes them (single-channel 0/1–20/255), here the toy set's
+    ground truth."""
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        label = read_label_png(voc_root / "SegmentationClass" / f"{name}.png")
+        Image.fromarray(label, mode="L").save(folder / f"{name}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def ir_labels(toy_voc, train_names, tmp_path_factory):
+    return write_ir_labels(toy_voc, train_names, tmp_path_factory.mktemp("ir_label"))
+
+
+def slow_affinity_labels(quarter: np.ndarray, radius: int = 10) -> dict[str, np.ndarray]:
+    """SPEC-IRN §3, §5 by loops over directions and sources (source (y, rf + x), destination
+    (y + dy, rf + x + dx), directions in search_dst order)."""
+    rf = int(np.ceil(radius)) - 1
+    height, width = quarter.shape
+    ch, cw = height - rf, width - 2 * rf
+    out = {key: np.zeros((len(search_dst(radius)), ch * cw), np.uint8) for key in ("bg_pos", "fg_pos", "neg")}
+    for d, (dy, dx) in enumerate(search_dst(radius)):
+        for y in range(ch):
+            for x in range(cw):
+                source, dest = int(quarter[y, rf + x]), int(quarter[y + dy, rf + x + dx])
+                if source < 21 and dest < 21:
+                    key = "neg" if source != dest else ("bg_pos" if source == 0 else "fg_pos")
+                    out[key][d, y * cw + x] = 1
+    return out
+
+
+def test_irn_sample_fields_and_affinity_labels(toy_voc, train_names, ir_labels):
+    dataset = IrnTrainDataset(toy_voc, train_names, ir_labels, crop_size=IRN_CROP, seed=3)
+    directions = len(search_dst(10))
+    grid = IRN_CROP // 4
+    for index in range(3):
+        sample = dataset[1, index]
+        assert sample["name"] == train_names[index]
+        assert sample["img"].shape == (3, IRN_CROP, IRN_CROP) and sample["img"].dtype == torch.float32
+        assert sample["label"].shape == (grid, grid) and sample["label"].dtype == torch.uint8
+        # the same draws again: the quarter label is SPEC-IRN §5's reduction of the augmented label
+        torch.manual_seed(sample_seed(3, 1, index))
+        image = read_rgb(toy_voc / "JPEGImages" / f"{train_names[index]}.jpg")
+        img, label = irn_augment(image, read_label_png(ir_labels / f"{train_names[index]}.png"), IRN_CROP)
+        assert torch.equal(img, sample["img"])
+        assert np.array_equal(sample["label"].numpy(), quarter_label(label))
+        expected = slow_affinity_labels(sample["label"].numpy())
+        for key in ("bg_pos", "fg_pos", "neg"):
+            assert sample[key].dtype == torch.uint8 and sample[key].shape == (directions, (grid - 9) * (grid - 18))
+            assert np.array_equal(sample[key].numpy(), expected[key]), key
+        total = sample["bg_pos"].int() + sample["fg_pos"].int() + sample["neg"].int()
+        assert total.max() <= 1, "the three labels are disjoint"
+    assert set(np.unique(sample["label"])) <= set(range(21)) | {255}
+    batch = default_collate([dataset[0], dataset[1]])
+    assert batch["bg_pos"].shape == (2, directions, (grid - 9) * (grid - 18))
+
+
+def test_irn_sample_is_a_pure_function_of_seed_epoch_index(toy_voc, train_names, ir_labels):
+    dataset = IrnTrainDataset(toy_voc, train_names, ir_labels, crop_size=IRN_CROP)
+    torch.manual_seed(5)
+    state = torch.get_rng_state()
+    reference = dataset[2, 4]
+    assert torch.equal(torch.get_rng_state(), state), "the global torch RNG must be left alone"
+    dataset[0, 1]
+    assert torch.equal(dataset[2, 4]["img"], reference["img"])
+    assert torch.equal(dataset[0, 4]["img"], dataset[4]["img"])
+    assert not torch.equal(dataset[3, 4]["img"], reference["img"])
+    other_seed = IrnTrainDataset(toy_voc, train_names, ir_labels, crop_size=IRN_CROP, seed=1)
+    assert not torch.equal(other_seed[2, 4]["img"], reference["img"])
+    with pytest.raises(IndexError):
+        dataset[len(dataset)]
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_irn_augment_scale_flip_crop_and_fills(seed):
+    # left half red with label 1, right half blue with label 2, on a 40×60 image: smaller than the crop
+    # at every scale, so the crop pastes it and the fills show
+    pixels = np.zeros((40, 60, 3), np.uint8)
+    pixels[:, :30] = (230, 20, 20)
+    pixels[:, 30:] = (20, 20, 230)
+    label = np.ones((40, 60), np.uint8)
+    label[:, 30:] = 2
+    torch.manual_seed(seed)
+    scale = 0.5 + torch.rand(()).item()
+    torch.manual_seed(seed)
+    img, out = irn_augment(Image.fromarray(pixels), label, 96)
+    assert img.shape == (3, 96, 96) and out.shape == (96, 96) and out.dtype == np.uint8
+    inside = out != 255
+    assert inside.sum() == round(40 * scale) * round(60 * scale)  # SPEC-IRN §7: round(side·s), Python's round
+    assert set(np.unique(out)) == {1, 2, 255}
+    assert (img[:, torch.from_numpy(~inside)] == 0).all(), "image fill 0"
+    red = img[0] - img[2]  # normalised red minus blue: > 0 on the red half, < 0 on the blue half
+    assert (red[torch.from_numpy(out == 1)] > 0).float().mean() > 0.95
+    assert (red[torch.from_numpy(out == 2)] < 0).float().mean() > 0.95
+
+
+def test_irn_dataset_errors(toy_voc, train_names, ir_labels, tmp_path):
+    with pytest.raises(UserError, match=f"{train_names[0]}.png.* not found in {tmp_path}.*cam_to_ir_label.py"):
+        IrnTrainDataset(toy_voc, train_names, tmp_path, crop_size=IRN_CROP)
+    with pytest.raises(UserError, match="--irn_crop_size 64: use a multiple of 4 of at least 76"):
+        IrnTrainDataset(toy_voc, train_names, ir_labels, crop_size=64)
+    with pytest.raises(UserError, match="--irn_crop_size 98"):
+        IrnTrainDataset(toy_voc, train_names, ir_labels, crop_size=98)
+    bad = write_ir_labels(toy_voc, train_names[:1], tmp_path / "bad")
+    label = read_label_png(bad / f"{train_names[0]}.png").copy()
+    label[0, :3] = (21, 37, 254)
+    Image.fromarray(label, mode="L").save(bad / f"{train_names[0]}.png")
+    dataset = IrnTrainDataset(toy_voc, train_names[:1], bad, crop_size=IRN_CROP)
+    with pytest.raises(UserError, match=r"holds values outside 0–20/255 \(21, 37, 254\)"):
+        dataset[0]
+    Image.fromarray(read_label_png(ir_labels / f"{train_names[0]}.png")[:, :-1]).save(bad / f"{train_names[0]}.png")
+    with pytest.raises(UserError, match="confident label .* is .*, its image"):
+        dataset[0]
+
+
+def test_irn_calibration_crops_top_left_with_zero_fill(toy_voc, train_names):
+    dataset = IrnCalibrationDataset(toy_voc, train_names[:3], crop_size=IRN_CROP)
+    for index in range(3):
+        image = read_rgb(toy_voc / "JPEGImages" / f"{train_names[index]}.jpg")
+        height, width = min(image.height, IRN_CROP), min(image.width, IRN_CROP)
+        expected = torch.zeros(3, IRN_CROP, IRN_CROP)
+        expected[:, :height, :width] = torch.from_numpy(reference_normalize(image))[:, :height, :width]
+        torch.testing.assert_close(dataset[index]["img"], expected, rtol=0, atol=1e-5)

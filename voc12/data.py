@@ -1,5 +1,5 @@
-"""VOC2012 class labels and the training / inference datasets (SPEC §3, §5); the image lists
-themselves are read by the torch-free voc12/lists.py.
+"""VOC2012 class labels and the training / inference datasets (SPEC §3, §5; IRN's, SPEC-IRN §5, §7); the
+image lists themselves are read by the torch-free voc12/lists.py.
 
 Datasets return dicts with named fields (STYLE 4). Every training sample is a pure function
 of (seed, epoch, index), so a resumed run, any worker count and any machine see the same
@@ -16,12 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch.utils.data import Dataset
 
-from tool.constants import CROP_SIZE, INFER_SCALES, NUM_FG_CLASSES, RESIZE_LONG, VOC_CLASSES
+from tool.constants import CROP_SIZE, IGNORE_INDEX, INFER_SCALES, NUM_CLASSES, NUM_FG_CLASSES, RESIZE_LONG, VOC_CLASSES
 from tool.errors import UserError, and_more
-from tool.fileio import load_npy_dict, read_rgb
-from tool.imutils import PATCH_STRATEGIES, Normalize, complementary_patch, scale_image, train_transform
+from tool.fileio import load_npy_dict, read_label_png, read_rgb
+from tool.imutils import PATCH_STRATEGIES, Normalize, complementary_patch, random_crop, scale_image, train_transform
+from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, quarter_label
 
 # load_image_list is re-exported: the scripts read lists and build datasets from this one module.
 from voc12.lists import IMAGE_FOLDER, check_voc_root, load_image_list  # noqa: F401
@@ -99,6 +101,14 @@ def _labels_of(names: Sequence[str], cls_labels: Mapping[str, np.ndarray] | str 
     return [np.asarray(cls_labels[name], dtype=np.float32) for name in names]
 
 
+def checked_index(index: int, length: int) -> int:
+    """`index` in 0…length−1 (negative indices count from the end); IndexError outside."""
+    index = operator.index(index)
+    if not -length <= index < length:
+        raise IndexError(f"index {index} out of range for {length} images")
+    return index % length
+
+
 def _image_paths(voc_root: Path, names: Sequence[str]) -> list[Path]:
     """Checked up front so a missing file stops the run before training, not hours into it."""
     paths = [voc_root / IMAGE_FOLDER / f"{name}.jpg" for name in names]
@@ -124,10 +134,7 @@ class _VocDataset(Dataset):
         return len(self.names)
 
     def _checked_index(self, index: int) -> int:
-        index = operator.index(index)
-        if not -len(self) <= index < len(self):
-            raise IndexError(f"index {index} out of range for {len(self)} images")
-        return index % len(self)
+        return checked_index(index, len(self))
 
 
 class TrainDataset(_VocDataset):
@@ -209,3 +216,143 @@ class InferDataset(_VocDataset):
             "label": torch.from_numpy(self.labels[index].copy()),
             "inputs": inputs,
         }
+
+
+# ---------------------------------------------------------------- IRN (SPEC-IRN §5, §7)
+
+IRN_CROP_SIZE = 512  # SPEC-IRN §7: training crop, and the top-left crop of the MeanShift calibration
+IRN_SCALE_RANGE = (0.5, 1.5)  # SPEC-IRN §7: s = 0.5 + U[0, 1)·1.0
+IR_LABEL_HINT = "make them with: python cam_to_ir_label.py --ir_label_out_dir <folder>"
+_normalize = Normalize()
+
+
+def irn_label_grid(crop_size: int) -> int:
+    """The side of the stride-4 grid of an IRN crop (SPEC-IRN §5); UserError for a crop the training
+    path index (radius 10) does not fit, or whose quarter label and network output would differ in size."""
+    grid = crop_size // 4
+    radius_floor = int(np.ceil(TRAIN_RADIUS)) - 1
+    if crop_size % 4 or grid <= 2 * radius_floor:
+        smallest = 4 * (2 * radius_floor + 1)
+        raise UserError(f"--irn_crop_size {crop_size}: use a multiple of 4 of at least {smallest} (IRN uses 512)")
+    return grid
+
+
+def irn_augment(
+    image: Image.Image, label: np.ndarray, crop_size: int = IRN_CROP_SIZE
+) -> tuple[torch.Tensor, np.ndarray]:
+    """SPEC-IRN §7 on an RGB image and its H×W uint8 label map, drawing from torch's global RNG: one scale
+    s = 0.5 + U[0, 1) for both (image bicubic, label nearest, sides round(side·s)), ImageNet normalisation,
+    horizontal flip of both with p = 0.5, one random crop_size crop of both (SPEC §3's crop: image fill 0,
+    label fill 255). → (3×C×C float32 image, C×C uint8 label)."""
+    low, high = IRN_SCALE_RANGE
+    scale = low + torch.rand(()).item() * (high - low)
+    image = scale_image(image, scale)
+    label = np.asarray(Image.fromarray(label).resize(image.size, resample=Image.Resampling.NEAREST))
+    normalized = _normalize(np.asarray(image))
+    if torch.rand(()).item() < 0.5:
+        normalized, label = normalized[:, ::-1], label[:, ::-1]
+    # One crop box for both: the label rides as a fourth channel shifted by −255, so the crop's zero fill
+    # is 255 once shifted back (exact in float32).
+    stacked = np.concatenate([normalized, label[..., None].astype(np.float32) - IGNORE_INDEX], axis=2)
+    cropped = random_crop(stacked, crop_size)
+    img = torch.from_numpy(np.ascontiguousarray(cropped[..., :3].transpose(2, 0, 1)))
+    return img, (cropped[..., 3] + IGNORE_INDEX).astype(np.uint8)
+
+
+def _ir_label_paths(label_dir: Path, names: Sequence[str]) -> list[Path]:
+    """Checked up front, as the images are."""
+    paths = [label_dir / f"{name}.png" for name in names]
+    missing = [path.name for path in paths if not path.is_file()]
+    if missing:
+        raise UserError(f"confident label {and_more(missing)} not found in {label_dir}; {IR_LABEL_HINT}")
+    return paths
+
+
+def read_ir_label(path: Path) -> np.ndarray:
+    """A confident-label PNG of cam_to_ir_label.py (SPEC-IRN §8): H×W uint8, 0 background, 1…20, 255."""
+    label = read_label_png(path)
+    values = np.unique(label)
+    wrong = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
+    if len(wrong):
+        raise UserError(
+            f"confident label {path} holds values outside 0–20/255 ({and_more(wrong.tolist(), 3)}); {IR_LABEL_HINT}"
+        )
+    return label
+
+
+class IrnTrainDataset(Dataset):
+    """SPEC-IRN §7: the augmented crop, its confident label reduced to the stride-4 grid and the SPEC-IRN §5
+    affinity labels. `dataset[index]` is epoch 0; `dataset[epoch, index]` gives that epoch's augmentation,
+    a pure function of (seed, epoch, index).
+
+    Sample: `name`; `img` 3×C×C float32; `label` (C/4)×(C/4) uint8 (the quarter label); `bg_pos`, `fg_pos`,
+    `neg` D×M uint8 0/1 (SPEC-IRN §5's float maps, as bytes: a quarter of the loader traffic, 6 MB a sample
+    at C = 512; the step turns them into floats on its device)."""
+
+    def __init__(
+        self,
+        voc_root: str | os.PathLike,
+        names: Sequence[str],
+        ir_label_dir: str | os.PathLike,
+        crop_size: int = IRN_CROP_SIZE,
+        seed: int = 0,
+    ):
+        grid = irn_label_grid(crop_size)
+        self.voc_root = check_voc_root(voc_root)
+        self.names = list(names)
+        self.image_paths = _image_paths(self.voc_root, self.names)
+        self.label_paths = _ir_label_paths(Path(ir_label_dir), self.names)
+        self.crop_size, self.seed = crop_size, seed
+        self.path_index = PathIndex(TRAIN_RADIUS, (grid, grid))
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index = checked_index(index, len(self))
+        image = read_rgb(self.image_paths[index])
+        label = read_ir_label(self.label_paths[index])
+        if label.shape != (image.height, image.width):
+            raise UserError(
+                f"confident label {self.label_paths[index]} is {label.shape[1]}×{label.shape[0]}, its image "
+                f"{image.width}×{image.height}; {IR_LABEL_HINT}"
+            )
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed(self.seed, epoch, index))
+            img, label = irn_augment(image, label, self.crop_size)
+        quarter = quarter_label(label)
+        labels = affinity_labels(torch.from_numpy(quarter), self.path_index)
+        return {
+            "name": self.names[index],
+            "img": img,
+            "label": torch.from_numpy(np.ascontiguousarray(quarter)),
+            **{name: value.to(torch.uint8) for name, value in labels.items()},
+        }
+
+
+def top_left_crop(img: np.ndarray, crop_size: int) -> np.ndarray:
+    """The top-left crop_size×crop_size of an H×W×C array in a zero container (IRN's `top_left_crop`)."""
+    container = np.zeros((crop_size, crop_size, img.shape[2]), img.dtype)
+    kept = img[:crop_size, :crop_size]
+    container[: kept.shape[0], : kept.shape[1]] = kept
+    return container
+
+
+class IrnCalibrationDataset(Dataset):
+    """SPEC-IRN §7's MeanShift calibration input: each image normalised and cropped top-left to crop_size
+    (fill 0). Sample: `name`, `img` 3×C×C float32."""
+
+    def __init__(self, voc_root: str | os.PathLike, names: Sequence[str], crop_size: int = IRN_CROP_SIZE):
+        self.voc_root = check_voc_root(voc_root)
+        self.names = list(names)
+        self.image_paths = _image_paths(self.voc_root, self.names)
+        self.crop_size = crop_size
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, index: int) -> dict:
+        index = checked_index(index, len(self))
+        cropped = top_left_crop(_normalize(np.asarray(read_rgb(self.image_paths[index]))), self.crop_size)
+        return {"name": self.names[index], "img": torch.from_numpy(np.ascontiguousarray(cropped.transpose(2, 0, 1)))}
