@@ -34,7 +34,7 @@ from tool.errors import UserError, and_more, run_main
 from tool.fileio import read_rgb, save_png
 from tool.ir_label import CONF_BG_THRES, CONF_FG_THRES, confident_labels
 from tool.manifest import MANIFEST_NAME, FolderManifest, git_commit
-from tool.outputs import OutputFormat, Outputs
+from tool.outputs import OutputFormat, Outputs, add_overwrite_argument
 from tool.runtime import ProcessGroup
 from voc12.data import load_cls_labels
 from voc12.lists import IMAGE_FOLDER, check_voc_root, load_image_list
@@ -119,12 +119,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     # Ours.
     parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
     parser.add_argument("--device", default=None, help="accepted as by every stage; this one runs on the CPU")
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="rewrite every listed image's labels and the folder's manifest, even when the folder was "
-        "written from other CAMs or thresholds",
-    )
+    add_overwrite_argument(parser)
     return parser.parse_args(argv)
 
 

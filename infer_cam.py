@@ -42,9 +42,9 @@ from tool.cam import (
 )
 from tool.constants import INFER_SCALES
 from tool.crf import SEAM_CRF_ALPHAS, require_pydensecrf
-from tool.errors import UserError, and_more, run_main
+from tool.errors import UserError, run_main
 from tool.fileio import save_jpeg, save_npy, save_png
-from tool.outputs import OutputFolder, OutputFormat, Outputs, add_output_arguments
+from tool.outputs import OutputFolder, OutputFormat, Outputs, add_output_arguments, add_overwrite_argument
 from tool.parallel import WorkerPool, default_pool_workers
 from tool.runtime import (
     ProcessGroup,
@@ -56,7 +56,7 @@ from tool.runtime import (
     set_fp32_precision,
 )
 from tool.visualization import cam_panel, label_image
-from voc12.data import InferDataset, check_voc_root, load_cls_labels, load_image_list
+from voc12.data import InferDataset, check_voc_root, first_item, load_labelled_list
 
 # Background score of --out_cam_pred, on the scale of the halved maps (evaluation's t).
 # 0.26 is SEAM's default for its out_cam_pred; pass the best t of evaluation_cam.py's curve.
@@ -233,26 +233,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="processes that build and write the outputs while the network runs "
         "(0: in the main process; default: the cores the loader leaves, at most 8)",
     )
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="rewrite every output of the listed images and each folder's manifest, even "
-        "when the folder was written with other weights or settings",
-    )
+    add_overwrite_argument(parser)
     return parser.parse_args(argv)
-
-
-def load_labelled_list(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The list's names and the class labels, every name labelled."""
-    cls_labels = load_cls_labels(args.cls_labels)
-    names = load_image_list(args.infer_list)
-    missing = [name for name in names if name not in cls_labels]
-    if missing:
-        raise UserError(
-            f"image {and_more(missing)} of {args.infer_list} has no class label in {args.cls_labels}; "
-            "use the labels made for this list (voc12/make_cls_labels.py) or fix the list"
-        )
-    return names, cls_labels
 
 
 def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGroup) -> torch.nn.Module:
@@ -266,11 +248,6 @@ def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGro
             "...): CAMs need trained CPN weights, e.g. the .pth written by train_cpn.py"
         )
     return model.eval().to(device, memory_format=memory_format_for(device))
-
-
-def first_item(batch: list[dict]) -> dict:
-    """DataLoader collate for batch size 1: the dataset's dict as it is (inputs differ in size)."""
-    return batch[0]
 
 
 def image_cams(model: torch.nn.Module, sample: dict, outputs: Outputs, **forward_options) -> ImageCams:
@@ -295,7 +272,7 @@ def main(argv=None) -> None:
     amp_dtype = resolve_amp(args.amp, device)
     set_fp32_precision(allow_tf32=not args.no_tf32)
     voc_root = check_voc_root(args.voc12_root)
-    all_names, cls_labels = load_labelled_list(args)
+    all_names, cls_labels = load_labelled_list(args.infer_list, args.cls_labels)
     if outputs.writes("out_crf"):
         require_pydensecrf()  # fail now, not in a worker after the first image
     precision = precision_name(device, amp_dtype, allow_tf32=not args.no_tf32)

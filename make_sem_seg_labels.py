@@ -38,7 +38,7 @@ from tool.errors import UserError, and_more, run_main
 from tool.fileio import save_png
 from tool.irn import SEM_SEG_BG_THRES, WALK_BETA, WALK_EXP_TIMES, random_walk, rw_to_labels
 from tool.manifest import MANIFEST_NAME
-from tool.outputs import OutputFormat, Outputs
+from tool.outputs import OutputFormat, Outputs, add_overwrite_argument
 from tool.runtime import (
     ProcessGroup,
     add_runtime_arguments,
@@ -49,7 +49,7 @@ from tool.runtime import (
     resolve_device,
     set_fp32_precision,
 )
-from voc12.data import InferDataset, check_voc_root, load_cls_labels, load_image_list
+from voc12.data import InferDataset, check_voc_root, first_item, load_labelled_list
 
 IRN_NETWORK = "network.resnet50_irn"
 
@@ -178,26 +178,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     # fp32 by default, as IRN; --amp covers the network only, the walk stays fp32.
     add_runtime_arguments(parser)
     parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
-    parser.add_argument(
-        "--overwrite",
-        action="store_true",
-        help="rewrite the listed images' labels and the folder's manifest, even when the folder was "
-        "written with other weights, CAMs or settings",
-    )
+    add_overwrite_argument(parser)
     return parser.parse_args(argv)
-
-
-def load_labelled_list(args: argparse.Namespace) -> tuple[list[str], dict[str, np.ndarray]]:
-    """The list's names and the class labels, every name labelled."""
-    cls_labels = load_cls_labels(args.cls_labels)
-    names = load_image_list(args.infer_list)
-    missing = [name for name in names if name not in cls_labels]
-    if missing:
-        raise UserError(
-            f"image {and_more(missing)} of {args.infer_list} has no class label in {args.cls_labels}; "
-            "use the labels made for this list (voc12/make_cls_labels.py) or fix the list"
-        )
-    return names, cls_labels
 
 
 def cam_weights_sha256(cam_dir: Path) -> str | None:
@@ -233,11 +215,6 @@ def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGro
     return model.eval().to(device, memory_format=memory_format_for(device))
 
 
-def first_item(batch: list[dict]) -> dict:
-    """DataLoader collate for batch size 1: the dataset's dict as it is (images differ in size)."""
-    return batch[0]
-
-
 def main(argv=None) -> None:
     args = parse_args(argv)
     # ---- checks: everything a user can get wrong fails here, before any work ----
@@ -249,7 +226,7 @@ def main(argv=None) -> None:
     amp_dtype = resolve_amp(args.amp, device)
     set_fp32_precision(allow_tf32=not args.no_tf32)
     voc_root = check_voc_root(args.voc12_root)
-    all_names, cls_labels = load_labelled_list(args)
+    all_names, cls_labels = load_labelled_list(args.infer_list, args.cls_labels)
     cam_dir = Path(args.cam_out_dir)
     precision = precision_name(device, amp_dtype, allow_tf32=not args.no_tf32)
     run_settings = {"precision": precision, "cam_weights_sha256": cam_weights_sha256(cam_dir)}

@@ -120,3 +120,13 @@ class Outputs:
         """Build and atomically write every requested output of one image's result."""
         for folder in self.folders:
             folder.output.write(result, folder)
+
+
+def add_overwrite_argument(parser: argparse.ArgumentParser) -> None:
+    """`--overwrite`, the way out that a manifest's refusal names (every stage that writes per-image files)."""
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="rewrite the listed images' outputs and each folder's manifest, even when a folder was written "
+        "with other weights, inputs or settings",
+    )

@@ -356,3 +356,21 @@ class IrnCalibrationDataset(Dataset):
         index = checked_index(index, len(self))
         cropped = top_left_crop(_normalize(np.asarray(read_rgb(self.image_paths[index]))), self.crop_size)
         return {"name": self.names[index], "img": torch.from_numpy(np.ascontiguousarray(cropped.transpose(2, 0, 1)))}
+
+
+def load_labelled_list(list_path: str | os.PathLike, cls_labels_path: str | os.PathLike) -> tuple[list[str], ClsLabels]:
+    """A list's names and the class labels, every name labelled (else one UserError naming both files)."""
+    cls_labels = load_cls_labels(cls_labels_path)
+    names = load_image_list(list_path)
+    missing = [name for name in names if name not in cls_labels]
+    if missing:
+        raise UserError(
+            f"image {and_more(missing)} of {list_path} has no class label in {cls_labels_path}; "
+            "use the labels made for this list (voc12/make_cls_labels.py) or fix the list"
+        )
+    return names, cls_labels
+
+
+def first_item(batch: list[dict]) -> dict:
+    """DataLoader collate for batch size 1: the dataset's dict as it is (images differ in size)."""
+    return batch[0]
