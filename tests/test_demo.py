@@ -1,5 +1,6 @@
-"""`make demo`'s script end to end on a tiny toy set (2 steps): every stage runs, every output the
-demo lists exists, and a rerun with other steps rewrites the CAMs instead of refusing them."""
+"""`make demo`'s script end to end on a tiny toy set (2 steps): every stage runs, CPN's and IRN's, every
+output the demo lists exists, and a rerun with other steps rewrites the CAMs and retrains IRNet instead of
+refusing them or resuming the old run."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def run_demo(out: Path, steps: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "DEMO_TOY_TRAIN": "4", "DEMO_TOY_VAL": "2"}
+    env = {**os.environ, "DEMO_TOY_TRAIN": "4", "DEMO_TOY_VAL": "2", "DEMO_IRN_STEPS": "2"}
     return subprocess.run(
         ["bash", str(REPO / "tool" / "demo.sh"), sys.executable, str(out), steps, "cpu"],
         capture_output=True,
@@ -40,6 +41,7 @@ def test_demo_runs_every_stage_and_reruns(tmp_path):
             assert (out / run / folder / "manifest.json").is_file(), folder
     trained_log = (out / "CPN" / "toy.log").read_text().splitlines()
     assert trained_log[0].endswith("backbone frozen") and "step 2/2" in trained_log[-1]
+    check_irn_outputs(out, first.stdout)
 
     again = run_demo(out, "3")  # other weights into the same folders: --overwrite, not an error
     assert again.returncode == 0, again.stderr[-2000:]
@@ -49,3 +51,20 @@ def test_demo_runs_every_stage_and_reruns(tmp_path):
         manifest["weights_sha256"]
         != json.loads((out / "untrained" / "cam" / "manifest.json").read_text())["weights_sha256"]
     )
+    check_irn_outputs(out, again.stdout)
+    assert "resumed" not in (out / "IRN" / "res50_irn.log").read_text()  # new CPN weights: IRNet afresh
+
+
+def check_irn_outputs(out: Path, stdout: str) -> None:
+    """IRN's stage: train CAMs, confident labels, IRNet's weights, val pseudo labels and their score."""
+    assert "pseudo-label mIoU (IRN random walk)" in stdout and "pseudo labels / CAMs:" in stdout
+    names = (out / "lists" / "val.txt").read_text().split()
+    assert len(names) == 2
+    for name in names:
+        assert (out / "toy" / "sem_seg" / f"{name}.png").is_file(), name
+    assert len(list((out / "toy" / "ir_label").glob("*.png"))) == 4
+    assert len(list((out / "toy" / "cam_irn_train").glob("*.npy"))) == 4
+    assert (out / "IRN" / "res50_irn.pth").is_file()
+    result = json.loads((out / "toy" / "sem_seg_eval.json").read_text())
+    assert result["protocol"]["num_images"] == 2
+    assert 0 <= result["best_miou"] <= 100
