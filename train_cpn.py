@@ -39,10 +39,9 @@ from tool.training import (
     RunLog,
     StepTimer,
     TrainState,
-    check_finite,
     distributed_model,
-    mean_over_processes,
     resume_hint_on_interrupt,
+    run_steps,
     save_weights,
     training_loader,
     write_run_record,
@@ -274,19 +273,20 @@ def main(argv=None) -> None:
     last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
     timer = StepTimer(state.step, last_step, args.batch_size * group.world_size)
     with log, resume_hint_on_interrupt(log, state, checkpoints):
-        while state.step < last_step:
-            epoch = state.epoch
-            sampler.set_epoch(epoch, state.batch_in_epoch)
-            for batch in log.progress(loader, state, sampler.batches_per_epoch, args.max_epoches):
-                losses = train_step(trained, optimizer, scaler, batch, options)
-                state.advance(sampler.batches_per_epoch)
-                losses = mean_over_processes(losses, group)
-                check_finite(losses, state.step, checkpoints.last)
-                log.step(state.step, epoch, losses, optimizer.param_groups[0]["lr"], timer)
-                if group.is_main and checkpoints.due(state, last_step):
-                    checkpoints.save(model, optimizer, state, vars(args))
-                if state.step == last_step:
-                    break
+        run_steps(
+            lambda batch: train_step(trained, optimizer, scaler, batch, options),
+            loader,
+            state,
+            last_step,
+            args.max_epoches,
+            model=model,
+            optimizer=optimizer,
+            group=group,
+            log=log,
+            checkpoints=checkpoints,
+            timer=timer,
+            run_args=vars(args),
+        )
 
     # ---- save ----
     if group.is_main:

@@ -14,7 +14,7 @@ import pickle
 import platform
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -286,6 +286,40 @@ class RunLog:
 
     def __exit__(self, *exc_info) -> None:
         self.close()
+
+
+def run_steps(
+    step: Callable[[dict], dict[str, torch.Tensor]],
+    loader: DataLoader,
+    state: TrainState,
+    last_step: int,
+    num_epochs: int,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    group: ProcessGroup,
+    log: RunLog,
+    checkpoints: Checkpoints,
+    timer: StepTimer,
+    run_args: dict,
+) -> None:
+    """The loop every trainer shares: from `state` up to `last_step`, one `step(batch)` per batch of the
+    ResumableSampler-driven `loader`; losses averaged over the processes, checked, logged; checkpoints
+    (of the unwrapped `model`) when due. `state` advances in place."""
+    sampler = loader.sampler
+    while state.step < last_step:
+        epoch = state.epoch
+        sampler.set_epoch(epoch, state.batch_in_epoch)
+        for batch in log.progress(loader, state, sampler.batches_per_epoch, num_epochs):
+            losses = step(batch)
+            state.advance(sampler.batches_per_epoch)
+            losses = mean_over_processes(losses, group)
+            check_finite(losses, state.step, checkpoints.last)
+            log.step(state.step, epoch, losses, optimizer.param_groups[0]["lr"], timer)
+            if group.is_main and checkpoints.due(state, last_step):
+                checkpoints.save(model, optimizer, state, run_args)
+            if state.step == last_step:
+                break
 
 
 @contextlib.contextmanager
