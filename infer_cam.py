@@ -49,11 +49,9 @@ from tool.parallel import WorkerPool, default_pool_workers
 from tool.runtime import (
     ProcessGroup,
     add_runtime_arguments,
+    apply_precision,
     memory_format_for,
-    precision_name,
-    resolve_amp,
     resolve_device,
-    set_fp32_precision,
 )
 from tool.visualization import cam_panel, label_image
 from voc12.data import InferDataset, check_voc_root, first_item, load_labelled_list
@@ -269,13 +267,11 @@ def main(argv=None) -> None:
     # Each rank writes its own images' files: no process group (and no collective) is needed.
     group = ProcessGroup.from_env()
     device = resolve_device(args.device, group.local_rank)
-    amp_dtype = resolve_amp(args.amp, device)
-    set_fp32_precision(allow_tf32=not args.no_tf32)
+    amp_dtype, precision = apply_precision(args, device)
     voc_root = check_voc_root(args.voc12_root)
     all_names, cls_labels = load_labelled_list(args.infer_list, args.cls_labels)
     if outputs.writes("out_crf"):
         require_pydensecrf()  # fail now, not in a worker after the first image
-    precision = precision_name(device, amp_dtype, allow_tf32=not args.no_tf32)
     # Sorted: the sum over scales does not depend on their order.
     run_settings = {"network": args.network, "scales": sorted(args.scales), "precision": precision}
     manifests = outputs.manifests(args.weights, run_settings, args.infer_list)

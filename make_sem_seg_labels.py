@@ -42,12 +42,10 @@ from tool.outputs import OutputFormat, Outputs, add_overwrite_argument
 from tool.runtime import (
     ProcessGroup,
     add_runtime_arguments,
+    apply_precision,
     autocast,
     memory_format_for,
-    precision_name,
-    resolve_amp,
     resolve_device,
-    set_fp32_precision,
 )
 from voc12.data import InferDataset, check_voc_root, first_item, load_labelled_list
 
@@ -223,12 +221,10 @@ def main(argv=None) -> None:
     # Each rank writes its own images' files: no process group (and no collective) is needed.
     group = ProcessGroup.from_env()
     device = resolve_device(args.device, group.local_rank)
-    amp_dtype = resolve_amp(args.amp, device)
-    set_fp32_precision(allow_tf32=not args.no_tf32)
+    amp_dtype, precision = apply_precision(args, device)
     voc_root = check_voc_root(args.voc12_root)
     all_names, cls_labels = load_labelled_list(args.infer_list, args.cls_labels)
     cam_dir = Path(args.cam_out_dir)
-    precision = precision_name(device, amp_dtype, allow_tf32=not args.no_tf32)
     run_settings = {"precision": precision, "cam_weights_sha256": cam_weights_sha256(cam_dir)}
     (manifest,) = outputs.manifests(args.irn_weights_name, run_settings, args.infer_list)
     manifest.check(args.overwrite)

@@ -24,13 +24,11 @@ from tool.losses import OHEM_RATIO, cpn_loss
 from tool.runtime import (
     ProcessGroup,
     add_runtime_arguments,
+    apply_precision,
     autocast,
     init_process_group,
     memory_format_for,
-    precision_name,
-    resolve_amp,
     resolve_device,
-    set_fp32_precision,
 )
 from tool.torchutils import REFERENCE_MOMENTUM, PolyOptimizer, cpn_param_groups, estimate_batchnorm_statistics
 from tool.training import (
@@ -224,8 +222,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     group = init_process_group(args.device)
     device = resolve_device(args.device, group.local_rank)
-    amp_dtype = resolve_amp(args.amp, device)
-    set_fp32_precision(allow_tf32=not args.no_tf32)
+    amp_dtype, precision = apply_precision(args, device)
     torch.manual_seed(args.seed + group.rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
@@ -266,7 +263,7 @@ def main(argv=None) -> None:
     log.line(
         f"{args.train_list}: {len(loader.dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
         f"{args.max_epoches} epochs = {total_steps} steps, batch {args.batch_size}×{group.world_size}, {device}, "
-        f"{precision_name(device, amp_dtype, not args.no_tf32)}, {loader.num_workers} loader workers"
+        f"{precision}, {loader.num_workers} loader workers"
         + (", backbone frozen" if args.freeze_backbone else "")
         + (f"; resumed from {resume_path} at step {state.step}" if resume_path else "")
     )

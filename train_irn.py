@@ -27,13 +27,11 @@ from tool.losses import irn_loss
 from tool.runtime import (
     ProcessGroup,
     add_runtime_arguments,
+    apply_precision,
     autocast,
     init_process_group,
     memory_format_for,
-    precision_name,
-    resolve_amp,
     resolve_device,
-    set_fp32_precision,
 )
 from tool.torchutils import PolyOptimizer
 from tool.training import (
@@ -226,8 +224,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     group = init_process_group(args.device)
     device = resolve_device(args.device, group.local_rank)
-    amp_dtype = resolve_amp(args.amp, device)
-    set_fp32_precision(allow_tf32=not args.no_tf32)
+    amp_dtype, precision = apply_precision(args, device)
     torch.manual_seed(args.seed + group.rank)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
@@ -271,7 +268,7 @@ def main(argv=None) -> None:
     log.line(
         f"{args.train_list}: {len(loader.dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
         f"{args.irn_num_epoches} epochs = {total_steps} steps, batch {sampler.batch_size}×{group.world_size}, "
-        f"crop {args.irn_crop_size}, {device}, {precision_name(device, amp_dtype, not args.no_tf32)}, "
+        f"crop {args.irn_crop_size}, {device}, {precision}, "
         f"{loader.num_workers} loader workers"
         + (f"; resumed from {resume_path} at step {state.step}" if resume_path else "")
     )

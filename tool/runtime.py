@@ -84,6 +84,14 @@ def resolve_amp(requested: str, device: torch.device) -> torch.dtype | None:
     return AMP_DTYPES.get(requested)
 
 
+def apply_precision(args, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The precision flags of `add_runtime_arguments`, decided once per script: sets the fp32 matmul and
+    convolution precision and returns (the autocast dtype or None, its name for logs and manifests)."""
+    amp_dtype = resolve_amp(args.amp, device)
+    set_fp32_precision(allow_tf32=not args.no_tf32)
+    return amp_dtype, precision_name(device, amp_dtype, not args.no_tf32)
+
+
 def autocast(device: torch.device, amp_dtype: torch.dtype | None):
     if amp_dtype is None:
         return contextlib.nullcontext()
