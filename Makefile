@@ -8,6 +8,7 @@ DEV_STAMP := $(VENV)/.requirements-dev-installed
 DEMO_DIR ?= demo_out
 DEMO_STEPS ?=
 DEMO_DEVICE ?= auto
+DEMO_COCO ?= 0
 
 .PHONY: install install-dev lint test test-fast demo clean
 
@@ -37,7 +38,7 @@ test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: install
-	bash tool/demo.sh $(PY) $(DEMO_DIR) "$(DEMO_STEPS)" $(DEMO_DEVICE)
+	DEMO_COCO=$(DEMO_COCO) bash tool/demo.sh $(PY) $(DEMO_DIR) "$(DEMO_STEPS)" $(DEMO_DEVICE)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

@@ -5,7 +5,8 @@
     torchrun --nproc_per_node=N cam_to_ir_label.py ...   (each process takes every N-th image)
 
 Reads <name>.npy of `infer_cam.py --out_cam_irn` (or IRN's own make_cam), writes <name>.png: a
-single-channel uint8 label image, 0 background, 1..20 the classes, 255 not confident. Per image two
+single-channel uint8 label image, 0 background, 1..F the classes (20 VOC, 80 COCO), 255 not confident.
+Per image two
 dense CRFs (tool/crf.py, IRN's crf_inference_label) at --conf_fg_thres and --conf_bg_thres, combined by
 tool/ir_label.py. CPU work: --num_workers processes share the images. Images whose PNG exists are
 skipped, so an interrupted run resumes. The folder gets a manifest.json (tool/manifest.py) naming the
@@ -30,14 +31,14 @@ from tqdm import tqdm
 from tool.cam import IRN_CAM_HINT, read_irn_cam
 from tool.cores import default_num_workers
 from tool.crf import crf_inference_labels, require_pydensecrf
+from tool.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
 from tool.errors import UserError, and_more, run_main
 from tool.fileio import read_rgb, save_png
 from tool.ir_label import CONF_BG_THRES, CONF_FG_THRES, confident_labels
 from tool.manifest import MANIFEST_NAME, FolderManifest, git_commit
 from tool.outputs import OutputFormat, Outputs, add_overwrite_argument
 from tool.runtime import ProcessGroup
-from voc12.data import load_cls_labels
-from voc12.lists import IMAGE_FOLDER, check_voc_root, load_image_list
+from voc12.data import image_paths, load_labelled_list
 
 CAM_SUFFIX = ".npy"
 UNKNOWN_CHECKSUM = "unknown"  # a CAM folder without manifest (IRN's own make_cam): its weights are unknown
@@ -46,17 +47,17 @@ UNKNOWN_CHECKSUM = "unknown"  # a CAM folder without manifest (IRN's own make_ca
 # --- One image ------------------------------------------------------------------------------
 
 
-def read_image_and_cam(name: str, cls_label: np.ndarray, voc_root: Path, cam_dir: Path):
+def read_image_and_cam(name: str, cls_label: np.ndarray, source: DataSource, cam_dir: Path):
     """The image (uint8 H×W×3) and its CAM's (keys, high_res), of the same size."""
-    image_path = voc_root / IMAGE_FOLDER / f"{name}.jpg"
+    image_path = source.image_path(name)
     cam_path = cam_dir / f"{name}{CAM_SUFFIX}"
-    keys, high_res = read_irn_cam(cam_path, "high_res", cls_label, "--cls_labels")
+    keys, high_res = read_irn_cam(cam_path, "high_res", cls_label, "--cls_labels", source.spec.class_names)
     image = np.asarray(read_rgb(image_path))
     if image.shape[:2] != high_res.shape[1:]:
         raise UserError(
             f"image {image_path} is {image.shape[0]}×{image.shape[1]} but its CAM {cam_path} is "
             f"{high_res.shape[1]}×{high_res.shape[2]}: the CAMs were made from other images; "
-            "pass the --voc12_root they were made from"
+            "pass the --data_root (--voc12_root) they were made from"
         )
     return image, keys, high_res
 
@@ -70,17 +71,17 @@ OUTPUT = OutputFormat(
     "ir_label_out_dir",
     ".png",
     write_ir_label,
-    help="confident labels: <name>.png, single-channel uint8, 0 background, 1..20 classes, 255 unsure",
+    help="confident labels: <name>.png, single-channel uint8, 0 background, 1..F classes, 255 unsure",
     setting_flags=("conf_fg_thres", "conf_bg_thres"),
 )
 
 
 def label_one(
-    item: tuple[str, np.ndarray], voc_root: Path, cam_dir: Path, outputs: Outputs, fg_thres: float, bg_thres: float
+    item: tuple[str, np.ndarray], source: DataSource, cam_dir: Path, outputs: Outputs, fg_thres: float, bg_thres: float
 ) -> str:
     """SPEC-IRN §8 for one (name, class label): read, two CRFs, write. Runs in a pool process."""
     name, cls_label = item
-    image, keys, high_res = read_image_and_cam(name, cls_label, voc_root, cam_dir)
+    image, keys, high_res = read_image_and_cam(name, cls_label, source, cam_dir)
     labels = confident_labels(image, high_res, keys, crf_inference_labels, fg_thres, bg_thres)
     outputs.write((name, labels))
     return name
@@ -93,11 +94,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # IRN's flags and defaults (its --train_list default is voc12/train_aug.txt: IRNet trains on train_aug).
-    parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages)")
+    add_dataset_arguments(parser)  # --dataset, --data_root and IRN's --voc12_root
     parser.add_argument(
         "--train_list",
-        default=str(here / "voc12" / "train_aug.txt"),
-        help="images to label: IRNet trains on train_aug, so its CAMs are needed for train_aug (default)",
+        help="images to label: IRNet trains on train_aug, so its CAMs are needed for train_aug; "
+        + list_default_help("train"),
     )
     parser.add_argument("--cam_out_dir", required=True, help="IRN-format CAMs: infer_cam.py --out_cam_irn's folder")
     parser.add_argument(f"--{OUTPUT.flag}", required=True, metavar="DIR", help=OUTPUT.help)
@@ -117,10 +118,10 @@ def parse_args(argv=None) -> argparse.Namespace:
         "--num_workers", type=int, default=None, help="processes running the CRFs (default: the usable cores; 0: none)"
     )
     # Ours.
-    parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
+    parser.add_argument("--cls_labels", help=list_default_help("cls_labels"))
     parser.add_argument("--device", default=None, help="accepted as by every stage; this one runs on the CPU")
     add_overwrite_argument(parser)
-    return parser.parse_args(argv)
+    return fill_list_defaults(parser.parse_args(argv), here, train_list="train", cls_labels="cls_labels")
 
 
 def cam_source(cam_dir: Path) -> tuple[str, str, dict | None]:
@@ -133,7 +134,7 @@ def cam_source(cam_dir: Path) -> tuple[str, str, dict | None]:
         return str(cam_dir), UNKNOWN_CHECKSUM, None
 
 
-def check_inputs(names: list[str], voc_root: Path, cam_dir: Path, args: argparse.Namespace) -> None:
+def check_inputs(names: list[str], source: DataSource, cam_dir: Path, args: argparse.Namespace) -> None:
     """Every image and CAM file of `names` exists (listed, a few at a time, when not)."""
     if not cam_dir.is_dir():
         raise UserError(f"CAM folder not found: {cam_dir}; {IRN_CAM_HINT}")
@@ -144,9 +145,7 @@ def check_inputs(names: list[str], voc_root: Path, cam_dir: Path, args: argparse
             f"{len(missing)} of {len(names)} images of {args.train_list} have no CAM file in {cam_dir}: "
             f"{and_more(missing, 3)}; run infer_cam.py --out_cam_irn {cam_dir} on this list"
         )
-    missing = [name for name in names if not (voc_root / IMAGE_FOLDER / f"{name}.jpg").is_file()]
-    if missing:
-        raise UserError(f"image not found in {voc_root / IMAGE_FOLDER}: {and_more(missing, 3)}; fix --train_list")
+    image_paths(source, names)
 
 
 def main(argv=None) -> None:
@@ -155,23 +154,21 @@ def main(argv=None) -> None:
     outputs = Outputs.from_args((OUTPUT,), args)
     outputs.check()
     group = ProcessGroup.from_env()
-    voc_root, cam_dir = check_voc_root(args.voc12_root), Path(args.cam_out_dir)
+    source, cam_dir = data_source(args), Path(args.cam_out_dir)
     num_workers = args.num_workers
     if num_workers is None:  # the cores, shared by this node's torchrun processes
         num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if num_workers < 0:
         raise UserError(f"--num_workers {num_workers} is negative; use 0 to run in this process")
     require_pydensecrf()
-    cls_labels = load_cls_labels(args.cls_labels)
-    all_names = load_image_list(args.train_list)
-    unlabelled = [name for name in all_names if name not in cls_labels]
-    if unlabelled:
-        raise UserError(
-            f"image {and_more(unlabelled)} of {args.train_list} has no class label in {args.cls_labels}; "
-            "use the labels made for this list (voc12/make_cls_labels.py)"
-        )
+    all_names, cls_labels = load_labelled_list(args.train_list, args.cls_labels, source.spec)
     weights, checksum, cam_settings = cam_source(cam_dir)
-    settings = {"output": OUTPUT.flag, "cam_settings": cam_settings, **outputs.folders[0].settings}
+    settings = {
+        "output": OUTPUT.flag,
+        "dataset": source.spec.name,
+        "cam_settings": cam_settings,
+        **outputs.folders[0].settings,
+    }
     manifest = FolderManifest(
         outputs.folders[0].path,
         weights=weights,
@@ -185,7 +182,7 @@ def main(argv=None) -> None:
     # ---- this process's images ----
     names = all_names[group.rank :: group.world_size]
     todo = names if args.overwrite else [name for name in names if not outputs.done(name)]
-    check_inputs(todo, voc_root, cam_dir, args)
+    check_inputs(todo, source, cam_dir, args)
     if group.is_main:
         shard = f" (this process's share of {len(all_names)})" if group.distributed else ""
         print(
@@ -195,13 +192,13 @@ def main(argv=None) -> None:
     if not todo:
         return
     # A CAM folder of another format fails on its first file, before the manifest is written.
-    read_image_and_cam(todo[0], cls_labels[todo[0]], voc_root, cam_dir)
+    read_image_and_cam(todo[0], cls_labels[todo[0]], source, cam_dir)
     manifest.write()
 
     # ---- two CRFs per image, in a pool ----
     job = functools.partial(
         label_one,
-        voc_root=voc_root,
+        source=source,
         cam_dir=cam_dir,
         outputs=outputs,
         fg_thres=args.conf_fg_thres,

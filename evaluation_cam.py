@@ -1,20 +1,26 @@
-"""Evaluate CAMs (or label PNGs) against VOC ground truth: mIoU over a sweep of background
+"""Evaluate CAMs (or label PNGs) against VOC or COCO ground truth: mIoU over a sweep of background
 thresholds (SPEC §6).
 
     python evaluation_cam.py --list VOC2012/ImageSets/Segmentation/train.txt --predict_dir out_cam \\
         --gt_dir VOC2012/SegmentationClass --json eval.json --plot eval.png
+    python evaluation_cam.py --dataset coco14 --list coco14/val.txt --predict_dir out_cam \\
+        --gt_dir coco/SegmentationClass      # 81 classes, background scores 0.05 … 0.59
+    python evaluation_cam.py ... --sweep 0.10 0.40 0.02    # another sweep
     python evaluation_cam.py ... --t 0.32                  # one threshold
     python evaluation_cam.py ... --type png --predict_dir out_labels
     python evaluation_cam.py ... --type png --predict_dir out_ir_label --prediction_void background   # IRN's rule
 
 Every file is read once: one pass gives the counts at all thresholds (tool/metrics.py), exactly
-those of the reference's per-threshold argmax.
+those of the reference's per-threshold argmax. --dataset (tool/datasets.py) sets the classes,
+their names and the default sweep; each file is counted in time that grows with its pixels and
+the classes it holds, so COCO's 81 classes cost little more than VOC's 21.
 
-Every output states the protocol, since most "lower than the paper" mIoUs come from it: the list
-and its size, the ground-truth and prediction folders, the prediction type, and how the background
-score was chosen (the sweep's best on these ground-truth labels, as the paper does, or a fixed
---t). Per class it reports IoU, precision and recall at that score, and it warns on stderr about
-ground truth or lists the paper's CAM figures were not measured on. Numpy only: no torch import.
+Every output states the protocol, since most "lower than the paper" mIoUs come from it: the data
+set, the list and its size, the ground-truth and prediction folders, the prediction type, and how
+the background score was chosen (the sweep's best on these ground-truth labels, as the paper does,
+over which range, or a fixed --t). Per class it reports IoU, precision and recall at that score,
+and it warns on stderr about ground truth or lists the data set's published CAM figures were not
+measured on. Numpy only: no torch import.
 """
 
 from __future__ import annotations
@@ -28,14 +34,21 @@ import numbers
 import os
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
 from tqdm import tqdm
 
-from tool.constants import NUM_FG_CLASSES, SWEEP_THRESHOLDS, VOC_CLASSES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
 from tool.cores import default_num_workers
+from tool.datasets import (
+    DATASETS,
+    SEGMENTATION_FOLDER,
+    DatasetSpec,
+    add_dataset_arguments,
+    get_dataset,
+    sweep_thresholds,
+)
 from tool.errors import UserError, and_more, run_main
 from tool.fileio import atomic_path, load_npy_dict, read_label_png
 from tool.metrics import (
@@ -49,21 +62,36 @@ from tool.metrics import (
     recall,
     threshold_sweep_counts,
 )
-from voc12.lists import AUG_FOLDER, SEGMENTATION_FOLDER, load_image_list
+from voc12.lists import load_image_list
 
 PREDICTION_SUFFIX = {"npy": ".npy", "png": ".png"}
 GT_SUFFIX = ".png"
 MISSING_SHOWN = 5  # names quoted when files are missing; the rest are counted
-CAM_FORMAT = "np.save of a dict {class index 0..19: H×W float map}, as infer_cam.py writes"
+CLASS_COLUMN = 11  # console width of the class names; longer (COCO) names widen it
 PREDICTION_KIND = {"npy": "npy CAMs", "png": "png labels"}
 # How the reported background score was chosen (SPEC §6); the paper reports the sweep's best.
 BEST_ON_GROUND_TRUTH = "best on these ground-truth labels (the paper's protocol)"
 FIXED_THRESHOLD = "fixed --t"
 NO_THRESHOLD = "none (png labels)"
-PAPER_CAM_MIOU = 57.4  # the paper's CAM mIoU, on VOC train (VOC_TRAIN_IMAGES images)
 # What a 255 in a png prediction counts as (tool.metrics.label_counts' void_label): no class, as
 # CPN's reference evaluation counts it, or background, as IRN's eval_sem_seg does (SPEC-IRN §10).
 PREDICTION_VOID = {"no_class": None, "background": 0}
+
+
+def cam_format(spec: DatasetSpec) -> str:
+    """What a CAM file of this data set holds, for error messages."""
+    return f"np.save of a dict {{class index 0..{spec.num_fg_classes - 1}: H×W float map}}, as infer_cam.py writes"
+
+
+def sweep_range(thresholds: tuple[float, ...]) -> dict:
+    """A sweep's first and last threshold and its step (every sweep is evenly spaced)."""
+    start, stop = thresholds[0], thresholds[-1]
+    return {"start": start, "stop": stop, "step": round((stop - start) / (len(thresholds) - 1), 6)}
+
+
+def sweep_text(thresholds: tuple[float, ...]) -> str:
+    """A sweep as --sweep takes it: START STOP STEP."""
+    return "{start:g} {stop:g} {step:g}".format(**sweep_range(thresholds))
 
 
 def parse_bool(text: str) -> bool:
@@ -78,13 +106,19 @@ def parse_bool(text: str) -> bool:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="mIoU of CAMs (or label PNGs) against VOC ground truth (SPEC §6). With --type npy and "
-        "no --t, sweeps the background threshold over 0.20, 0.21, ..., 0.59 in one pass over "
-        "the files and reports the best; with --t, evaluates that threshold only."
+        description="mIoU of CAMs (or label PNGs) against VOC or COCO ground truth (SPEC §6). With --type "
+        "npy and no --t, sweeps the background threshold (over the data set's range, or --sweep's) in one "
+        "pass over the files and reports the best; with --t, evaluates that threshold only."
     )
+    add_dataset_arguments(parser, root=False)
     parser.add_argument("--list", required=True, help="image list, one name per line (e.g. .../train.txt)")
     parser.add_argument("--predict_dir", default="out_cam", help="folder of <name>.npy CAM dicts or <name>.png labels")
-    parser.add_argument("--gt_dir", required=True, help="VOC2012/SegmentationClass (palette PNGs, 255 ignored)")
+    parser.add_argument(
+        "--gt_dir",
+        required=True,
+        help=f"the data set's {SEGMENTATION_FOLDER} folder: VOC2012/{SEGMENTATION_FOLDER}, or the one "
+        f"coco14/make_cls_labels.py paints (palette PNGs of class indices, 255 ignored)",
+    )
     parser.add_argument(
         "--logfile",
         default="./eval.txt",
@@ -95,7 +129,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--type",
         default="npy",
         choices=("npy", "png"),
-        help=f"npy: CAMs ({CAM_FORMAT}); png: label images of class indices (for 255 see --prediction_void)",
+        help="npy: CAMs (np.save of a dict {foreground class index: H×W float map}, as infer_cam.py writes; "
+        + ", ".join(f"{spec.name}: 0..{spec.num_fg_classes - 1}" for spec in DATASETS.values())
+        + "); png: label images of class indices (for 255 see --prediction_void)",
     )
     parser.add_argument(
         "--prediction_void",
@@ -107,6 +143,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--t", type=float, default=None, help="evaluate this background threshold only (npy); without it the sweep runs"
+    )
+    parser.add_argument(
+        "--sweep",
+        type=float,
+        nargs=3,
+        default=None,
+        metavar=("START", "STOP", "STEP"),
+        help="background scores the sweep tries: START, START+STEP, ..., STOP (default: the data set's, "
+        + "; ".join(f"{spec.name}: {sweep_text(spec.sweep)}" for spec in DATASETS.values())
+        + ")",
     )
     parser.add_argument(
         "--curve",
@@ -134,12 +180,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def chosen_thresholds(args: argparse.Namespace) -> tuple[float, ...] | None:
-    """The thresholds to evaluate: the sweep, --t alone, or None for label PNGs."""
+def chosen_thresholds(args: argparse.Namespace, spec: DatasetSpec) -> tuple[float, ...] | None:
+    """The thresholds to evaluate: --sweep's or the data set's sweep, --t alone, or None for label PNGs."""
     if args.type == "png":
-        if args.t is not None or args.curve:
+        if args.t is not None or args.curve or args.sweep is not None:
             raise UserError(
-                "--t and --curve choose background thresholds for CAMs; --type png predictions "
+                "--t, --sweep and --curve choose background thresholds for CAMs; --type png predictions "
                 "are labels already, drop them"
             )
         if args.plot:
@@ -149,10 +195,20 @@ def chosen_thresholds(args: argparse.Namespace) -> tuple[float, ...] | None:
         raise UserError("--prediction_void says what a 255 in a label PNG counts as; it needs --type png")
     if args.t is not None and args.curve:
         raise UserError("--t evaluates one threshold and --curve the sweep; give one of them")
+    if args.t is not None and args.sweep is not None:
+        raise UserError("--t evaluates one threshold and --sweep a range of them; give one of them")
     if args.t is None and args.curve is False:
         raise UserError("--curve False needs --t T (the threshold to evaluate)")
+    if args.t is None and args.sweep is None:
+        return spec.sweep
     if args.t is None:
-        return SWEEP_THRESHOLDS
+        start, stop, step = args.sweep
+        if not all(math.isfinite(value) for value in args.sweep):
+            raise UserError(f"--sweep {start} {stop} {step}: give three numbers such as {sweep_text(spec.sweep)}")
+        thresholds = sweep_thresholds(start, stop, step)
+        if len(thresholds) == 1:
+            raise UserError(f"--sweep {start} {stop} {step} holds one threshold; evaluate it with --t {thresholds[0]}")
+        return thresholds
     if not math.isfinite(args.t):
         raise UserError(f"--t {args.t} is not a number; give a background score such as 0.3")
     return (args.t,)
@@ -167,7 +223,8 @@ def threshold_choice(thresholds: tuple[float, ...] | None) -> str:
 
 def evaluation_protocol(args: argparse.Namespace, num_images: int, thresholds: tuple[float, ...] | None) -> dict:
     """What is scored against what, stated by every output: list, folders (absolute), prediction
-    type, how the background score is chosen and, for label PNGs, what a 255 in them counts as."""
+    type, how the background score is chosen, for label PNGs what a 255 in them counts as, the
+    data set and, for a sweep, its range."""
     protocol = {
         "list": os.path.abspath(args.list),
         "num_images": num_images,
@@ -178,39 +235,36 @@ def evaluation_protocol(args: argparse.Namespace, num_images: int, thresholds: t
     }
     if args.type == "png":
         protocol["prediction_void"] = args.prediction_void
+    protocol["dataset"] = args.dataset
+    if thresholds is not None and len(thresholds) > 1:
+        protocol["sweep"] = sweep_range(thresholds)
     return protocol
 
 
 def protocol_warnings(protocol: dict) -> list[str]:
-    """One line for each way this protocol departs from the paper's CAM figures (SPEC §6: VOC
-    SegmentationClass ground truth; the paper's CAM mIoU is on train)."""
-    warnings = []
-    if Path(protocol["gt_dir"]).name == AUG_FOLDER:
-        warnings.append(
-            f"--gt_dir {protocol['gt_dir']} holds SBD's {AUG_FOLDER} masks, coarser than VOC's; the "
-            f"paper scores CAMs against VOC2012/{SEGMENTATION_FOLDER}, so this mIoU is not comparable "
-            "with its figures"
-        )
-    if protocol["num_images"] == VOC_VAL_IMAGES:
-        warnings.append(
-            f"the list has {VOC_VAL_IMAGES:,} images, as VOC2012 val does; the paper's CAM mIoU "
-            f"({PAPER_CAM_MIOU} %) is on train ({VOC_TRAIN_IMAGES:,} images): pass --list "
-            ".../ImageSets/Segmentation/train.txt to compare with it"
-        )
-    return warnings
+    """One line for each way this protocol departs from the data set's published CAM figures
+    (VOC, SPEC §6: SegmentationClass ground truth, train; COCO: none)."""
+    spec = get_dataset(protocol["dataset"])
+    return spec.protocol_warnings(Path(protocol["gt_dir"]), protocol["num_images"])
 
 
 def protocol_lines(protocol: dict) -> list[str]:
     """The protocol as the console states it, just above the mIoU line."""
+    spec = get_dataset(protocol["dataset"])
     kind = PREDICTION_KIND[protocol["type"]]
     if "prediction_void" in protocol:
         kind += f", 255 counts as {protocol['prediction_void'].replace('_', ' ')}"
-    return [
+    lines = [
+        f"dataset: {spec.name} ({spec.title}, {spec.num_classes} classes)",
         f"list: {protocol['list']} ({protocol['num_images']} images)",
         f"ground truth: {protocol['gt_dir']}",
         f"predictions: {protocol['predict_dir']} ({kind})",
         f"background score: {protocol['threshold_choice']}",
     ]
+    if "sweep" in protocol:
+        sweep = protocol["sweep"]
+        lines.append(f"sweep: {sweep['start']:g} to {sweep['stop']:g} in steps of {sweep['step']:g}")
+    return lines
 
 
 def check_files(names: list[str], folder: Path, suffix: str, what: str, hint: str) -> str | None:
@@ -227,14 +281,17 @@ def check_files(names: list[str], folder: Path, suffix: str, what: str, hint: st
     )
 
 
-def read_class_maps(path: Path) -> dict[int, np.ndarray]:
-    """A CAM file in the reference format, as {fg class 0..19: float32 H×W}."""
-    content = load_npy_dict(path, "CAM", f"expected {CAM_FORMAT} (label PNGs are evaluated with --type png)")
+def read_class_maps(path: Path, spec: DatasetSpec) -> dict[int, np.ndarray]:
+    """A CAM file in the reference format, as {fg class 0..num_fg_classes-1: float32 H×W}."""
+    content = load_npy_dict(path, "CAM", f"expected {cam_format(spec)} (label PNGs are evaluated with --type png)")
     class_maps = {}
     for key, values in content.items():
         values = np.asarray(values)
-        if not (isinstance(key, numbers.Integral) and 0 <= key < NUM_FG_CLASSES):
-            raise UserError(f"prediction {path} has key {key!r}; expected class indices 0..{NUM_FG_CLASSES - 1}")
+        if not (isinstance(key, numbers.Integral) and 0 <= key < spec.num_fg_classes):
+            raise UserError(
+                f"prediction {path} has key {key!r}; expected class indices 0..{spec.num_fg_classes - 1} "
+                f"(--dataset {spec.name})"
+            )
         if values.ndim != 2 or values.dtype.kind not in "biuf":
             raise UserError(
                 f"prediction {path}: class {key} is a {values.dtype} array of shape {values.shape}; "
@@ -253,15 +310,19 @@ def evaluate_image(
     gt_dir: Path,
     prediction_type: str,
     thresholds: tuple[float, ...] | None,
+    *,
+    dataset: str,
     void_label: int | None = None,
 ) -> np.ndarray:
-    """Counts of one listed image: [len(thresholds), 21, 3] for CAMs, [1, 21, 3] for label PNGs (a
-    255 in them counted as class `void_label`, None: as no class)."""
+    """Counts of one listed image: [len(thresholds), num_classes, 3] for CAMs, [1, num_classes, 3]
+    for label PNGs (a 255 in them counted as class `void_label`, None: as no class). `dataset` is
+    the --dataset name, which a worker process receives cheaper than the spec."""
+    spec = get_dataset(dataset)
     prediction_path = predict_dir / f"{name}{PREDICTION_SUFFIX[prediction_type]}"
     gt_path = gt_dir / f"{name}{GT_SUFFIX}"
     ground_truth = read_label_png(gt_path)
     if prediction_type == "npy":
-        prediction = read_class_maps(prediction_path)
+        prediction = read_class_maps(prediction_path, spec)
         shape = next(iter(prediction.values())).shape if prediction else ground_truth.shape
     else:
         prediction = read_label_png(prediction_path)
@@ -273,20 +334,39 @@ def evaluate_image(
         )
     try:
         if prediction_type == "npy":
-            return threshold_sweep_counts(prediction, ground_truth, thresholds)
-        return label_counts(prediction, ground_truth, void_label)[None]
+            return threshold_sweep_counts(prediction, ground_truth, thresholds, num_classes=spec.num_classes)
+        return label_counts(prediction, ground_truth, num_classes=spec.num_classes, void_label=void_label)[None]
     except InvalidLabelsError as error:
-        raise UserError(f"{name}: {error} (prediction {prediction_path}, ground truth {gt_path})") from None
+        raise UserError(
+            f"{name}: {error} (--dataset {spec.name}; prediction {prediction_path}, ground truth {gt_path})"
+        ) from None
+
+
+def count_batch(names: list[str], count_one: Callable[[str], np.ndarray]) -> tuple[np.ndarray, int]:
+    """The summed counts of a few images, and how many they are."""
+    return accumulate_counts(map(count_one, names)), len(names)
+
+
+def ticked(progress: tqdm, batches: Iterable[tuple[np.ndarray, int]]) -> Iterator[np.ndarray]:
+    """Each batch's counts, the progress bar advanced by its images."""
+    for counts, size in batches:
+        progress.update(size)
+        yield counts
 
 
 def count_all(names: list[str], count_one: Callable[[str], np.ndarray], num_workers: int) -> np.ndarray:
-    """Sum of `count_one(name)` over the list, in `num_workers` processes (0: this one)."""
-    progress = functools.partial(tqdm, total=len(names), desc="evaluating", unit="img", dynamic_ncols=True)
-    if num_workers == 0:
-        return accumulate_counts(progress(map(count_one, names)))
-    chunk_size = max(1, min(16, len(names) // (4 * num_workers)))
-    with multiprocessing.Pool(num_workers) as pool:
-        return accumulate_counts(progress(pool.imap_unordered(count_one, names, chunksize=chunk_size)))
+    """Sum of `count_one(name)` over the list, in `num_workers` processes (0: this one). A worker
+    sums a batch of images before sending it back: one image's counts are [thresholds, classes,
+    3] int64 (107 KB for COCO's sweep), and their transfer alone would keep the main process as
+    busy as a worker at 16 workers."""
+    batch_size = 1 if num_workers == 0 else max(1, min(16, len(names) // (4 * num_workers)))
+    batches = [names[start : start + batch_size] for start in range(0, len(names), batch_size)]
+    count_batches = functools.partial(count_batch, count_one=count_one)
+    with tqdm(total=len(names), desc="evaluating", unit="img", dynamic_ncols=True) as progress:
+        if num_workers == 0:
+            return accumulate_counts(ticked(progress, map(count_batches, batches)))
+        with multiprocessing.Pool(num_workers) as pool:
+            return accumulate_counts(ticked(progress, pool.imap_unordered(count_batches, batches)))
 
 
 def percent_or_none(fraction: float) -> float | None:
@@ -294,8 +374,8 @@ def percent_or_none(fraction: float) -> float | None:
     return None if math.isnan(fraction) else float(fraction * 100)
 
 
-def per_class_scores(counts: np.ndarray) -> list[dict]:
-    """{name, iou, precision, recall} of each class in percent, from one [21, 3] counts array."""
+def per_class_scores(counts: np.ndarray, class_names: tuple[str, ...]) -> list[dict]:
+    """{name, iou, precision, recall} of each class in percent, from one [num_classes, 3] counts array."""
     return [
         {
             "name": name,
@@ -304,7 +384,7 @@ def per_class_scores(counts: np.ndarray) -> list[dict]:
             "recall": percent_or_none(class_recall),
         }
         for name, class_iou, class_precision, class_recall in zip(
-            VOC_CLASSES, iou(counts), precision(counts), recall(counts)
+            class_names, iou(counts), precision(counts), recall(counts)
         )
     ]
 
@@ -315,26 +395,27 @@ def percent_cell(value: float | None) -> str:
 
 def class_table(per_class: list[dict]) -> str:
     """One class a line: IoU, precision and recall in percent ("n/a" where undefined)."""
-    rows = [f"{'class':>11s}{'IoU':>11s}{'precision':>11s}{'recall':>11s}"]
+    width = max(CLASS_COLUMN, *(len(scores["name"]) for scores in per_class))
+    rows = [f"{'class':>{width}s}{'IoU':>11s}{'precision':>11s}{'recall':>11s}"]
     rows += [
-        f"{scores['name']:>11s}" + "".join(percent_cell(scores[key]) for key in ("iou", "precision", "recall"))
+        f"{scores['name']:>{width}s}" + "".join(percent_cell(scores[key]) for key in ("iou", "precision", "recall"))
         for scores in per_class
     ]
     return "\n".join(rows)
 
 
-def summary(counts: np.ndarray, thresholds: tuple[float, ...] | None) -> dict:
+def summary(counts: np.ndarray, thresholds: tuple[float, ...] | None, class_names: tuple[str, ...]) -> dict:
     """What every output reports, in plain Python numbers."""
     mious = miou_percent(counts)
     best = best_threshold_index(mious)
     return {
-        "classes": list(VOC_CLASSES),
+        "classes": list(class_names),
         "thresholds": list(thresholds) if thresholds is not None else None,
         "miou": mious.tolist(),
         "iou": (iou(counts) * 100).tolist(),
         "best_threshold": thresholds[best] if thresholds is not None else None,
         "best_miou": float(mious[best]),
-        "per_class": per_class_scores(counts[best]),
+        "per_class": per_class_scores(counts[best], class_names),
     }
 
 
@@ -398,7 +479,8 @@ def write_plot(path: Path, result: dict) -> None:
 
 def main(argv: list[str] | None = None) -> dict:
     args = parse_args(argv)
-    thresholds = chosen_thresholds(args)
+    spec = get_dataset(args.dataset)
+    thresholds = chosen_thresholds(args, spec)
     num_workers = default_num_workers() if args.num_workers is None else args.num_workers
     if num_workers < 0:
         raise UserError(f"--num_workers {num_workers} is negative; use 0 to read in this process")
@@ -413,7 +495,9 @@ def main(argv: list[str] | None = None) -> dict:
             "prediction",
             "pass --predict_dir with infer_cam.py's output",
         ),
-        check_files(names, gt_dir, GT_SUFFIX, "ground truth", "pass --gt_dir VOC2012/SegmentationClass"),
+        check_files(
+            names, gt_dir, GT_SUFFIX, "ground truth", f"pass --gt_dir {spec.title}'s {SEGMENTATION_FOLDER} folder"
+        ),
     ]
     complaints = [complaint for complaint in complaints if complaint]
     if complaints:
@@ -425,10 +509,15 @@ def main(argv: list[str] | None = None) -> dict:
         gt_dir=gt_dir,
         prediction_type=args.type,
         thresholds=thresholds,
+        dataset=spec.name,
         void_label=PREDICTION_VOID[args.prediction_void],
     )
     counts = count_all(names, count_one, num_workers)
-    result = {"protocol": protocol, "warnings": protocol_warnings(protocol), **summary(counts, thresholds)}
+    result = {
+        "protocol": protocol,
+        "warnings": protocol_warnings(protocol),
+        **summary(counts, thresholds, spec.class_names),
+    }
 
     if thresholds is not None and len(thresholds) > 1:
         for threshold, miou in zip(thresholds, result["miou"]):

@@ -2,16 +2,18 @@
 written in the formats the next steps read.
 
 One GPU:   python infer_cam.py --weights CPN/resnet38_CPN.pth --voc12_root VOC2012 --out_cam out_cam
+COCO 2014: python infer_cam.py --dataset coco14 --data_root COCO --weights CPN/coco.pth --out_cam out_cam
 Several:   torchrun --nproc_per_node=N infer_cam.py ...  (each process takes every N-th image)
 
 Outputs, each optional (at least one):
-  --out_cam DIR       <name>.npy, the reference's format: {class index 0..19: float32 H×W}, halved
+  --out_cam DIR       <name>.npy, the reference's format: {class index 0..F−1: float32 H×W}, halved
   --out_cam_irn DIR   <name>.npy, IRN's make_cam format (read unchanged by its cam_to_ir_label, eval_cam
-                      and make_sem_seg_labels): {"keys": present class indices 0..19,
+                      and make_sem_seg_labels): {"keys": present class indices 0..F−1,
                       "cam": K×h×w float32 torch tensor on the stride-4 grid, "high_res": K×H×W float32}
   --out_cam_pred DIR  <name>.png, palette label map: background = --out_cam_pred_alpha (evaluation's rule)
   --out_crf DIR       alpha_<a>/<name>.png per --crf_alphas: SEAM-style dense-CRF pseudo labels
   --vis_dir DIR       <name>.jpg: the image, each class's CAM over it, and the label map
+F is the data set's foreground class count: 20 for VOC, 80 for COCO (tool/datasets.py).
 Images whose requested outputs all exist are skipped, so an interrupted run resumes. Each folder
 gets a manifest.json (tool/manifest.py): a run whose weights or settings differ from the ones that
 wrote the folder stops before any work, unless --overwrite.
@@ -42,6 +44,7 @@ from tool.cam import (
 )
 from tool.constants import INFER_SCALES
 from tool.crf import SEAM_CRF_ALPHAS, require_pydensecrf
+from tool.datasets import DatasetSpec, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
 from tool.errors import UserError, run_main
 from tool.fileio import save_jpeg, save_npy, save_png
 from tool.outputs import OutputFolder, OutputFormat, Outputs, add_output_arguments, add_overwrite_argument
@@ -54,7 +57,7 @@ from tool.runtime import (
     resolve_device,
 )
 from tool.visualization import cam_panel, label_image
-from voc12.data import InferDataset, check_voc_root, first_item, load_labelled_list
+from voc12.data import InferDataset, first_item, load_labelled_list
 
 # Background score of --out_cam_pred, on the scale of the halved maps (evaluation's t).
 # 0.26 is SEAM's default for its out_cam_pred; pass the best t of evaluation_cam.py's curve.
@@ -69,12 +72,13 @@ CRF_SCORES_SUFFIX = ".npy"  # --crf_scores: SEAM's score dict beside each CRF la
 
 @dataclass
 class ImageCams:
-    """One image's result, sent to a writer process: the original image (uint8 H×W×3), its present
-    classes (0..19) and their normalised, un-halved maps (K×H×W), and for --out_cam_irn the same on
-    IRN's stride-4 grid (K×h×w)."""
+    """One image's result, sent to a writer process: the original image (uint8 H×W×3), the data set's
+    class names (background first), the present classes (0..F−1) and their normalised, un-halved maps
+    (K×H×W), and for --out_cam_irn the same on IRN's stride-4 grid (K×h×w)."""
 
     name: str
     image: np.ndarray
+    class_names: tuple[str, ...] = field(repr=False)
     keys: np.ndarray
     fg_maps: np.ndarray = field(repr=False)
     irn_fg_maps: np.ndarray | None = field(default=None, repr=False)
@@ -105,7 +109,7 @@ def write_irn_cam(cams: ImageCams, folder: OutputFolder) -> None:
 
 
 def write_threshold_label(cams: ImageCams, folder: OutputFolder) -> None:
-    label = threshold_label(cams.fg_maps, cams.keys, folder.settings["out_cam_pred_alpha"])
+    label = threshold_label(cams.fg_maps, cams.keys, folder.settings["out_cam_pred_alpha"], len(cams.class_names))
     save_png(folder.file(cams.name), label_image(label))
 
 
@@ -118,9 +122,9 @@ def write_crf_label(cams: ImageCams, folder: OutputFolder) -> None:
 
 def write_panel(cams: ImageCams, folder: OutputFolder) -> None:
     background = folder.settings["out_cam_pred_alpha"]
-    label = threshold_label(cams.fg_maps, cams.keys, background)
+    label = threshold_label(cams.fg_maps, cams.keys, background, len(cams.class_names))
     heat_maps = dict(zip(cams.keys.tolist(), unit_maps(cams.fg_maps)))
-    panel = cam_panel(cams.image, heat_maps, label, label_title=f"background {background:g}")
+    panel = cam_panel(cams.image, heat_maps, label, cams.class_names, label_title=f"background {background:g}")
     save_jpeg(folder.file(cams.name), panel)
 
 
@@ -129,7 +133,7 @@ OUTPUT_FORMATS = (
         "out_cam",
         ".npy",
         write_reference_cam,
-        help="reference-format CAMs: <name>.npy = {class 0..19: float32 H×W, halved}",
+        help="reference-format CAMs: <name>.npy = {class 0..F-1: float32 H×W, halved}",
     ),
     OutputFormat(
         "out_cam_irn",
@@ -183,20 +187,20 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--network", default=CAM_NETWORKS[0], choices=CAM_NETWORKS, help="the CPN, whose second output SPEC §5 reads"
     )
-    parser.add_argument("--infer_list", default=str(here / "voc12" / "train.txt"))
+    parser.add_argument("--infer_list", help=list_default_help("infer"))
     parser.add_argument(
         "--num_workers",
         type=int,
         default=REFERENCE_NUM_WORKERS,
         help="loader processes per GPU process, each preparing the next images",
     )
-    parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages)")
     add_output_arguments(parser, OUTPUT_FORMATS)
     # Ours.
+    add_dataset_arguments(parser)  # --dataset, --data_root and the reference's --voc12_root
     # fp32 by default: the CAMs are what gets evaluated and handed on, and fp32 already meets
     # the speed goal on one H100 (bench/RESULTS.md); --amp bf16 is ~1.7× faster.
     add_runtime_arguments(parser)
-    parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
+    parser.add_argument("--cls_labels", help=list_default_help("cls_labels"))
     parser.add_argument(
         "--scales",
         type=float_list,
@@ -232,11 +236,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         "(0: in the main process; default: the cores the loader leaves, at most 8)",
     )
     add_overwrite_argument(parser)
-    return parser.parse_args(argv)
+    return fill_list_defaults(parser.parse_args(argv), here, infer_list="infer", cls_labels="cls_labels")
 
 
-def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGroup) -> torch.nn.Module:
-    model = build_network(args.network)
+def load_model(
+    args: argparse.Namespace, dataset: DatasetSpec, device: torch.device, group: ProcessGroup
+) -> torch.nn.Module:
+    model = build_network(args.network, dataset)
     report = load_weights(model, args.weights)
     if group.is_main:
         print(report.summary())
@@ -248,7 +254,9 @@ def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGro
     return model.eval().to(device, memory_format=memory_format_for(device))
 
 
-def image_cams(model: torch.nn.Module, sample: dict, outputs: Outputs, **forward_options) -> ImageCams:
+def image_cams(
+    model: torch.nn.Module, sample: dict, outputs: Outputs, class_names: tuple[str, ...], **forward_options
+) -> ImageCams:
     """SPEC §5 for one loader sample, at the sizes the outputs need."""
     image = sample["image"]
     # SPEC_IRN §11: IRN's `cam` is summed on the stride-4 grid from the same forwards.
@@ -256,7 +264,9 @@ def image_cams(model: torch.nn.Module, sample: dict, outputs: Outputs, **forward
     keys, (fg_maps, *irn_fg_maps) = present_class_cams(
         model, sample["inputs"], sample["label"], sizes, **forward_options
     )
-    return ImageCams(sample["name"], image, keys, fg_maps, irn_fg_maps=irn_fg_maps[0] if irn_fg_maps else None)
+    return ImageCams(
+        sample["name"], image, class_names, keys, fg_maps, irn_fg_maps=irn_fg_maps[0] if irn_fg_maps else None
+    )
 
 
 def main(argv=None) -> None:
@@ -268,12 +278,17 @@ def main(argv=None) -> None:
     group = ProcessGroup.from_env()
     device = resolve_device(args.device, group.local_rank)
     amp_dtype, precision = apply_precision(args, device)
-    voc_root = check_voc_root(args.voc12_root)
-    all_names, cls_labels = load_labelled_list(args.infer_list, args.cls_labels)
+    source = data_source(args)
+    all_names, cls_labels = load_labelled_list(args.infer_list, args.cls_labels, source.spec)
     if outputs.writes("out_crf"):
         require_pydensecrf()  # fail now, not in a worker after the first image
     # Sorted: the sum over scales does not depend on their order.
-    run_settings = {"network": args.network, "scales": sorted(args.scales), "precision": precision}
+    run_settings = {
+        "dataset": source.spec.name,
+        "network": args.network,
+        "scales": sorted(args.scales),
+        "precision": precision,
+    }
     manifests = outputs.manifests(args.weights, run_settings, args.infer_list)
     for manifest in manifests:
         manifest.check(args.overwrite)
@@ -298,10 +313,10 @@ def main(argv=None) -> None:
     if post_workers is None:
         post_workers = default_pool_workers(args.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     with WorkerPool(post_workers, preload=["infer_cam"]) as pool:  # the writers' imports overlap the model's loading
-        model = load_model(args, device, group)
+        model = load_model(args, source.spec, device, group)
         forward_options = {"amp_dtype": amp_dtype, "memory_format": memory_format_for(device)}
         loader = DataLoader(
-            InferDataset(voc_root, todo, cls_labels, scales=args.scales),
+            InferDataset(source, todo, cls_labels, scales=args.scales),
             batch_size=1,
             shuffle=False,
             num_workers=args.num_workers,
@@ -310,7 +325,7 @@ def main(argv=None) -> None:
         )
         with torch.inference_mode():
             for index, sample in enumerate(tqdm(loader, desc="infer_cam", unit="img", disable=not group.is_main)):
-                cams = image_cams(model, sample, outputs, **forward_options)
+                cams = image_cams(model, sample, outputs, source.spec.class_names, **forward_options)
                 if index == 0:  # with the folders' first files: a run that fails before leaves none
                     for manifest in manifests:
                         manifest.write()

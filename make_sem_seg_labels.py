@@ -3,13 +3,15 @@ spread each image's CAMs, the walk's result becomes a label map.
 
 One GPU:   python make_sem_seg_labels.py --voc12_root VOC2012 --infer_list voc12/train_aug.txt \\
                --cam_out_dir out_cam_irn --irn_weights_name CPN/res50_irn.pth --sem_seg_out_dir sem_seg
+COCO 2014: python make_sem_seg_labels.py --dataset coco14 --data_root COCO ... (the same flags)
 Several:   torchrun --nproc_per_node=N make_sem_seg_labels.py ...  (each process takes every N-th image)
 
 Per image: the image and its flip, zero-padded to 512×512 as IRN does (a side over 512, where IRN fails,
 to the next multiple of 512), give the boundary probability; the stride-4 `cam` of the image's CAM file
 (infer_cam.py --out_cam_irn, IRN's make_cam format) walks over it, x·T^(2^exp_times) as sparse steps
 (never IRN's dense (hw)×(hw) matrix, same product); the result, upsampled and divided by its maximum,
-against a background of --sem_seg_bg_thres gives <name>.png: single-channel uint8 0..20, as IRN writes.
+against a background of --sem_seg_bg_thres gives <name>.png: single-channel uint8 0..F, as IRN writes
+(F = 20 VOC, 80 COCO).
 The walk runs on the network's device. Images whose PNG exists are skipped, so an interrupted run
 resumes; the folder's manifest.json (tool/manifest.py) refuses a rerun with other weights, walk
 settings or CAMs (by the checksum of the CPN weights in the CAM folder's manifest), unless --overwrite.
@@ -34,6 +36,7 @@ from network.resnet50_irn import INFERENCE_PAD, boundary_probability
 from network.weights import load_weights
 from tool.cam import IRN_CAM_HINT, irn_cam_size, read_irn_cam
 from tool.cores import usable_cores
+from tool.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
 from tool.errors import UserError, and_more, run_main
 from tool.fileio import save_png
 from tool.irn import SEM_SEG_BG_THRES, WALK_BETA, WALK_EXP_TIMES, random_walk, rw_to_labels
@@ -47,7 +50,7 @@ from tool.runtime import (
     memory_format_for,
     resolve_device,
 )
-from voc12.data import InferDataset, check_voc_root, first_item, load_labelled_list
+from voc12.data import InferDataset, first_item, load_labelled_list
 
 IRN_NETWORK = "network.resnet50_irn"
 
@@ -55,10 +58,12 @@ IRN_NETWORK = "network.resnet50_irn"
 # --- Inputs: the image pair and its CAM file ------------------------------------------------
 
 
-def read_stride4_cam(path: Path, label: np.ndarray, image_size: tuple[int, int], cls_labels_path) -> dict:
+def read_stride4_cam(
+    path: Path, label: np.ndarray, image_size: tuple[int, int], cls_labels_path, class_names: tuple[str, ...]
+) -> dict:
     """SPEC-IRN §11's `cam` of one image, checked against the image's class labels and size:
     {"keys": int64 K, the present classes; "cam": float32 K×h×w tensor on the stride-4 grid}."""
-    keys, cam = read_irn_cam(path, "cam", label, str(cls_labels_path))
+    keys, cam = read_irn_cam(path, "cam", label, str(cls_labels_path), class_names)
     expected = (len(keys), *irn_cam_size(image_size))
     if cam.shape != expected:
         raise UserError(
@@ -72,8 +77,8 @@ class CamImageDataset(Dataset):
     """An image at scale 1 with its flip (`image_pair`, 2×3×H×W, normalised) and its CAM file's
     `keys` and `cam`, read in the loader's workers."""
 
-    def __init__(self, voc_root: Path, names: list[str], cls_labels, cam_dir: Path):
-        self.images = InferDataset(voc_root, names, cls_labels, scales=(1.0,))
+    def __init__(self, source: DataSource, names: list[str], cls_labels, cam_dir: Path):
+        self.images = InferDataset(source, names, cls_labels, scales=(1.0,))
         self.cam_dir = cam_dir
         self.cls_labels_path = getattr(cls_labels, "path", "the class labels")
 
@@ -88,6 +93,7 @@ class CamImageDataset(Dataset):
             sample["label"].numpy(),
             tuple(image_pair.shape[2:]),
             self.cls_labels_path,
+            self.images.source.spec.class_names,
         )
         return {"name": sample["name"], "image_pair": image_pair, **cam_file}
 
@@ -109,7 +115,7 @@ def sem_seg_label(
 ) -> np.ndarray:
     """SPEC-IRN §9 for one image: boundary probability of `image_pair` (2×3×H×W, the normalised image and
     its flip, on the model's device), the random walk of `cam` (K×h×w) over it, labels through `keys`
-    (the K present classes, 0..19) → H×W uint8, 0..20. Only the network runs under autocast."""
+    (the K present classes, 0..F−1) → H×W uint8, 0..F. Only the network runs under autocast."""
     with autocast(image_pair.device, amp_dtype):
         boundary = boundary_probability(model, image_pair, pad_to).float()
     walked = random_walk(cam.to(boundary.device, torch.float32), boundary, beta, exp_times)
@@ -146,8 +152,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # IRN's flags (run_sample.py). Its defaults for the three paths are relative session folders,
     # so they are required here, as infer_cam.py's --weights.
-    parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages)")
-    parser.add_argument("--infer_list", default=str(here / "voc12" / "train.txt"))
+    add_dataset_arguments(parser)  # --dataset, --data_root and IRN's --voc12_root
+    parser.add_argument("--infer_list", help=list_default_help("infer"))
     parser.add_argument("--cam_out_dir", required=True, help="IRN-format CAMs (infer_cam.py --out_cam_irn)")
     parser.add_argument(
         "--irn_weights_name", required=True, help="IRNet weights: train_irn.py's output or IRN's res50_irn.pth"
@@ -175,9 +181,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     # Ours.
     # fp32 by default, as IRN; --amp covers the network only, the walk stays fp32.
     add_runtime_arguments(parser)
-    parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
+    parser.add_argument("--cls_labels", help=list_default_help("cls_labels"))
     add_overwrite_argument(parser)
-    return parser.parse_args(argv)
+    return fill_list_defaults(parser.parse_args(argv), here, infer_list="infer", cls_labels="cls_labels")
 
 
 def cam_weights_sha256(cam_dir: Path) -> str | None:
@@ -222,10 +228,14 @@ def main(argv=None) -> None:
     group = ProcessGroup.from_env()
     device = resolve_device(args.device, group.local_rank)
     amp_dtype, precision = apply_precision(args, device)
-    voc_root = check_voc_root(args.voc12_root)
-    all_names, cls_labels = load_labelled_list(args.infer_list, args.cls_labels)
+    source = data_source(args)
+    all_names, cls_labels = load_labelled_list(args.infer_list, args.cls_labels, source.spec)
     cam_dir = Path(args.cam_out_dir)
-    run_settings = {"precision": precision, "cam_weights_sha256": cam_weights_sha256(cam_dir)}
+    run_settings = {
+        "dataset": source.spec.name,
+        "precision": precision,
+        "cam_weights_sha256": cam_weights_sha256(cam_dir),
+    }
     (manifest,) = outputs.manifests(args.irn_weights_name, run_settings, args.infer_list)
     manifest.check(args.overwrite)
 
@@ -251,7 +261,7 @@ def main(argv=None) -> None:
     if num_workers is None:
         num_workers = usable_cores() // 2 // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
     loader = DataLoader(
-        CamImageDataset(voc_root, todo, cls_labels, cam_dir),
+        CamImageDataset(source, todo, cls_labels, cam_dir),
         batch_size=1,
         shuffle=False,
         num_workers=num_workers,

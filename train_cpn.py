@@ -1,6 +1,7 @@
 """Train CPN (SPEC §3–4): data → three views → losses → poly-SGD step.
 
 One GPU:   python train_cpn.py --voc12_root VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.pth
+COCO 2014: python train_cpn.py --dataset coco14 --data_root COCO --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.pth
 Several:   torchrun --nproc_per_node=N train_cpn.py ... (--batch_size is per process)
 """
 
@@ -18,6 +19,7 @@ from torch.utils.data import DataLoader
 from network import build_network
 from network.weights import load_weights
 from tool.constants import CROP_SIZE, RESIZE_LONG
+from tool.datasets import add_dataset_arguments, data_source, fill_list_defaults, get_dataset, list_default_help
 from tool.errors import UserError, run_main
 from tool.imutils import PATCH_STRATEGIES
 from tool.losses import OHEM_RATIO, cpn_loss
@@ -74,18 +76,16 @@ def parse_args(argv=None) -> argparse.Namespace:
         required=True,
         help="ImageNet ResNet-38 (.params or .pth), a CPN .pth, or 'none' for a random start",
     )
-    parser.add_argument("--train_list", default=str(here / "voc12" / "train_aug.txt"))
+    parser.add_argument("--train_list", help=list_default_help("train"))
     parser.add_argument(
-        "--val_list",
-        default=str(here / "voc12" / "val.txt"),
-        help="accepted for compatibility; training does not use it (neither does the reference)",
+        "--val_list", help="accepted for compatibility; training does not use it (neither does the reference)"
     )
     parser.add_argument("--session_name", default="resnet38_CPN")
     parser.add_argument("--crop_size", type=int, default=CROP_SIZE)
-    parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages)")
     # Ours.
+    add_dataset_arguments(parser)  # --dataset, --data_root and the reference's --voc12_root
     add_runtime_arguments(parser)
-    parser.add_argument("--cls_labels", default=str(here / "voc12" / "cls_labels.npy"))
+    parser.add_argument("--cls_labels", help=list_default_help("cls_labels"))
     parser.add_argument(
         "--resize_long",
         type=int,
@@ -123,15 +123,16 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--log_every", type=int, default=20, help="write a log line every N steps")
     parser.add_argument("--out_dir", default=str(here / "CPN"))
     parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write TensorBoard scalars here")
-    return parser.parse_args(argv)
+    return fill_list_defaults(parser.parse_args(argv), here, train_list="train", cls_labels="cls_labels")
 
 
 def load_data(args, group: ProcessGroup, device: torch.device) -> DataLoader:
     """SPEC §3 augmentation, then the complementary patch pair, in a resumable order."""
+    source = data_source(args)
     dataset = TrainDataset(
-        args.voc12_root,
+        source,
         load_image_list(args.train_list),
-        load_cls_labels(args.cls_labels),
+        load_cls_labels(args.cls_labels, source.spec),
         crop_size=args.crop_size,
         resize_long=tuple(args.resize_long),
         patch_strategy=args.patch_strategy,
@@ -148,7 +149,7 @@ def load_data(args, group: ProcessGroup, device: torch.device) -> DataLoader:
 
 def build_model(args, dataset: TrainDataset, group: ProcessGroup) -> nn.Module:
     """SPEC §2's network from --weights, in training mode with BN and the early layers frozen (SPEC §1)."""
-    model = build_network(args.network)
+    model = build_network(args.network, dataset.source.spec)
     if args.weights.lower() != "none":
         report = load_weights(model, args.weights)
         if group.is_main:
@@ -263,7 +264,7 @@ def main(argv=None) -> None:
     log.line(
         f"{args.train_list}: {len(loader.dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
         f"{args.max_epoches} epochs = {total_steps} steps, batch {args.batch_size}×{group.world_size}, {device}, "
-        f"{precision}, {loader.num_workers} loader workers"
+        f"{precision}, {loader.num_workers} loader workers, {get_dataset(args.dataset).title}"
         + (", backbone frozen" if args.freeze_backbone else "")
         + (f"; resumed from {resume_path} at step {state.step}" if resume_path else "")
     )

@@ -3,6 +3,7 @@ frozen ResNet-50 → MeanShift calibration → IRN's weights file.
 
 One GPU:   python train_irn.py --voc12_root VOC2012 --ir_label_out_dir ir_label --weights resnet50-19c8e357.pth \
                --irn_weights_name sess/res50_irn.pth
+COCO 2014: python train_irn.py --dataset coco14 --data_root COCO ... (the same flags)
 Several:   torchrun --nproc_per_node=N train_irn.py ... (--irn_batch_size stays the batch of one step, split
            over the processes)
 """
@@ -21,6 +22,7 @@ from torch.utils.data import DataLoader
 from network import build_network
 from network.resnet50_irn import LR_MULTIPLIERS
 from network.weights import load_weights, save_irn_weights
+from tool.datasets import add_dataset_arguments, data_source, fill_list_defaults, list_default_help
 from tool.errors import UserError, run_main
 from tool.irn import TRAIN_RADIUS, PathIndex
 from tool.losses import irn_loss
@@ -56,12 +58,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     here = Path(__file__).resolve().parent
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # IRN's flags, with its defaults (SPEC-IRN §7).
-    parser.add_argument("--voc12_root", required=True, help="the VOC2012 folder (holds JPEGImages)")
-    parser.add_argument("--train_list", default=str(here / "voc12" / "train_aug.txt"))
+    add_dataset_arguments(parser)  # --dataset, --data_root and IRN's --voc12_root
+    parser.add_argument("--train_list", help=list_default_help("train"))
     parser.add_argument(
         "--infer_list",
-        default=str(here / "voc12" / "train.txt"),
-        help="images of the MeanShift calibration after training (SPEC-IRN §7)",
+        help="images of the MeanShift calibration after training (SPEC-IRN §7); " + list_default_help("infer"),
     )
     parser.add_argument(
         "--ir_label_out_dir", required=True, help="the confident-label PNGs of cam_to_ir_label.py (SPEC-IRN §8)"
@@ -100,7 +101,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--out_dir", default=str(here / "IRN"), help="log, run record and checkpoints")
     parser.add_argument("--session_name", default="res50_irn")
     parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write TensorBoard scalars here")
-    return parser.parse_args(argv)
+    return fill_list_defaults(parser.parse_args(argv), here, train_list="train", infer_list="infer")
 
 
 def momentum_of(args) -> float:
@@ -121,7 +122,7 @@ def load_data(args, group: ProcessGroup, device: torch.device) -> DataLoader:
     """SPEC-IRN §7 augmentation and §5 affinity labels, in a resumable order. Each step holds the same
     images whatever the process count (the sampler shards one global batch)."""
     dataset = IrnTrainDataset(
-        args.voc12_root,
+        data_source(args),
         load_image_list(args.train_list),
         args.ir_label_out_dir,
         crop_size=args.irn_crop_size,
@@ -214,7 +215,7 @@ def calibration_loader(args, num_workers: int) -> tuple[DataLoader, bool]:
     """SPEC-IRN §7: --infer_list cropped top-left, batches of --irn_batch_size with drop_last. IRN fails
     (an empty stack) when the list is shorter than one batch; we then use all of it as one batch.
     → (loader, whether the list is shorter than a batch)."""
-    dataset = IrnCalibrationDataset(args.voc12_root, load_image_list(args.infer_list), args.irn_crop_size)
+    dataset = IrnCalibrationDataset(data_source(args), load_image_list(args.infer_list), args.irn_crop_size)
     short = len(dataset) < args.irn_batch_size
     loader = DataLoader(dataset, batch_size=args.irn_batch_size, drop_last=not short, num_workers=num_workers)
     return loader, short

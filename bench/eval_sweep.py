@@ -1,14 +1,18 @@
-"""Evaluation speed: the one-pass threshold sweep of evaluation_cam.py against the reference's
-per-threshold loop (every file re-read and re-argmaxed for each of the 40 thresholds), and
-against plain file loading.
+"""Evaluation speed: the one-pass threshold sweep of evaluation_cam.py against plain file reading
+(one process and a pool over every usable core) and against the reference's per-threshold loop
+(every file re-read and re-argmaxed for each threshold).
 
     python -m bench.eval_sweep                        # 1,464 VOC-train-sized synthetic CAMs
     python -m bench.eval_sweep --images 200 --naive_images 20
+    python -m bench.eval_sweep --dataset coco14       # 400 COCO-like images, 81 classes, 640×480
 
-Synthetic predictions (~500×375 CAM dicts of 1–3 classes with VOC-like ground truth PNGs) are
-generated once into --data_dir and reused. The naive loop runs on a subset of images and
-thresholds and is extrapolated to the full sweep; its counts are checked against the fast
-ones on that subset. Prints one table and appends it, with the CPU, to bench/RESULTS.md.
+Synthetic predictions (CAM dicts of a few classes with ground truth PNGs: VOC ~500×375 with 1–3
+classes, COCO 640×480 with 1–5, about 3) are generated once into --data_dir and reused. The pooled
+rows use the same processes and chunks for reading alone and for the sweep, whose goal is at most
+2× the reading time; the full list (VOC train's 1,464 images, COCO val2014's 40,504) is
+extrapolated from them. The naive loop runs on a subset of images and thresholds and is
+extrapolated to the full sweep; its counts are checked against the fast ones on that subset.
+Prints one table and appends it, with the CPU, to bench/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -16,9 +20,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
+import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -26,14 +32,39 @@ from PIL import Image
 
 from bench.results import RESULTS_PATH, cpu_name, publish
 from evaluation_cam import count_all, evaluate_image, read_class_maps
-from tool.constants import IGNORE_INDEX, NUM_CLASSES, SWEEP_THRESHOLDS, VOC_PALETTE, VOC_TRAIN_IMAGES
 from tool.cores import usable_cores
+from tool.datasets import COCO14, IGNORE_INDEX, PALETTE, VOC12, VOC_TRAIN_IMAGES, DatasetSpec, get_dataset
 from tool.fileio import read_label_png, save_npy, save_png
 from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE, accumulate_counts
 
-IMAGE_SIZES = ((375, 500), (500, 375), (333, 500), (500, 500))  # (H, W), VOC's most common
-SIZE_WEIGHTS = (0.6, 0.25, 0.1, 0.05)
-CLASSES_PER_IMAGE_WEIGHTS = (0.6, 0.3, 0.1)  # 1, 2 or 3 classes
+COCO_VAL_IMAGES = 40504  # val2014: the list a COCO CAM evaluation reads
+
+
+@dataclass(frozen=True)
+class SyntheticSet:
+    """How the synthetic predictions of one data set look, and the real list they stand in for."""
+
+    image_sizes: tuple[tuple[int, int], ...]  # (H, W)
+    size_weights: tuple[float, ...]
+    classes_per_image_weights: tuple[float, ...]  # 1, 2, … classes
+    default_images: int
+    full_list: int  # images of the list the timing is extrapolated to
+    full_list_name: str
+
+
+SYNTHETIC = {
+    # VOC's most common sizes; 1–3 classes
+    VOC12.name: SyntheticSet(
+        ((375, 500), (500, 375), (333, 500), (500, 500)),
+        (0.6, 0.25, 0.1, 0.05),
+        (0.6, 0.3, 0.1),
+        VOC_TRAIN_IMAGES,
+        VOC_TRAIN_IMAGES,
+        "VOC train",
+    ),
+    # COCO's usual 640×480; 1–5 classes, 2.95 on average (COCO: 2.9 categories per image)
+    COCO14.name: SyntheticSet(((480, 640),), (1.0,), (0.15, 0.2, 0.3, 0.2, 0.15), 400, COCO_VAL_IMAGES, "COCO val2014"),
+}
 OBJECT_LEVELS = (0.45, 0.8)  # ground truth object where its CAM exceeds a fraction of its peak drawn from here
 BORDER = 2  # VOC's void band around objects, in pixels each side
 
@@ -67,25 +98,27 @@ def void_border(labels: np.ndarray) -> np.ndarray:
     return band
 
 
-def make_predictions(data_dir: Path, count: int, seed: int = 0) -> list[str]:
+def make_predictions(data_dir: Path, spec: DatasetSpec, count: int, seed: int = 0) -> list[str]:
     """Write <data_dir>/cams/<name>.npy (reference CAM dicts, values 0..0.5 as SPEC §5 ends) and
-    <data_dir>/gt/<name>.png once; later runs with the same count and seed reuse them."""
-    stamp = data_dir / f"done-{count}-{seed}"
+    <data_dir>/gt/<name>.png once; later runs with the same data set, count and seed reuse them."""
+    synthetic = SYNTHETIC[spec.name]
+    stamp = data_dir / f"done-{spec.name}-{count}-{seed}"
     names = [f"synthetic_{index:05d}" for index in range(count)]
     if stamp.is_file():
         return names
     rng = np.random.default_rng(seed)
     for name in names:
-        height, width = IMAGE_SIZES[rng.choice(len(IMAGE_SIZES), p=SIZE_WEIGHTS)]
-        num_classes = rng.choice(len(CLASSES_PER_IMAGE_WEIGHTS), p=CLASSES_PER_IMAGE_WEIGHTS) + 1
-        classes = sorted(rng.choice(NUM_CLASSES - 1, size=num_classes, replace=False).tolist())
+        height, width = synthetic.image_sizes[rng.choice(len(synthetic.image_sizes), p=synthetic.size_weights)]
+        weights = synthetic.classes_per_image_weights
+        num_classes = rng.choice(len(weights), p=weights) + 1
+        classes = sorted(rng.choice(spec.num_fg_classes, size=num_classes, replace=False).tolist())
         cams = {fg_class: blob_map(rng, height, width) for fg_class in classes}
         strongest = np.argmax(np.stack(list(cams.values())), axis=0)
         object_mask = np.max(np.stack(list(cams.values())), axis=0) > rng.uniform(*OBJECT_LEVELS)
         labels = np.where(object_mask, np.asarray(classes)[strongest] + 1, 0).astype(np.uint8)
         labels[void_border(labels)] = IGNORE_INDEX
         ground_truth = Image.fromarray(labels, mode="P")
-        ground_truth.putpalette(VOC_PALETTE.reshape(-1).tolist())
+        ground_truth.putpalette(PALETTE.reshape(-1).tolist())
         save_npy(
             data_dir / "cams" / f"{name}.npy",
             {fg_class: (cam / 2).astype(np.float32) for fg_class, cam in cams.items()},
@@ -95,18 +128,32 @@ def make_predictions(data_dir: Path, count: int, seed: int = 0) -> list[str]:
     return names
 
 
-def load_only(data_dir: Path, names: list[str]) -> None:
-    for name in names:
-        read_class_maps(data_dir / "cams" / f"{name}.npy")
-        read_label_png(data_dir / "gt" / f"{name}.png")
+def read_image(name: str, data_dir: Path, dataset: str) -> None:
+    """What evaluate_image reads of one image, and nothing else: np.load of the CAM dict and its
+    checks, the PNG decode."""
+    read_class_maps(data_dir / "cams" / f"{name}.npy", get_dataset(dataset))
+    read_label_png(data_dir / "gt" / f"{name}.png")
 
 
-def reference_counts(data_dir: Path, name: str, threshold: float) -> np.ndarray:
+def read_all(names: list[str], read_one: Callable[[str], None], num_workers: int) -> None:
+    """read_one over the list as count_all runs count_one: in this process (0), or a pool of
+    num_workers processes with count_all's chunks."""
+    if num_workers == 0:
+        for name in names:
+            read_one(name)
+        return
+    chunk_size = max(1, min(16, len(names) // (4 * num_workers)))
+    with multiprocessing.Pool(num_workers) as pool:
+        for _ in pool.imap_unordered(read_one, names, chunksize=chunk_size):
+            pass
+
+
+def reference_counts(data_dir: Path, name: str, threshold: float, num_classes: int) -> np.ndarray:
     """One image at one threshold the reference's way (SPEC §6): read both files, stack, argmax,
     three masked sums per class."""
     class_maps = np.load(data_dir / "cams" / f"{name}.npy", allow_pickle=True).item()
     height, width = next(iter(class_maps.values())).shape
-    stack = np.zeros((NUM_CLASSES, height, width), np.float32)
+    stack = np.zeros((num_classes, height, width), np.float32)
     for fg_class, values in class_maps.items():
         stack[fg_class + 1] = values
     stack[0] = threshold
@@ -114,8 +161,8 @@ def reference_counts(data_dir: Path, name: str, threshold: float) -> np.ndarray:
     ground_truth = np.array(Image.open(data_dir / "gt" / f"{name}.png"))
     counted = ground_truth < IGNORE_INDEX
     correct = (prediction == ground_truth) * counted
-    counts = np.zeros((NUM_CLASSES, 3), np.int64)
-    for class_index in range(NUM_CLASSES):
+    counts = np.zeros((num_classes, 3), np.int64)
+    for class_index in range(num_classes):
         counts[class_index, PREDICTED] = np.sum((prediction == class_index) * counted)
         counts[class_index, GROUND_TRUTH] = np.sum((ground_truth == class_index) * counted)
         counts[class_index, TRUE_POSITIVE] = np.sum((ground_truth == class_index) * correct)
@@ -130,67 +177,95 @@ def seconds(work: Callable[[], object]) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data_dir", default=str(Path(tempfile.gettempdir()) / "cpn_eval_sweep_bench"))
-    parser.add_argument("--images", type=int, default=VOC_TRAIN_IMAGES)
-    parser.add_argument("--naive_images", type=int, default=50, help="images the naive loop is timed on")
+    parser.add_argument("--dataset", choices=tuple(SYNTHETIC), default=VOC12.name, help="default: voc12")
+    parser.add_argument("--data_dir", default=None, help="default: <tmp>/cpn_eval_sweep_bench[_coco14]")
+    parser.add_argument("--images", type=int, default=None, help="default: 1,464 (voc12), 400 (coco14)")
+    parser.add_argument("--naive_images", type=int, default=None, help="images the naive loop is timed on (50, 10)")
     parser.add_argument("--naive_thresholds", type=int, default=3, help="thresholds the naive loop is timed on")
-    parser.add_argument("--workers", type=int, default=2, help="also time the sweep with this many processes")
+    parser.add_argument("--workers", type=int, default=usable_cores(), help="pool processes (default: usable cores)")
     parser.add_argument("--results", default=str(RESULTS_PATH), help="markdown file the table is appended to")
     args = parser.parse_args()
 
-    data_dir = Path(args.data_dir)
+    spec, synthetic = get_dataset(args.dataset), SYNTHETIC[args.dataset]
+    suffix = "" if spec is VOC12 else f"_{spec.name}"
+    data_dir = Path(args.data_dir or Path(tempfile.gettempdir()) / f"cpn_eval_sweep_bench{suffix}")
+    num_images = args.images or synthetic.default_images
+    naive_images = args.naive_images or (50 if spec is VOC12 else 10)
     print(f"synthetic predictions in {data_dir} ...", flush=True)
-    names = make_predictions(data_dir, args.images)
-    num_thresholds = len(SWEEP_THRESHOLDS)
+    names = make_predictions(data_dir, spec, num_images)
+    thresholds = spec.sweep
     count_one = functools.partial(
         evaluate_image,
         predict_dir=data_dir / "cams",
         gt_dir=data_dir / "gt",
         prediction_type="npy",
-        thresholds=SWEEP_THRESHOLDS,
+        thresholds=thresholds,
+        dataset=spec.name,
     )
+    read_one = functools.partial(read_image, data_dir=data_dir, dataset=spec.name)
 
-    load_only(data_dir, names)  # warm the page cache
-    load_time = min(seconds(lambda: load_only(data_dir, names)) for _ in range(2))
+    read_all(names, read_one, 0)  # warm the page cache
+    load_time = min(seconds(lambda: read_all(names, read_one, 0)) for _ in range(2))
     fast_time = min(seconds(lambda: count_all(names, count_one, num_workers=0)) for _ in range(2))
-    pooled_time = seconds(lambda: count_all(names, count_one, args.workers)) if args.workers > 1 else None
+    pooled_load_time = pooled_time = None
+    if args.workers > 1:
+        pooled_load_time = min(seconds(lambda: read_all(names, read_one, args.workers)) for _ in range(2))
+        pooled_time = min(seconds(lambda: count_all(names, count_one, args.workers)) for _ in range(2))
 
-    naive_names = names[: args.naive_images]
-    naive_picks = np.linspace(0, num_thresholds - 1, args.naive_thresholds).round().astype(int)
-    naive_thresholds = [SWEEP_THRESHOLDS[index] for index in naive_picks]
+    naive_names = names[:naive_images]
+    naive_picks = np.linspace(0, len(thresholds) - 1, args.naive_thresholds).round().astype(int)
+    naive_thresholds = [thresholds[index] for index in naive_picks]
     naive_start = time.perf_counter()
     naive_counts = {
-        threshold: sum(reference_counts(data_dir, name, threshold) for name in naive_names)
+        threshold: sum(reference_counts(data_dir, name, threshold, spec.num_classes) for name in naive_names)
         for threshold in naive_thresholds
     }
     naive_time = time.perf_counter() - naive_start
     fast_subset = accumulate_counts(map(count_one, naive_names))
     for index, threshold in zip(naive_picks, naive_thresholds):
         assert np.array_equal(fast_subset[index], naive_counts[threshold]), f"counts differ at t={threshold}"
-    naive_full = naive_time / (len(naive_names) * len(naive_thresholds)) * len(names) * num_thresholds
+    naive_full = naive_time / (len(naive_names) * len(naive_thresholds)) * len(names) * len(thresholds)
 
     per_image = 1000 / len(names)
     rows = [
-        ("load only (np.load + PNG decode)", load_time, ""),
-        (f"fast sweep, {num_thresholds} thresholds, 1 process", fast_time, f"{fast_time / load_time:.2f}× load"),
+        ("read only (np.load + PNG decode), 1 process", load_time, ""),
+        (f"sweep, {len(thresholds)} thresholds, 1 process", fast_time, f"{fast_time / load_time:.2f}× read"),
     ]
     if pooled_time is not None:
-        rows.append((f"fast sweep, {args.workers} processes", pooled_time, f"{pooled_time / load_time:.2f}× load"))
+        rows += [
+            (f"read only, {args.workers} processes", pooled_load_time, ""),
+            (
+                f"sweep, {args.workers} processes",
+                pooled_time,
+                f"{pooled_time / pooled_load_time:.2f}× read ({args.workers} processes)",
+            ),
+        ]
     rows.append(
         (
             f"naive per-threshold loop (extrapolated from {len(naive_names)} images × "
             f"{len(naive_thresholds)} thresholds)",
             naive_full,
-            f"{naive_full / fast_time:.0f}× fast (1 process)",
+            f"{naive_full / fast_time:.0f}× sweep (1 process)",
         )
     )
-    table = [f"| {len(names)} images, ~500×375 | total s | ms / image | ratio |", "|---|---:|---:|---|"]
+    sizes = ", ".join(f"{width}×{height}" for height, width in synthetic.image_sizes[:1])
+    table = [
+        f"| {spec.name}: {len(names)} images, ~{sizes}, {spec.num_classes} classes | total s | ms / image | ratio |",
+        "|---|---:|---:|---|",
+    ]
     table += [f"| {label} | {total:.2f} | {total * per_image:.2f} | {ratio} |" for label, total, ratio in rows]
+    workers, sweep_time, read_time = (
+        (args.workers, pooled_time, pooled_load_time) if pooled_time is not None else (1, fast_time, load_time)
+    )
+    full = synthetic.full_list / len(names)
     table += [
         "",
+        f"{synthetic.full_list_name} ({synthetic.full_list:,} images) at this rate with {workers} process(es): "
+        f"sweep {sweep_time * full:.0f} s, reading alone {read_time * full:.0f} s "
+        f"(sweep / read {sweep_time / read_time:.2f}×, goal ≤ 2×).",
         f"naive: the reference's loop in one process (per threshold and image: read both files, "
-        f"21-channel argmax, 63 masked sums); its counts equal the fast ones at t = {naive_thresholds} "
-        f"on {len(naive_names)} images.",
+        f"{spec.num_classes}-channel argmax, {3 * spec.num_classes} masked sums); its counts equal the fast ones "
+        f"at t = {naive_thresholds} on {len(naive_names)} images.",
     ]
     text = "\n".join(table)
 

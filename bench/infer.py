@@ -28,7 +28,8 @@ from bench.results import cpu_name, publish
 from bench.train_step import make_images
 from network import build_network
 from tool.cam import present_class_cams
-from tool.constants import INFER_SCALES, NUM_FG_CLASSES, VOC_TRAIN_IMAGES
+from tool.constants import INFER_SCALES
+from tool.datasets import VOC12, VOC_TRAIN_IMAGES
 from tool.runtime import memory_format_for, resolve_amp, resolve_device
 from voc12.data import InferDataset
 
@@ -39,7 +40,7 @@ def make_sample(height: int, width: int, scales, pin: bool) -> dict:
     """infer_cam.py's loader sample of one random image with CLASSES_PER_IMAGE classes: per scale
     the image and its flip, 2×3×h×w (pinned for the GPU, as the loader does)."""
     rng = np.random.default_rng(0)
-    label = np.zeros(NUM_FG_CLASSES, np.float32)
+    label = np.zeros(VOC12.num_fg_classes, np.float32)
     label[:CLASSES_PER_IMAGE] = 1
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "VOC2012"

@@ -6,16 +6,23 @@ import importlib
 
 from torch import nn
 
+from tool.datasets import VOC12, DatasetSpec
 from tool.errors import UserError
 
 NETWORKS = ("resnet38_CPN", "resnet38_cls", "resnet50_irn")
 
 
-def build_network(name: str) -> nn.Module:
-    """A fresh `Net()` of the named module: "network.resnet38_CPN" (the reference's form)
-    or "resnet38_CPN"; likewise "network.resnet50_irn"."""
+def build_network(name: str, dataset: DatasetSpec = VOC12) -> nn.Module:
+    """A fresh `Net` of the named module: "network.resnet38_CPN" (the reference's form)
+    or "resnet38_CPN"; likewise "network.resnet50_irn". The CAM heads get the data set's class
+    count (CPN: background included; the baseline: foreground only); IRNet has no class head."""
     short_name = name.removeprefix("network.")
     if short_name not in NETWORKS:
         choices = ", ".join(f"network.{choice}" for choice in NETWORKS)
         raise UserError(f"unknown network {name!r}; choose one of {choices}")
-    return importlib.import_module(f"network.{short_name}").Net()
+    module = importlib.import_module(f"network.{short_name}")
+    if short_name == "resnet38_CPN":
+        return module.Net(dataset.num_classes)
+    if short_name == "resnet38_cls":
+        return module.Net(dataset.num_fg_classes)
+    return module.Net()

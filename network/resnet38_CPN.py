@@ -1,5 +1,6 @@
-"""The CPN network (SPEC §2): ResNet-38 + a 21-class CAM head (`fc8`) whose CAM is refined
-by a class-region attention (PRCM) and a pixel-affinity propagation (PCM).
+"""The CPN network (SPEC §2): ResNet-38 + a CAM head (`fc8`, one channel per class: K = 21 for VOC,
+81 for COCO) whose CAM is refined by a class-region attention (PRCM) and a pixel-affinity
+propagation (PCM).
 
 Each step of SPEC §2 is a module-level function so it can be checked alone. The refinement
 (steps 2-7) runs in float32 with autocast off: it normalises, soft-maxes over thousands of
@@ -13,18 +14,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from network import resnet38d
-from tool.constants import NUM_CLASSES
+from tool.datasets import VOC12
 
 NORMALISATION_EPSILON = 1e-5  # SPEC §2 step 2: the class probability map's per-channel max normalisation
 AFFINITY_EPSILON = 1e-5  # SPEC §2 step 6: PCM's feature L2 norm and affinity column sums
-# SPEC §2 step 5: the reference scales the class-to-pixel similarities by 21^-0.5 (the
-# class count, not the key width 192).
-PRCM_SCALE = NUM_CLASSES**-0.5
 
 
 @torch.no_grad()
 def class_probability_map(cam: torch.Tensor) -> torch.Tensor:
-    """SPEC §2 step 2, N×21×h×w -> N×21×h×w in [0, 1], no gradient: per-channel max
+    """SPEC §2 step 2, N×K×h×w -> N×K×h×w in [0, 1], no gradient: per-channel max
     normalisation of relu(cam); background = 1 - max foreground; foreground values below
     the pixel's foreground max set to 0 (ties keep all)."""
     positive = F.relu(cam)
@@ -59,7 +57,9 @@ def prcm(context: torch.Tensor, affinity_features: torch.Tensor, f10: nn.Module)
     returns per-class softmax-over-positions attention maps, N×K×h×w."""
     n, _, h, w = affinity_features.shape
     keys = reference_key_layout(F.relu(f10(context)))  # N×K×D
-    similarity = torch.matmul(keys, F.relu(affinity_features).flatten(2)) * PRCM_SCALE  # N×K×hw
+    # The reference scales the similarities by 21^-0.5: K^-0.5, the class count, not the key width 192.
+    scale = context.shape[2] ** -0.5
+    similarity = torch.matmul(keys, F.relu(affinity_features).flatten(2)) * scale  # N×K×hw
     return F.softmax(similarity, dim=2).reshape(n, -1, h, w)
 
 
@@ -79,14 +79,15 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
 
 
 class Net(resnet38d.Net):
-    """`forward(x)` -> (cam, cam_rv), both N×21×H×W float32 (SPEC §2)."""
+    """`forward(x)` -> (cam, cam_rv), both N×K×H×W float32 (SPEC §2); K = num_classes, background
+    included (a data set's `num_classes`: 21 for VOC, 81 for COCO)."""
 
     new_layers = ("fc8", "f8_3", "f8_4", "f9", "f10")
 
-    def __init__(self):
+    def __init__(self, num_classes: int = VOC12.num_classes):
         super().__init__()
         self.dropout7 = nn.Dropout2d(0.5)
-        self.fc8 = nn.Conv2d(4096, NUM_CLASSES, 1, bias=False)
+        self.fc8 = nn.Conv2d(4096, num_classes, 1, bias=False)
         self.f8_3 = nn.Conv2d(512, 64, 1, bias=False)
         self.f8_4 = nn.Conv2d(1024, 128, 1, bias=False)
         self.f9 = nn.Conv2d(3 + 64 + 128, 192, 1, bias=False)

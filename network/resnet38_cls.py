@@ -1,5 +1,6 @@
-"""The baseline CAM network (SPEC §2, last paragraph): ResNet-38 + a 20-class linear
-classifier on the globally pooled conv6; its CAM is that classifier applied per position."""
+"""The baseline CAM network (SPEC §2, last paragraph): ResNet-38 + a linear
+classifier (one output per foreground class) on the globally
+pooled conv6; its CAM is that classifier applied per position."""
 
 from __future__ import annotations
 
@@ -8,18 +9,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from network import resnet38d
-from tool.constants import NUM_FG_CLASSES
+from tool.datasets import VOC12
 
 
 class Net(resnet38d.Net):
-    """`forward(x)` -> N×20 logits, `forward_cam(x)` -> N×20×h×w (stride 8)."""
+    """`forward(x)` -> N×F logits, `forward_cam(x)` -> N×F×h×w (stride 8); F = num_fg_classes (20 VOC, 80 COCO)."""
 
     new_layers = ("fc8",)
 
-    def __init__(self):
+    def __init__(self, num_fg_classes: int = VOC12.num_fg_classes):
         super().__init__()
         self.dropout7 = nn.Dropout2d(0.5)
-        self.fc8 = nn.Conv2d(4096, NUM_FG_CLASSES, 1, bias=False)
+        self.fc8 = nn.Conv2d(4096, num_fg_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

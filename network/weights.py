@@ -22,7 +22,7 @@ from torch import nn
 
 from network import resnet50_irn
 from network.mxnet_params import LIST_MAGIC, convert_mxnet_to_torch
-from tool.constants import NUM_CLASSES, NUM_FG_CLASSES
+from tool.datasets import DATASETS
 from tool.errors import UserError
 from tool.fileio import atomic_path
 
@@ -128,20 +128,25 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> WeightsReport:
 
 
 def _head_hint(key: str, file_value: torch.Tensor, model_value: torch.Tensor) -> str:
-    """Why fc8 can differ: the baseline CAM net has 20 outputs, CPN 21 (SPEC §2)."""
+    """Why fc8 can differ: the baseline CAM net has one output per foreground class, CPN one more
+    (background, SPEC §2); and VOC heads have 20/21 outputs, COCO's 80/81."""
     if not key.startswith("fc8.") or file_value.ndim == 0 or model_value.ndim == 0:
         return ""
     file_outputs, model_outputs = file_value.shape[0], model_value.shape[0]
-    if (file_outputs, model_outputs) == (NUM_FG_CLASSES, NUM_CLASSES):
-        return (
-            f"; fc8 has {NUM_FG_CLASSES} vs {NUM_CLASSES} outputs: these are baseline CAM weights "
-            "(network.resnet38_cls), not CPN; pass --network network.resnet38_cls"
-        )
-    if (file_outputs, model_outputs) == (NUM_CLASSES, NUM_FG_CLASSES):
-        return (
-            f"; fc8 has {NUM_CLASSES} vs {NUM_FG_CLASSES} outputs: these are CPN weights "
-            "(network.resnet38_CPN), not the baseline; pass --network network.resnet38_CPN"
-        )
+    for spec in DATASETS.values():
+        if (file_outputs, model_outputs) == (spec.num_fg_classes, spec.num_classes):
+            return (
+                f"; fc8 has {file_outputs} vs {model_outputs} outputs: these are baseline CAM weights "
+                "(network.resnet38_cls), not CPN; pass --network network.resnet38_cls"
+            )
+        if (file_outputs, model_outputs) == (spec.num_classes, spec.num_fg_classes):
+            return (
+                f"; fc8 has {file_outputs} vs {model_outputs} outputs: these are CPN weights "
+                "(network.resnet38_CPN), not the baseline; pass --network network.resnet38_CPN"
+            )
+    for spec in DATASETS.values():
+        if file_outputs in (spec.num_classes, spec.num_fg_classes):
+            return f"; fc8 has {file_outputs} outputs: these weights are for {spec.title}; pass --dataset {spec.name}"
     return ""
 
 

@@ -38,6 +38,6 @@ def direct_loop_cam(model, image_path: Path, label: np.ndarray, scales, size=Non
             with torch.no_grad():
                 _, cam_rv = model(x)
             cam = F.interpolate(cam_rv[:, 1:], (height, width), mode="bilinear", align_corners=False)[0]
-            cam = cam.numpy() * label.reshape(20, 1, 1)
+            cam = cam.numpy() * label.reshape(-1, 1, 1)
             maps.append(np.flip(cam, -1) if flipped else cam)
     return reference_normalize(np.sum(maps, axis=0))

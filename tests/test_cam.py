@@ -23,6 +23,7 @@ from tool.cam import (
     seam_crf_label,
     threshold_label,
 )
+from tool.datasets import VOC12
 from voc12.data import InferDataset, load_cls_labels, load_image_list
 
 SCALES = (0.5, 1.0)
@@ -131,7 +132,7 @@ def test_threshold_label_is_spec6_prediction():
     stack[0] = 0.3
     for key, cam in reference_cam_dict(fg_maps, keys).items():
         stack[key + 1] = cam
-    label = threshold_label(fg_maps, keys, 0.3)
+    label = threshold_label(fg_maps, keys, 0.3, VOC12.num_classes)
     assert label.dtype == np.uint8 and label[0, 0] == 0
     np.testing.assert_array_equal(label, stack.argmax(axis=0))
     assert set(np.unique(label).tolist()) == {0, 1, 6, 20}

@@ -173,6 +173,7 @@ def test_manifest_records_thresholds_and_refuses_other_ones(labelled, toy_voc, t
     manifest = json.loads((labelled / MANIFEST_NAME).read_text())
     assert manifest["settings"] == {
         "output": "ir_label_out_dir",
+        "dataset": "voc12",
         "cam_settings": None,
         "conf_fg_thres": 0.30,
         "conf_bg_thres": 0.05,

@@ -15,15 +15,8 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
-from tool.constants import (
-    IMAGENET_MEAN,
-    IMAGENET_STD,
-    SBD_AUG_LABELS,
-    VOC_CLASSES,
-    VOC_TRAIN_AUG_IMAGES,
-    VOC_TRAIN_IMAGES,
-    VOC_VAL_IMAGES,
-)
+from tool.constants import IMAGENET_MEAN, IMAGENET_STD
+from tool.datasets import SBD_AUG_LABELS, VOC12, VOC_TRAIN_AUG_IMAGES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
 from tool.errors import UserError, run_main
 from tool.fileio import read_label_png, read_rgb
 from tool.irn import quarter_label, search_dst
@@ -54,8 +47,8 @@ def reference_xml_label(xml_path: Path) -> np.ndarray:
     """The reference's label: every <name> element whose text is one of the 20 classes."""
     label = np.zeros(20, np.float32)
     for element in minidom.parse(str(xml_path)).getElementsByTagName("name"):
-        if element.firstChild.data in VOC_CLASSES[1:]:
-            label[VOC_CLASSES[1:].index(element.firstChild.data)] = 1.0
+        if element.firstChild.data in VOC12.class_names[1:]:
+            label[VOC12.class_names[1:].index(element.firstChild.data)] = 1.0
     return label
 
 
@@ -77,7 +70,7 @@ def write_root(root: Path, images: dict[str, Image.Image], file_format: str = "J
 def one_hot(*class_names: str) -> np.ndarray:
     label = np.zeros(20, np.float32)
     for class_name in class_names:
-        label[VOC_CLASSES.index(class_name) - 1] = 1.0
+        label[VOC12.class_names.index(class_name) - 1] = 1.0
     return label
 
 
@@ -114,7 +107,7 @@ def test_labels_from_npy_xml_and_png_agree(toy_voc, toy_lists):
         # The classes painted in the ground truth, background (0) and void (255) left out.
         painted = set(np.unique(read_label_png(toy_voc / "SegmentationClass" / f"{name}.png")).tolist()) - {0, 255}
         assert np.array_equal(from_npy[name], from_xml[name])
-        assert np.array_equal(from_xml[name], one_hot(*(VOC_CLASSES[index] for index in painted)))
+        assert np.array_equal(from_xml[name], one_hot(*(VOC12.class_names[index] for index in painted)))
 
 
 def test_xml_labels_count_difficult_objects_and_skip_part_names(tmp_path):

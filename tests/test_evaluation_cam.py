@@ -1,5 +1,6 @@
-"""evaluation_cam.py end to end on tiny synthetic predictions, against the naive SPEC §6 loop;
-its protocol statement and warnings; and that it stays a numpy job (no torch import)."""
+"""evaluation_cam.py end to end on tiny synthetic predictions (VOC's 21 classes and COCO's 81),
+against the naive SPEC §6 loop; its protocol statement and warnings; --dataset and --sweep; and
+that it stays a numpy job (no torch import)."""
 
 from __future__ import annotations
 
@@ -16,15 +17,7 @@ from PIL import Image
 from test_metrics import naive_counts, naive_prediction, naive_sweep, random_case
 
 import evaluation_cam
-from tool.constants import (
-    IGNORE_INDEX,
-    NUM_CLASSES,
-    SWEEP_THRESHOLDS,
-    VOC_CLASSES,
-    VOC_PALETTE,
-    VOC_TRAIN_IMAGES,
-    VOC_VAL_IMAGES,
-)
+from tool.datasets import COCO14, IGNORE_INDEX, PALETTE, VOC12, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
 from tool.errors import UserError
 from tool.fileio import save_npy
 from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE
@@ -32,11 +25,15 @@ from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE
 REPO = Path(__file__).resolve().parents[1]
 NAMES = [f"img_{index}" for index in range(5)]
 HEAVY_MODULES = ("torch", "torchvision", "skimage", "matplotlib")  # a numpy job imports none of them
+NUM_CLASSES = VOC12.num_classes
+SWEEP_THRESHOLDS = VOC12.sweep
+VOC_CLASSES = VOC12.class_names
+VOC_SWEEP_PROTOCOL = {"start": 0.2, "stop": 0.59, "step": 0.01}  # SPEC §6
 
 
 def save_label_png(path: Path, labels: np.ndarray) -> None:
     image = Image.fromarray(labels.astype(np.uint8), mode="P")
-    image.putpalette(VOC_PALETTE.reshape(-1).tolist())
+    image.putpalette(PALETTE.reshape(-1).tolist())
     image.save(path)
 
 
@@ -78,10 +75,10 @@ def naive_iou_percent(counts: np.ndarray) -> np.ndarray:
     return tp / (truth + predicted - tp + 1e-10) * 100
 
 
-def naive_per_class(counts: np.ndarray) -> list[dict]:
-    """{name, iou, precision, recall} in percent from one [21, 3] counts array, None where undefined."""
+def naive_per_class(counts: np.ndarray, class_names: tuple[str, ...] = VOC_CLASSES) -> list[dict]:
+    """{name, iou, precision, recall} in percent from one [num_classes, 3] counts array, None where undefined."""
     rows = []
-    for name, (tp, predicted, truth) in zip(VOC_CLASSES, counts[:, [TRUE_POSITIVE, PREDICTED, GROUND_TRUTH]]):
+    for name, (tp, predicted, truth) in zip(class_names, counts[:, [TRUE_POSITIVE, PREDICTED, GROUND_TRUTH]]):
         rows.append(
             {
                 "name": name,
@@ -143,6 +140,8 @@ def test_sweep_matches_naive_and_writes_json_plot_log(dataset, capsys):
         "predict_dir": str(root / "cams"),
         "type": "npy",
         "threshold_choice": "best on these ground-truth labels (the paper's protocol)",
+        "dataset": "voc12",
+        "sweep": VOC_SWEEP_PROTOCOL,
     }
     assert written["warnings"] == []
     assert_per_class_equal(written["per_class"], naive_per_class(expected[best]))
@@ -162,6 +161,8 @@ def test_sweep_matches_naive_and_writes_json_plot_log(dataset, capsys):
         f"predict_dir:{root / 'cams'}",
         "type:npy",
         "threshold_choice:best on these ground-truth labels (the paper's protocol)",
+        "dataset:voc12",
+        f"sweep:{VOC_SWEEP_PROTOCOL}",
         "",
     ]
 
@@ -172,11 +173,13 @@ def test_sweep_matches_naive_and_writes_json_plot_log(dataset, capsys):
     assert (
         f"{'aeroplane':>11s}{aeroplane['iou']:10.3f}%{aeroplane['precision']:10.3f}%{aeroplane['recall']:10.3f}%"
     ) in lines
-    assert lines[-5:-1] == [
+    assert lines[-7:-1] == [
+        "dataset: voc12 (VOC2012, 21 classes)",
         f"list: {root / 'list.txt'} ({len(NAMES)} images)",
         f"ground truth: {root / 'gt'}",
         f"predictions: {root / 'cams'} (npy CAMs)",
         "background score: best on these ground-truth labels (the paper's protocol)",
+        "sweep: 0.2 to 0.59 in steps of 0.01",
     ]
     assert lines[-1] == (
         f"{'mIoU':>11s}:{expected_miou[best]:7.3f}% at background score "
@@ -195,7 +198,8 @@ def test_single_threshold_with_workers_equals_naive(dataset, capsys):
     assert result["thresholds"] == [0.3]
     np.testing.assert_allclose(result["iou"][0], naive_iou_percent(expected), rtol=0, atol=1e-9)
     assert_per_class_equal(result["per_class"], naive_per_class(expected))
-    assert strict_json(root / "t.json")["protocol"]["threshold_choice"] == "fixed --t"
+    protocol = strict_json(root / "t.json")["protocol"]
+    assert protocol["threshold_choice"] == "fixed --t" and protocol["dataset"] == "voc12" and "sweep" not in protocol
     fields = (root / "eval.txt").read_text().splitlines()[1].split("  ")
     assert [field.split(":")[0] for field in fields[: NUM_CLASSES + 2]] == [*VOC_CLASSES, "t", "mIoU"]
     assert fields[NUM_CLASSES] == "t:0.3" and "threshold_choice:fixed --t" in fields
@@ -291,8 +295,8 @@ def test_undefined_precision_and_recall_are_null_and_n_a(tmp_path, capsys):
     assert f"{'cat':>11s}{0:10.3f}%{'n/a':>11s}{'n/a':>11s}" in lines
 
 
-def protocol_of(num_images: int, gt_dir: str) -> dict:
-    args = argparse.Namespace(list="train.txt", gt_dir=gt_dir, predict_dir="out_cam", type="npy")
+def protocol_of(num_images: int, gt_dir: str, dataset: str = "voc12") -> dict:
+    args = argparse.Namespace(list="train.txt", gt_dir=gt_dir, predict_dir="out_cam", type="npy", dataset=dataset)
     return evaluation_cam.evaluation_protocol(args, num_images, SWEEP_THRESHOLDS)
 
 
@@ -320,8 +324,23 @@ def test_protocol_warnings(num_images, gt_dir, expected):
         assert "57.4 %" in warnings[-1] and "train (1,464 images)" in warnings[-1]
 
 
+def test_protocol_warnings_are_the_vocs_word_for_word():
+    warnings = evaluation_cam.protocol_warnings(protocol_of(VOC_VAL_IMAGES, "/data/VOC2012/SegmentationClassAug"))
+    assert warnings == [
+        "--gt_dir /data/VOC2012/SegmentationClassAug holds SBD's SegmentationClassAug masks, coarser than "
+        "VOC's; the paper scores CAMs against VOC2012/SegmentationClass, so this mIoU is not comparable "
+        "with its figures",
+        "the list has 1,449 images, as VOC2012 val does; the paper's CAM mIoU (57.4 %) is on train "
+        "(1,464 images): pass --list .../ImageSets/Segmentation/train.txt to compare with it",
+    ]
+
+
+def test_coco_has_no_protocol_warnings():
+    assert evaluation_cam.protocol_warnings(protocol_of(VOC_VAL_IMAGES, "SegmentationClassAug", "coco14")) == []
+
+
 def test_protocol_states_how_the_background_score_is_chosen():
-    args = argparse.Namespace(list="l.txt", gt_dir="gt", predict_dir="p", type="npy")
+    args = argparse.Namespace(list="l.txt", gt_dir="gt", predict_dir="p", type="npy", dataset="voc12")
     choices = [
         evaluation_cam.evaluation_protocol(args, 3, thresholds)["threshold_choice"]
         for thresholds in (SWEEP_THRESHOLDS, (0.3,), None)
@@ -352,6 +371,13 @@ def test_segmentation_class_aug_ground_truth_warns_on_stderr_and_in_json(dataset
         (("--type", "png", "--plot", "x.png"), "drop --plot"),
         (("--t", "nan"), "not a number"),
         (("--prediction_void", "background"), "needs --type png"),
+        (("--t", "0.3", "--sweep", "0.1", "0.5", "0.1"), "--t evaluates one threshold and --sweep a range"),
+        (("--type", "png", "--sweep", "0.1", "0.5", "0.1"), "drop them"),
+        (("--sweep", "0.5", "0.1", "0.1"), "use START <= STOP and a positive STEP"),
+        (("--sweep", "0.1", "0.5", "0"), "use START <= STOP and a positive STEP"),
+        (("--sweep", "0.1", "inf", "0.01"), "give three numbers such as 0.2 0.59 0.01"),
+        (("--sweep", "0.3", "0.35", "0.1"), "holds one threshold; evaluate it with --t 0.3"),
+        (("--sweep", "0.1", "0.5", "0.1", "--curve", "False"), "needs --t"),
     ],
 )
 def test_conflicting_flags_are_user_errors(dataset, extra, message):
@@ -431,3 +457,123 @@ def test_size_mismatch_and_bad_files_name_the_file(dataset):
     save_npy(root / "cams" / f"{NAMES[1]}.npy", np.zeros(ground_truth.shape, np.float32))
     with pytest.raises(UserError, match="is not a CAM dict"):
         evaluation_cam.main(arguments(root))
+
+
+# --- COCO: --dataset coco14, 81 classes -------------------------------------------------------------
+
+
+@pytest.fixture()
+def coco_dataset(tmp_path):
+    """Four 81-class CAM dicts (keys up to 79, ties, absent classes) with ground truth up to 80."""
+    rng = np.random.default_rng(1)
+    (tmp_path / "cams").mkdir()
+    (tmp_path / "gt").mkdir()
+    cases = {}
+    for index, name in enumerate(NAMES[:4]):
+        class_maps, ground_truth = random_case(rng, int(rng.integers(15, 30)), int(rng.integers(15, 30)), COCO14)
+        if index == 0:  # the last class, predicted and in the ground truth
+            class_maps[79] = rng.uniform(0, 0.7, ground_truth.shape).astype(np.float32)
+            ground_truth[: ground_truth.shape[0] // 2] = 80
+        class_maps = class_maps or {41: np.full(ground_truth.shape, 0.33, np.float32)}
+        save_npy(tmp_path / "cams" / f"{name}.npy", class_maps)
+        save_label_png(tmp_path / "gt" / f"{name}.png", ground_truth)
+        cases[name] = (class_maps, ground_truth)
+    (tmp_path / "list.txt").write_text("\n".join(NAMES[:4]) + "\n")
+    return tmp_path, cases
+
+
+def coco_expected(cases: dict, thresholds) -> np.ndarray:
+    return sum(
+        naive_sweep(class_maps, ground_truth, thresholds, COCO14.num_classes)
+        for class_maps, ground_truth in cases.values()
+    )
+
+
+def test_coco_sweep_with_workers_matches_naive(coco_dataset, capsys):
+    root, cases = coco_dataset
+    evaluation_cam.main(arguments(root, "--dataset", "coco14", "--num_workers", "2", "--json", str(root / "coco.json")))
+    expected = coco_expected(cases, COCO14.sweep)
+    expected_iou = naive_iou_percent(expected)
+    best = int(np.argmax(expected_iou.mean(axis=1)))
+    written = strict_json(root / "coco.json")
+    assert written["classes"] == list(COCO14.class_names) and len(written["classes"]) == 81
+    assert written["thresholds"] == list(COCO14.sweep) == [round(0.05 + 0.01 * i, 2) for i in range(55)]
+    np.testing.assert_allclose(written["iou"], expected_iou, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(written["miou"], expected_iou.mean(axis=1), rtol=0, atol=1e-9)
+    assert written["best_threshold"] == COCO14.sweep[best]
+    assert_per_class_equal(written["per_class"], naive_per_class(expected[best], COCO14.class_names))
+    assert expected[:, 80, GROUND_TRUTH].min() > 0 and expected[:, 80, PREDICTED].max() > 0
+    assert written["protocol"]["dataset"] == "coco14"
+    assert written["protocol"]["sweep"] == {"start": 0.05, "stop": 0.59, "step": 0.01}
+    assert written["warnings"] == []
+
+    lines = capsys.readouterr().out.splitlines()
+    assert "dataset: coco14 (COCO 2014, 81 classes)" in lines and "sweep: 0.05 to 0.59 in steps of 0.01" in lines
+    header = next(line for line in lines if line.lstrip().startswith("class"))
+    assert header == f"{'class':>14s}{'IoU':>11s}{'precision':>11s}{'recall':>11s}"  # "baseball glove" sets the width
+    assert any(line.startswith(f"{'toothbrush':>14s}") for line in lines)
+
+
+def test_sweep_range_is_honoured(coco_dataset, capsys):
+    root, cases = coco_dataset
+    result = evaluation_cam.main(arguments(root, "--dataset", "coco14", "--sweep", "0.1", "0.3", "0.05"))
+    assert result["thresholds"] == [0.1, 0.15, 0.2, 0.25, 0.3]
+    np.testing.assert_allclose(
+        result["iou"], naive_iou_percent(coco_expected(cases, result["thresholds"])), rtol=0, atol=1e-9
+    )
+    assert result["protocol"]["sweep"] == {"start": 0.1, "stop": 0.3, "step": 0.05}
+    assert "sweep: 0.1 to 0.3 in steps of 0.05" in capsys.readouterr().out.splitlines()
+
+
+def test_sweep_stops_at_the_last_step_within_stop():
+    args = evaluation_cam.parse_args(["--list", "l.txt", "--gt_dir", "gt", "--sweep", "0.3", "0.345", "0.02"])
+    thresholds = evaluation_cam.chosen_thresholds(args, VOC12)
+    assert thresholds == (0.3, 0.32, 0.34)
+    assert evaluation_cam.sweep_range(thresholds) == {"start": 0.3, "stop": 0.34, "step": 0.02}
+
+
+def test_default_sweep_is_the_data_sets():
+    for spec, first, count in ((VOC12, 0.2, 40), (COCO14, 0.05, 55)):
+        args = evaluation_cam.parse_args(["--list", "l.txt", "--gt_dir", "gt", "--dataset", spec.name])
+        thresholds = evaluation_cam.chosen_thresholds(args, spec)
+        assert thresholds == spec.sweep and (thresholds[0], thresholds[-1], len(thresholds)) == (first, 0.59, count)
+    assert VOC12.sweep == tuple(round(0.20 + 0.01 * i, 2) for i in range(40))  # SPEC §6
+    assert evaluation_cam.parse_args(["--list", "l.txt", "--gt_dir", "gt"]).dataset == "voc12"
+
+
+def test_class_79_is_coco_only(tmp_path):
+    """Key 79 (toothbrush) and label 80 are COCO's; under the default voc12 they are errors that
+    name the data set."""
+    (tmp_path / "cams").mkdir()
+    (tmp_path / "gt").mkdir()
+    (tmp_path / "list.txt").write_text("a\n")
+    save_label_png(tmp_path / "gt" / "a.png", np.zeros((4, 5), np.uint8))
+    save_npy(tmp_path / "cams" / "a.npy", {79: np.full((4, 5), 0.4, np.float32)})
+    with pytest.raises(UserError, match=r"has key 79; expected class indices 0..19 \(--dataset voc12\)"):
+        evaluation_cam.main(arguments(tmp_path))
+    result = evaluation_cam.main(arguments(tmp_path, "--dataset", "coco14"))
+    assert result["best_threshold"] == 0.4  # toothbrush everywhere below, background from 0.4 on
+    assert result["iou"][0][80] == 0.0 and result["iou"][0][0] == 0.0 and result["best_miou"] == pytest.approx(100 / 81)
+
+    save_label_png(tmp_path / "gt" / "a.png", np.full((4, 5), 80, np.uint8))
+    save_npy(tmp_path / "cams" / "a.npy", {3: np.full((4, 5), 0.4, np.float32)})
+    with pytest.raises(UserError, match=r"label value 80 .*outside 0..20.*--dataset voc12"):
+        evaluation_cam.main(arguments(tmp_path))
+    save_npy(tmp_path / "cams" / "a.npy", {80: np.full((4, 5), 0.4, np.float32)})
+    with pytest.raises(UserError, match=r"has key 80; expected class indices 0..79 \(--dataset coco14\)"):
+        evaluation_cam.main(arguments(tmp_path, "--dataset", "coco14"))
+
+
+def test_coco_png_mode_equals_naive(coco_dataset):
+    root, cases = coco_dataset
+    rng = np.random.default_rng(9)
+    (root / "labels").mkdir()
+    expected = np.zeros((81, 3), np.int64)
+    for name, (_, ground_truth) in cases.items():
+        prediction = rng.choice([0, 1, 37, 80, IGNORE_INDEX], size=ground_truth.shape).astype(np.uint8)
+        save_label_png(root / "labels" / f"{name}.png", prediction)
+        expected += naive_counts(prediction, ground_truth, 81)
+    extra = ("--dataset", "coco14", "--type", "png", "--predict_dir", str(root / "labels"))
+    result = evaluation_cam.main(arguments(root, *extra))
+    np.testing.assert_allclose(result["iou"][0], naive_iou_percent(expected), rtol=0, atol=1e-9)
+    assert result["protocol"]["dataset"] == "coco14" and "sweep" not in result["protocol"]

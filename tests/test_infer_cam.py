@@ -21,7 +21,7 @@ from PIL import Image
 import infer_cam
 from network import build_network
 from tests.reference_cam import direct_loop_cam
-from tool.constants import VOC_PALETTE
+from tool.datasets import PALETTE as VOC_PALETTE
 from tool.errors import UserError
 from tool.manifest import MANIFEST_NAME
 from voc12.data import load_cls_labels, load_image_list
@@ -341,6 +341,7 @@ def test_each_folder_has_the_manifest_of_its_run(run_dir, weights, tiny):
         assert manifest["weights_sha256"] == checksum and manifest["weights"] == str(weights.resolve())
         assert manifest["settings"] == {
             "output": flag,
+            "dataset": "voc12",
             "network": "network.resnet38_CPN",
             "scales": [0.5, 1.0],
             "precision": "fp32",

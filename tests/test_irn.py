@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 from tool import irn
+from tool.datasets import VOC12
 
 SMALL_RADIUS = 3  # 12 directions: loops over every pixel stay fast
 SMALL_SIZE = (7, 9)  # Hp×Wp for SMALL_RADIUS: a 5×5 source crop
@@ -174,7 +175,7 @@ def test_affinity_labels_match_loop():
     rng = np.random.default_rng(0)
     labels = rng.choice(np.array([0, 0, 3, 3, 7, 255], np.uint8), size=(2, *SMALL_SIZE))
     path_index = irn.PathIndex(SMALL_RADIUS, SMALL_SIZE)
-    result = irn.affinity_labels(labels, path_index)
+    result = irn.affinity_labels(labels, path_index, VOC12.num_classes)
     sources = source_pixels(SMALL_RADIUS, SMALL_SIZE)
     expected = {name: np.zeros((2, path_index.num_directions, len(sources)), np.float32) for name in result}
     for n, label in enumerate(labels):
@@ -193,7 +194,9 @@ def test_affinity_labels_match_loop():
         assert value.dtype == torch.float32
         assert np.array_equal(value.numpy(), expected[name]), name
     assert all(value.sum() > 0 for value in result.values())
-    assert torch.equal(irn.affinity_labels(torch.from_numpy(labels[0]), path_index)["neg"], result["neg"][0])
+    assert torch.equal(
+        irn.affinity_labels(torch.from_numpy(labels[0]), path_index, VOC12.num_classes)["neg"], result["neg"][0]
+    )
 
 
 # ---------------------------------------------------------------- §6 loss
@@ -232,7 +235,9 @@ def loss_inputs(seed):
     labels = label_values[torch.randint(len(label_values), (2, *SMALL_SIZE), generator=generator)]
     boundary = torch.rand(2, *SMALL_SIZE, generator=generator, dtype=torch.float64)
     disp = 3 * torch.randn(2, 2, *SMALL_SIZE, generator=generator, dtype=torch.float64)
-    label_maps = {name: value.double() for name, value in irn.affinity_labels(labels, path_index).items()}
+    label_maps = {
+        name: value.double() for name, value in irn.affinity_labels(labels, path_index, VOC12.num_classes).items()
+    }
     return irn.edge_to_affinity(boundary, path_index), disp, label_maps, path_index
 
 

@@ -177,6 +177,7 @@ def test_manifest_records_weights_and_walk_settings(run_dir, weights):
     assert manifest["weights_sha256"] == hashlib.sha256(weights.read_bytes()).hexdigest()
     assert manifest["settings"] == {
         "output": "sem_seg_out_dir",
+        "dataset": "voc12",
         "precision": "fp32",
         "cam_weights_sha256": None,  # the test's CAM folder has no infer_cam.py manifest
         "beta": 10.0,

@@ -19,6 +19,8 @@ SCRIPT_MODULES = {
     "voc12/make_cls_labels.py": "voc12.make_cls_labels",
     "-m network.mxnet_params": "network.mxnet_params",
     "-m voc12.toy": "voc12.toy",
+    "coco14/make_cls_labels.py": "coco14.make_cls_labels",
+    "-m coco14.toy": "coco14.toy",
     "cam_to_ir_label.py": "cam_to_ir_label",
     "train_irn.py": "train_irn",
     "make_sem_seg_labels.py": "make_sem_seg_labels",

@@ -9,8 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tool.constants import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
+from tool.datasets import IGNORE_INDEX, VOC12
+from tool.datasets import PALETTE as VOC_PALETTE
 from voc12.toy import TOY_CLASSES, make_toy_voc
+
+VOC_CLASSES = VOC12.class_names
 
 REPO = Path(__file__).resolve().parent.parent
 

@@ -15,6 +15,7 @@ from PIL import Image
 import train_irn
 from network.resnet50_irn import Net, irn_state_dict
 from network.weights import load_weights
+from tool.datasets import VOC12
 from tool.fileio import read_label_png
 from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, edge_to_affinity, irn_loss_terms
 from tool.losses import irn_loss
@@ -84,7 +85,7 @@ def random_batch(seed: int, batch: int = 2) -> tuple[torch.Tensor, dict[str, tor
     img = torch.randn(batch, 3, CROP, CROP, generator=generator)
     quarter = torch.tensor([0, 3, 255])[torch.randint(0, 3, (batch, CROP // 4, CROP // 4), generator=generator)]
     path_index = PathIndex(TRAIN_RADIUS, (CROP // 4, CROP // 4))
-    return img, affinity_labels(quarter, path_index), path_index
+    return img, affinity_labels(quarter, path_index, VOC12.num_classes), path_index
 
 
 def test_irn_loss_equals_the_terms_on_the_model_outputs():

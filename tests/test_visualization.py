@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tool.constants import VOC_PALETTE
+from tool.datasets import PALETTE as VOC_PALETTE
+from tool.datasets import VOC12
 from tool.fileio import read_label_png, save_png
 from tool.visualization import TILE_GAP, TITLE_HEIGHT, cam_panel, colorize_label, heatmap_overlay, label_image
 
@@ -61,7 +62,7 @@ def test_cam_panel_layout():
     cams = {14: rng.random((height, width)), 0: rng.random((height, width))}
     label = np.zeros((height, width), np.uint8)
     label[:, width // 2 :] = 15
-    panel = np.asarray(cam_panel(image, cams, label))
+    panel = np.asarray(cam_panel(image, cams, label, VOC12.class_names))
     tiles = 1 + len(cams) + 1
     assert panel.shape[0] == height + 2 * TITLE_HEIGHT
     assert panel.shape[1] >= tiles * width + (tiles - 1) * TILE_GAP

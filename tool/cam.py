@@ -13,7 +13,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tool.constants import NUM_FG_CLASSES, VOC_CLASSES
 from tool.crf import seam_crf_scores
 from tool.errors import UserError
 from tool.fileio import load_npy_dict
@@ -57,13 +56,14 @@ def multiscale_cam(
     """SPEC §5, at each of `sizes` from the same forwards: the foreground channels of the second
     output of every input, bilinearly resized to the size (align_corners=False), flipped back where
     flipped, summed, times the class vector, normalised (`normalize_cams`, not yet halved) over the
-    size's own pixels (SPEC_IRN §11). Returns per size float32 20×h×w on the model's device.
+    size's own pixels (SPEC_IRN §11). Returns per size float32 F×h×w on the model's device (F
+    foreground classes: 20 VOC, 80 COCO).
 
     model: a CPN, whose forward returns (cam, cam_rv); inputs: per scale a 2×3×h×w batch (the
-    image, its horizontal flip), run as one forward; label: float[20]. Resizing, summing and normalising
+    image, its horizontal flip), run as one forward; label: float[F]. Resizing, summing and normalising
     are in float32 whatever `amp_dtype`."""
     device = next(model.parameters()).device
-    totals = [torch.zeros((NUM_FG_CLASSES, *size), dtype=torch.float32, device=device) for size in sizes]
+    totals = [torch.zeros((len(label), *size), dtype=torch.float32, device=device) for size in sizes]
     for pair in inputs:
         assert pair.ndim == 4 and pair.shape[0] == 2, pair.shape
         batch = pair.to(device, non_blocking=True).contiguous(memory_format=memory_format)
@@ -81,7 +81,7 @@ def multiscale_cam(
 
 
 def present_classes(label) -> np.ndarray:
-    """Indices 0..19 of the classes in the image (the reference's `label[i] > 1e-5`), int64."""
+    """Foreground indices (0..F−1) of the classes in the image (the reference's `label[i] > 1e-5`), int64."""
     return np.flatnonzero(np.asarray(label) > LABEL_PRESENT_THRESHOLD).astype(np.int64)
 
 
@@ -93,7 +93,7 @@ def present_class_cams(
     **forward_options,
 ) -> tuple[np.ndarray, list[np.ndarray]]:
     """`multiscale_cam` (its arguments and options) as the output formats take it: the present
-    classes (int64 K, 0..19) and, at each of `sizes`, their maps copied to the CPU (float32 K×h×w)."""
+    classes (int64 K, 0..F−1) and, at each of `sizes`, their maps copied to the CPU (float32 K×h×w)."""
     keys = present_classes(label)
     cams = multiscale_cam(model, inputs, label, sizes, **forward_options)
     present = torch.from_numpy(keys).to(cams[0].device)
@@ -107,7 +107,7 @@ def irn_cam_size(image_size: tuple[int, int]) -> tuple[int, int]:
 
 
 # --- What the outputs make of it (numpy: run in infer_cam.py's writer processes) ----------
-# fg_maps: the present classes' normalised, un-halved maps (K×H×W), keys: their indices 0..19.
+# fg_maps: the present classes' normalised, un-halved maps (K×H×W), keys: their indices 0..F−1.
 
 
 def reference_cam_dict(fg_maps: np.ndarray, keys: np.ndarray) -> dict[int, np.ndarray]:
@@ -133,10 +133,10 @@ def irn_cam_dict(fg_maps: np.ndarray, irn_fg_maps: np.ndarray, keys: np.ndarray)
     }
 
 
-def threshold_label(fg_maps: np.ndarray, keys: np.ndarray, background: float) -> np.ndarray:
+def threshold_label(fg_maps: np.ndarray, keys: np.ndarray, background: float, num_classes: int) -> np.ndarray:
     """SPEC §6's prediction: argmax of (background score, halved map of each present class,
-    zeros for absent ones), the first maximum winning. uint8 H×W class indices 0..20."""
-    scores = np.zeros((NUM_FG_CLASSES + 1, *fg_maps.shape[1:]), np.float32)
+    zeros for absent ones; num_classes in all), the first maximum winning. uint8 H×W class indices."""
+    scores = np.zeros((num_classes, *fg_maps.shape[1:]), np.float32)
     scores[0] = background
     for key, fg_map in zip(keys, fg_maps):
         scores[key + 1] = fg_map / REFERENCE_CAM_DIVISOR
@@ -147,7 +147,7 @@ def seam_crf_label(
     image: np.ndarray, fg_maps: np.ndarray, keys: np.ndarray, alpha: float
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
     """SPEC §7, SEAM's pseudo labels: CRF over (background (1 - max fg)^alpha, fg maps).
-    Returns the uint8 label map (class indices 0..20) and SEAM's score dict
+    Returns the uint8 label map (class indices, 0 background) and SEAM's score dict
     {0: background, class index + 1: score}."""
     scores = seam_crf_scores(image, unit_maps(fg_maps), alpha)
     labels = np.concatenate([[0], keys + 1]).astype(np.uint8)
@@ -159,16 +159,18 @@ def seam_crf_label(
 IRN_CAM_HINT = "write IRN-format CAMs with infer_cam.py --out_cam_irn DIR and pass that DIR as --cam_out_dir"
 
 
-def class_names(classes: Sequence[int]) -> str:
-    """Foreground class indices 0..19 as VOC names, for messages."""
-    return ", ".join(VOC_CLASSES[index + 1] for index in classes) or "none"
+def class_names(classes: Sequence[int], names: Sequence[str]) -> str:
+    """Foreground class indices as the data set's names (`names`, background first), for messages."""
+    return ", ".join(names[index + 1] if 0 <= index < len(names) - 1 else f"#{index}" for index in classes) or "none"
 
 
-def read_irn_cam(path: str | os.PathLike, entry: str, label, labels_source: str) -> tuple[np.ndarray, np.ndarray]:
-    """(keys, maps) of one IRN-format CAM file: `keys` the int64 present classes 0..19 (a torch
+def read_irn_cam(
+    path: str | os.PathLike, entry: str, label, labels_source: str, names: Sequence[str]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(keys, maps) of one IRN-format CAM file: `keys` the int64 present classes 0..F−1 (a torch
     tensor in IRN's own files), `maps` the float32 K×… array of `entry` ("high_res" K×H×W or "cam"
-    K×h×w). The keys must be the image's classes (`label`, float[20] multi-hot, from
-    `labels_source`); any other content is a UserError naming the file."""
+    K×h×w). The keys must be the image's classes (`label`, float[F] multi-hot, from
+    `labels_source`; `names` the data set's class names); any other content is a UserError naming the file."""
     content = load_npy_dict(path, "CAM file", IRN_CAM_HINT)
     missing = [key for key in (entry, "keys") if key not in content]
     if missing:
@@ -186,7 +188,7 @@ def read_irn_cam(path: str | os.PathLike, entry: str, label, labels_source: str)
     present = present_classes(label)
     if not np.array_equal(np.sort(keys), present):
         raise UserError(
-            f"CAM file {path} holds classes ({class_names(keys)}) other than the image's class labels in "
-            f"{labels_source} ({class_names(present)}): make the CAMs with the same --cls_labels"
+            f"CAM file {path} holds classes ({class_names(keys, names)}) other than the image's class labels in "
+            f"{labels_source} ({class_names(present, names)}): make the CAMs with the same --cls_labels"
         )
     return keys, maps

@@ -8,6 +8,7 @@
 #   DEVICE: auto (CUDA when present, else the CPU), cpu or cuda; TRAIN_STEPS: default of the recipe.
 #   DEMO_TOY_TRAIN / DEMO_TOY_VAL (environment): toy set size, for the tests' quick run.
 #   DEMO_IRN_STEPS (environment): train_irn.py's steps (default 150 on the CPU, 600 on a GPU).
+#   DEMO_COCO=1 (environment): afterwards, the toy COCO 2014 set through CPN's stage (tool/demo_coco.sh).
 set -euo pipefail
 PY=$1
 OUT=$2
@@ -137,3 +138,7 @@ print(f"time: CPN part {cpn_seconds // 60} min {cpn_seconds % 60} s, IRN part "
       f"{(seconds - cpn_seconds) // 60} min {(seconds - cpn_seconds) % 60} s")
 print("(mIoU over all 21 VOC classes, as the reference computes it; the toy set has 6 of them.)")
 EOF
+
+if [ "${DEMO_COCO:-0}" = 1 ]; then
+  bash tool/demo_coco.sh "$PY" "$OUT/coco14" "$DEVICE" "$STEPS" "${RECIPE[@]}"
+fi

@@ -1,7 +1,7 @@
 """Confident labels from IRN-format CAMs (SPEC-IRN §8, IRN's `cam_to_ir_label`): the pixels IRNet
 learns from. Pure functions of arrays; the CRF is passed in, so that the rule is testable without it.
 
-Labels are VOC class indices: 0 background, 1..20 the classes, IGNORE_INDEX (255) not confident."""
+Labels are class indices: 0 background, 1..F the classes, IGNORE_INDEX (255) not confident."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tool.constants import IGNORE_INDEX
+from tool.datasets import IGNORE_INDEX
 
 # SPEC-IRN §8: IRN's defaults, tuned on the 0..1 scale of IRN's own CAMs.
 CONF_FG_THRES = 0.30
@@ -45,7 +45,7 @@ def confident_labels(
     where fg found one, background where neither did, IGNORE_INDEX where only bg did.
 
     image: uint8 H×W×3; high_res: K×H×W in 0..1, in the order of keys (present classes 0..19).
-    Returns uint8 H×W in {0, 1..20, 255}."""
+    Returns uint8 H×W in {0, 1..F, 255}."""
     class_of_index = np.concatenate([[0], np.asarray(keys, np.int64) + 1])
     label_maps = [threshold_labels(high_res, threshold) for threshold in (fg_thres, bg_thres)]
     fg, bg = (class_of_index[refined] for refined in crf(image, label_maps, len(class_of_index)))

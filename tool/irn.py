@@ -15,8 +15,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from tool.constants import NUM_CLASSES
-
 TRAIN_RADIUS = 10  # SPEC-IRN §6: path radius of the training affinities (crop/4 grid)
 WALK_RADIUS = 5  # SPEC-IRN §9: path radius of the random walk
 WALK_BETA = 10  # SPEC-IRN §9: T is built from A^β
@@ -136,15 +134,15 @@ def quarter_label(label: np.ndarray) -> np.ndarray:
     return label[rows[:, None], cols]
 
 
-def affinity_labels(label: Tensor | np.ndarray, path_index: PathIndex) -> dict[str, Tensor]:
-    """SPEC-IRN §5: from the quarter label map (..., Hp, Wp) (0 background, 1…20, 255 unknown), with
+def affinity_labels(label: Tensor | np.ndarray, path_index: PathIndex, num_classes: int) -> dict[str, Tensor]:
+    """SPEC-IRN §5: from the quarter label map (..., Hp, Wp) (0 background, 1…K−1, 255 unknown), with
     from = label at each source and to = label at each destination, float 0/1 maps (..., D, M):
     `bg_pos` valid ∧ from == to == 0, `fg_pos` valid ∧ from == to > 0, `neg` valid ∧ from ≠ to,
-    valid = both < 21 (the reference hard-codes VOC's 21 classes, i.e. "not 255")."""
+    valid = both < num_classes (the reference hard-codes VOC's 21, i.e. "not 255"; COCO's is 81)."""
     flat = torch.as_tensor(label).flatten(-2)
     from_label = flat[..., path_index.src_indices.to(flat.device)].unsqueeze(-2)  # (..., 1, M)
     to_label = flat[..., path_index.dst_indices.to(flat.device)]  # (..., D, M)
-    valid = (from_label < NUM_CLASSES) & (to_label < NUM_CLASSES)
+    valid = (from_label < num_classes) & (to_label < num_classes)
     same = from_label == to_label
     return {
         "bg_pos": (valid & same & (from_label == 0)).float(),
@@ -284,7 +282,7 @@ def rw_to_labels(
 ) -> np.ndarray:
     """SPEC-IRN §9 last step: rw (K×h×w) upsampled ×4 (bilinear, align_corners=False), cropped to H×W and
     divided by its global maximum; a constant bg_threshold plane put first; argmax (first maximum wins);
-    mapped through keys' = [0, keys + 1] (keys: the K present classes, 0-based) → H×W uint8, 0…20."""
+    mapped through keys' = [0, keys + 1] (keys: the K present classes, 0-based) → H×W uint8 class indices."""
     height, width = image_size
     upsampled = F.interpolate(rw.unsqueeze(0), scale_factor=4, mode="bilinear", align_corners=False)[0]
     upsampled = upsampled[:, :height, :width]

@@ -8,7 +8,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tool.constants import VOC_CLASSES, VOC_PALETTE
+from tool.datasets import PALETTE
 
 HEATMAP_OPACITY = 0.5  # the reference's color_pro blends image and colour map half and half
 TITLE_HEIGHT = 16  # pixels of the strip that holds a tile's title
@@ -30,7 +30,7 @@ def heatmap_overlay(image: np.ndarray, cam: np.ndarray, opacity: float = HEATMAP
 
 def colorize_label(label: np.ndarray) -> np.ndarray:
     """A label map (class indices, 255 = ignore) in VOC palette colours, uint8 H×W×3."""
-    return VOC_PALETTE[label]
+    return PALETTE[label]
 
 
 def label_image(label: np.ndarray) -> Image.Image:
@@ -38,12 +38,12 @@ def label_image(label: np.ndarray) -> Image.Image:
     VOC's SegmentationClass, readable as class indices by any VOC tool."""
     assert label.ndim == 2 and label.dtype == np.uint8, (label.shape, label.dtype)
     image = Image.frombytes("P", (label.shape[1], label.shape[0]), np.ascontiguousarray(label).tobytes())
-    image.putpalette(VOC_PALETTE.tobytes())
+    image.putpalette(PALETTE.tobytes())
     return image
 
 
-def _class_name(label: int) -> str:
-    return VOC_CLASSES[label] if label < len(VOC_CLASSES) else "ignore"
+def _class_name(label: int, class_names: tuple[str, ...]) -> str:
+    return class_names[label] if label < len(class_names) else "ignore"
 
 
 def _titled_tile(picture: np.ndarray, title: str, font: ImageFont.ImageFont) -> Image.Image:
@@ -54,37 +54,41 @@ def _titled_tile(picture: np.ndarray, title: str, font: ImageFont.ImageFont) -> 
     return tile
 
 
-def _legend(labels: list[int], font: ImageFont.ImageFont) -> Image.Image:
+def _legend(labels: list[int], class_names: tuple[str, ...], font: ImageFont.ImageFont) -> Image.Image:
     """One strip: a colour swatch and the class name for each label."""
-    names = [_class_name(label) for label in labels]
+    names = [_class_name(label, class_names) for label in labels]
     name_widths = [int(np.ceil(font.getlength(name))) for name in names]
     strip = Image.new("RGB", (sum(name_widths) + 24 * len(labels) + 2, TITLE_HEIGHT), "white")
     draw = ImageDraw.Draw(strip)
     left = 2
     for label, name, name_width in zip(labels, names, name_widths):
-        draw.rectangle((left, 3, left + 10, 13), fill=tuple(int(v) for v in VOC_PALETTE[label]), outline="black")
+        draw.rectangle((left, 3, left + 10, 13), fill=tuple(int(v) for v in PALETTE[label]), outline="black")
         draw.text((left + 14, 2), name, fill="black", font=font)
         left += 24 + name_width
     return strip
 
 
 def cam_panel(
-    image: np.ndarray, cams: dict[int, np.ndarray], label: np.ndarray, label_title: str = "prediction"
+    image: np.ndarray,
+    cams: dict[int, np.ndarray],
+    label: np.ndarray,
+    class_names: tuple[str, ...],
+    label_title: str = "prediction",
 ) -> Image.Image:
     """Side by side: the image, each class's CAM over it, and the label map in the VOC
     palette, each tile titled, with a colour legend of the label map underneath.
 
-    image: uint8 H×W×3; cams: {foreground class index 0..19: H×W map in 0..1};
-    label: uint8 H×W class indices (0 = background). Returns a PIL RGB image."""
+    image: uint8 H×W×3; cams: {foreground class index: H×W map in 0..1}; label: uint8 H×W class
+    indices (0 = background); class_names: the data set's, background first. Returns a PIL RGB image."""
     font = ImageFont.load_default()
     tiles = [_titled_tile(image, "image", font)]
     tiles += [
-        _titled_tile(heatmap_overlay(image, cam), _class_name(fg_class + 1), font)
+        _titled_tile(heatmap_overlay(image, cam), _class_name(fg_class + 1, class_names), font)
         for fg_class, cam in sorted(cams.items())
     ]
     tiles.append(_titled_tile(colorize_label(label), label_title, font))
 
-    legend = _legend([int(value) for value in np.unique(label)], font)
+    legend = _legend([int(value) for value in np.unique(label)], class_names, font)
 
     tiles_width = sum(tile.width for tile in tiles) + TILE_GAP * (len(tiles) - 1)
     height = tiles[0].height

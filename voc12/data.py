@@ -1,5 +1,6 @@
-"""VOC2012 class labels and the training / inference datasets (SPEC §3, §5; IRN's, SPEC-IRN §5, §7); the
-image lists themselves are read by the torch-free voc12/lists.py.
+"""Class labels and the training / inference datasets (SPEC §3, §5; IRN's, SPEC-IRN §5, §7) of any data set
+described in tool/datasets.py (VOC 2012, COCO 2014), and VOC's XML class labels; the image lists
+themselves are read by the torch-free voc12/lists.py.
 
 Datasets return dicts with named fields (STYLE 4). Every training sample is a pure function
 of (seed, epoch, index), so a resumed run, any worker count and any machine see the same
@@ -19,42 +20,51 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from tool.constants import CROP_SIZE, IGNORE_INDEX, INFER_SCALES, NUM_CLASSES, NUM_FG_CLASSES, RESIZE_LONG, VOC_CLASSES
+from tool.constants import CROP_SIZE, INFER_SCALES, RESIZE_LONG
+from tool.datasets import IGNORE_INDEX, VOC12, DatasetSpec, DataSource
 from tool.errors import UserError, and_more
 from tool.fileio import load_npy_dict, read_label_png, read_rgb
 from tool.imutils import PATCH_STRATEGIES, Normalize, complementary_patch, random_crop, scale_image, train_transform
 from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, quarter_label
 
 # load_image_list is re-exported: the scripts read lists and build datasets from this one module.
-from voc12.lists import IMAGE_FOLDER, check_voc_root, load_image_list  # noqa: F401
+from voc12.lists import load_image_list  # noqa: F401
 
 ANNOTATION_FOLDER = "Annotations"
-MAKE_LABELS_HINT = "make one with: python voc12/make_cls_labels.py --voc12_root <VOC2012 folder>"
-FG_CLASS_INDEX = {name: index for index, name in enumerate(VOC_CLASSES[1:])}  # name -> 0..19
+VOC_FG_CLASS_INDEX = {name: index for index, name in enumerate(VOC12.class_names[1:])}  # name -> 0..19
+
+
+def make_labels_hint(dataset: DatasetSpec) -> str:
+    return f"make one with: {dataset.make_labels_command}"
+
+
+def as_source(source: DataSource | str | os.PathLike) -> DataSource:
+    """A DataSource as it is; a bare folder is a VOC2012 root (the default data set), checked."""
+    return source if isinstance(source, DataSource) else DataSource(VOC12, VOC12.check_root(source))
 
 
 class ClsLabels(dict):
-    """name -> float32[20] multi-hot, remembering the file it was read from (for error messages)."""
+    """name -> float32[F] multi-hot, remembering the file it was read from (for error messages)."""
 
     def __init__(self, labels: Mapping[str, np.ndarray], path: Path):
         super().__init__(labels)
         self.path = path
 
 
-def load_cls_labels(path: str | os.PathLike) -> ClsLabels:
-    """The reference's cls_labels.npy: a pickled dict name -> float32[20] multi-hot
-    (class order VOC_CLASSES[1:]). Files written by numpy 1 load under numpy 2 as well."""
-    path = Path(path)
+def load_cls_labels(path: str | os.PathLike, dataset: DatasetSpec = VOC12) -> ClsLabels:
+    """The reference's cls_labels.npy: a pickled dict name -> float32[F] multi-hot, F the data set's
+    foreground classes in its class order. Files written by numpy 1 load under numpy 2 as well."""
+    path, hint = Path(path), make_labels_hint(dataset)
     if not path.is_file():
-        raise UserError(f"class-label file not found: {path}; {MAKE_LABELS_HINT}")
-    content = load_npy_dict(path, "class-label", f"expected a dict image name -> class vector; {MAKE_LABELS_HINT}")
+        raise UserError(f"class-label file not found: {path}; {hint}")
+    content = load_npy_dict(path, "class-label", f"expected a dict image name -> class vector; {hint}")
     labels = {}
     for name, vector in content.items():
         vector = np.asarray(vector, dtype=np.float32)
-        if not isinstance(name, str) or vector.shape != (NUM_FG_CLASSES,):
+        if not isinstance(name, str) or vector.shape != (dataset.num_fg_classes,):
             raise UserError(
-                f"{path}: entry {name!r} is not an image name with a {NUM_FG_CLASSES}-class vector "
-                f"(got shape {vector.shape}); {MAKE_LABELS_HINT}"
+                f"{path}: entry {name!r} is not an image name with a {dataset.num_fg_classes}-class vector "
+                f"(got shape {vector.shape}; --dataset is {dataset.name}); {hint}"
             )
         labels[name] = vector
     return ClsLabels(labels, path)
@@ -69,9 +79,9 @@ def cls_label_from_xml(xml_path: Path) -> np.ndarray:
         annotation = ET.parse(xml_path).getroot()
     except ET.ParseError as error:
         raise UserError(f"cannot parse annotation {xml_path}: {error}; replace the file") from None
-    label = np.zeros(NUM_FG_CLASSES, np.float32)
+    label = np.zeros(VOC12.num_fg_classes, np.float32)
     for element in annotation.iter("object"):
-        class_index = FG_CLASS_INDEX.get((element.findtext("name") or "").strip())
+        class_index = VOC_FG_CLASS_INDEX.get((element.findtext("name") or "").strip())
         if class_index is not None:
             label[class_index] = 1.0
     return label
@@ -87,16 +97,18 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1)[0])
 
 
-def _labels_of(names: Sequence[str], cls_labels: Mapping[str, np.ndarray] | str | os.PathLike) -> list[np.ndarray]:
+def _labels_of(
+    names: Sequence[str], cls_labels: Mapping[str, np.ndarray] | str | os.PathLike, dataset: DatasetSpec
+) -> list[np.ndarray]:
     """The label of each name, from a loaded dict or a cls_labels.npy path."""
     if isinstance(cls_labels, (str, os.PathLike)):
-        cls_labels = load_cls_labels(cls_labels)
+        cls_labels = load_cls_labels(cls_labels, dataset)
     source = f"class-label file {cls_labels.path}" if isinstance(cls_labels, ClsLabels) else "the class labels given"
     missing = [name for name in names if name not in cls_labels]
     if missing:
         raise UserError(
             f"image {and_more(missing)} of the list has no class label in {source}; "
-            f"regenerate the labels for this dataset ({MAKE_LABELS_HINT}) or fix the list"
+            f"regenerate the labels for this dataset ({make_labels_hint(dataset)}) or fix the list"
         )
     return [np.asarray(cls_labels[name], dtype=np.float32) for name in names]
 
@@ -109,26 +121,26 @@ def checked_index(index: int, length: int) -> int:
     return index % length
 
 
-def _image_paths(voc_root: Path, names: Sequence[str]) -> list[Path]:
+def image_paths(source: DataSource, names: Sequence[str]) -> list[Path]:
     """Checked up front so a missing file stops the run before training, not hours into it."""
-    paths = [voc_root / IMAGE_FOLDER / f"{name}.jpg" for name in names]
+    paths = [source.image_path(name) for name in names]
     missing = [path for path in paths if not path.is_file()]
     if missing:
-        raise UserError(f"image not found: {and_more(missing)}; the list does not match {voc_root}")
+        raise UserError(f"image not found: {and_more(missing)}; the list does not match {source.root}")
     return paths
 
 
-class _VocDataset(Dataset):
+class _LabelledDataset(Dataset):
     def __init__(
         self,
-        voc_root: str | os.PathLike,
+        source: DataSource | str | os.PathLike,
         names: Sequence[str],
         cls_labels: Mapping[str, np.ndarray] | str | os.PathLike,
     ):
-        self.voc_root = check_voc_root(voc_root)
+        self.source = as_source(source)
         self.names = list(names)
-        self.labels = _labels_of(self.names, cls_labels)
-        self.image_paths = _image_paths(self.voc_root, self.names)
+        self.labels = _labels_of(self.names, cls_labels, self.source.spec)
+        self.image_paths = image_paths(self.source, self.names)
 
     def __len__(self) -> int:
         return len(self.names)
@@ -137,7 +149,7 @@ class _VocDataset(Dataset):
         return checked_index(index, len(self))
 
 
-class TrainDataset(_VocDataset):
+class TrainDataset(_LabelledDataset):
     """SPEC §3: the augmented crop, its complementary patch pair and the class vector.
 
     `dataset[index]` is epoch 0; `dataset[epoch, index]` gives that epoch's augmentation.
@@ -145,7 +157,7 @@ class TrainDataset(_VocDataset):
 
     def __init__(
         self,
-        voc_root: str | os.PathLike,
+        source: DataSource | str | os.PathLike,
         names: Sequence[str],
         cls_labels: Mapping[str, np.ndarray] | str | os.PathLike,
         crop_size: int = CROP_SIZE,
@@ -155,7 +167,7 @@ class TrainDataset(_VocDataset):
     ):
         if patch_strategy not in PATCH_STRATEGIES:
             raise UserError(f"unknown patch strategy {patch_strategy!r}; choose one of {', '.join(PATCH_STRATEGIES)}")
-        super().__init__(voc_root, names, cls_labels)
+        super().__init__(source, names, cls_labels)
         self.crop_size = crop_size
         self.resize_long = resize_long
         self.patch_strategy = patch_strategy
@@ -188,17 +200,17 @@ class TrainDataset(_VocDataset):
         }
 
 
-class InferDataset(_VocDataset):
+class InferDataset(_LabelledDataset):
     """SPEC §5: each scale of the original image, normalised, with its horizontal flip."""
 
     def __init__(
         self,
-        voc_root: str | os.PathLike,
+        source: DataSource | str | os.PathLike,
         names: Sequence[str],
         cls_labels: Mapping[str, np.ndarray] | str | os.PathLike,
         scales: Sequence[float] = INFER_SCALES,
     ):
-        super().__init__(voc_root, names, cls_labels)
+        super().__init__(source, names, cls_labels)
         self.scales = tuple(scales)
         self.normalize = Normalize()
 
@@ -268,14 +280,15 @@ def _ir_label_paths(label_dir: Path, names: Sequence[str]) -> list[Path]:
     return paths
 
 
-def read_ir_label(path: Path) -> np.ndarray:
-    """A confident-label PNG of cam_to_ir_label.py (SPEC-IRN §8): H×W uint8, 0 background, 1…20, 255."""
+def read_ir_label(path: Path, num_classes: int) -> np.ndarray:
+    """A confident-label PNG of cam_to_ir_label.py (SPEC-IRN §8): H×W uint8, 0 background, 1…F, 255."""
     label = read_label_png(path)
     values = np.unique(label)
-    wrong = values[(values >= NUM_CLASSES) & (values != IGNORE_INDEX)]
+    wrong = values[(values >= num_classes) & (values != IGNORE_INDEX)]
     if len(wrong):
         raise UserError(
-            f"confident label {path} holds values outside 0–20/255 ({and_more(wrong.tolist(), 3)}); {IR_LABEL_HINT}"
+            f"confident label {path} holds values outside 0–{num_classes - 1}/{IGNORE_INDEX} "
+            f"({and_more(wrong.tolist(), 3)}); {IR_LABEL_HINT}"
         )
     return label
 
@@ -291,16 +304,16 @@ class IrnTrainDataset(Dataset):
 
     def __init__(
         self,
-        voc_root: str | os.PathLike,
+        source: DataSource | str | os.PathLike,
         names: Sequence[str],
         ir_label_dir: str | os.PathLike,
         crop_size: int = IRN_CROP_SIZE,
         seed: int = 0,
     ):
         grid = irn_label_grid(crop_size)
-        self.voc_root = check_voc_root(voc_root)
+        self.source = as_source(source)
         self.names = list(names)
-        self.image_paths = _image_paths(self.voc_root, self.names)
+        self.image_paths = image_paths(self.source, self.names)
         self.label_paths = _ir_label_paths(Path(ir_label_dir), self.names)
         self.crop_size, self.seed = crop_size, seed
         self.path_index = PathIndex(TRAIN_RADIUS, (grid, grid))
@@ -312,7 +325,7 @@ class IrnTrainDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         index = checked_index(index, len(self))
         image = read_rgb(self.image_paths[index])
-        label = read_ir_label(self.label_paths[index])
+        label = read_ir_label(self.label_paths[index], self.source.spec.num_classes)
         if label.shape != (image.height, image.width):
             raise UserError(
                 f"confident label {self.label_paths[index]} is {label.shape[1]}×{label.shape[0]}, its image "
@@ -322,7 +335,7 @@ class IrnTrainDataset(Dataset):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             img, label = irn_augment(image, label, self.crop_size)
         quarter = quarter_label(label)
-        labels = affinity_labels(torch.from_numpy(quarter), self.path_index)
+        labels = affinity_labels(torch.from_numpy(quarter), self.path_index, self.source.spec.num_classes)
         return {
             "name": self.names[index],
             "img": img,
@@ -343,10 +356,10 @@ class IrnCalibrationDataset(Dataset):
     """SPEC-IRN §7's MeanShift calibration input: each image normalised and cropped top-left to crop_size
     (fill 0). Sample: `name`, `img` 3×C×C float32."""
 
-    def __init__(self, voc_root: str | os.PathLike, names: Sequence[str], crop_size: int = IRN_CROP_SIZE):
-        self.voc_root = check_voc_root(voc_root)
+    def __init__(self, source: DataSource | str | os.PathLike, names: Sequence[str], crop_size: int = IRN_CROP_SIZE):
+        self.source = as_source(source)
         self.names = list(names)
-        self.image_paths = _image_paths(self.voc_root, self.names)
+        self.image_paths = image_paths(self.source, self.names)
         self.crop_size = crop_size
 
     def __len__(self) -> int:
@@ -358,15 +371,17 @@ class IrnCalibrationDataset(Dataset):
         return {"name": self.names[index], "img": torch.from_numpy(np.ascontiguousarray(cropped.transpose(2, 0, 1)))}
 
 
-def load_labelled_list(list_path: str | os.PathLike, cls_labels_path: str | os.PathLike) -> tuple[list[str], ClsLabels]:
+def load_labelled_list(
+    list_path: str | os.PathLike, cls_labels_path: str | os.PathLike, dataset: DatasetSpec = VOC12
+) -> tuple[list[str], ClsLabels]:
     """A list's names and the class labels, every name labelled (else one UserError naming both files)."""
-    cls_labels = load_cls_labels(cls_labels_path)
+    cls_labels = load_cls_labels(cls_labels_path, dataset)
     names = load_image_list(list_path)
     missing = [name for name in names if name not in cls_labels]
     if missing:
         raise UserError(
             f"image {and_more(missing)} of {list_path} has no class label in {cls_labels_path}; "
-            "use the labels made for this list (voc12/make_cls_labels.py) or fix the list"
+            f"use the labels made for this list ({dataset.make_labels_command}) or fix the list"
         )
     return names, cls_labels
 

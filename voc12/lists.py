@@ -1,5 +1,5 @@
-"""VOC2012 image lists and folder names, without torch: evaluation_cam.py (a numpy job) reads
-lists from here, voc12/data.py builds its datasets on them (STYLE: imports only go down)."""
+"""Image lists (VOC's and COCO's), without torch: evaluation_cam.py (a numpy job) reads lists from
+here, voc12/data.py builds its datasets on them (STYLE: imports only go down)."""
 
 from __future__ import annotations
 
@@ -8,9 +8,6 @@ from pathlib import Path, PurePosixPath
 
 from tool.errors import UserError
 
-IMAGE_FOLDER = "JPEGImages"
-SEGMENTATION_FOLDER = "SegmentationClass"  # SPEC §6: the ground truth CAMs are scored against
-AUG_FOLDER = "SegmentationClassAug"  # SBD's coarser masks, for the train_aug class labels
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
@@ -36,16 +33,3 @@ def load_image_list(path: str | os.PathLike) -> list[str]:
     if not names:
         raise UserError(f"image list {path} is empty; it needs one image name per line")
     return names
-
-
-def check_voc_root(root: str | os.PathLike) -> Path:
-    """The VOC2012 folder (the one holding JPEGImages), or a UserError saying which folder to pass."""
-    root = Path(root)
-    if not root.is_dir():
-        raise UserError(f"VOC2012 folder not found: {root}; pass --voc12_root .../VOCdevkit/VOC2012")
-    if (root / IMAGE_FOLDER).is_dir():
-        return root
-    for candidate in (root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
-        if (candidate / IMAGE_FOLDER).is_dir():
-            raise UserError(f"{root} is not the VOC2012 folder (it has no {IMAGE_FOLDER}); pass {candidate}")
-    raise UserError(f"{root} has no {IMAGE_FOLDER} folder; pass the VOC2012 folder of VOCdevkit")

@@ -20,11 +20,18 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plain script
 
-from tool.constants import SBD_AUG_LABELS, VOC_TRAIN_AUG_IMAGES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
+from tool.datasets import (
+    SBD_AUG_LABELS,
+    VOC12,
+    VOC_AUG_FOLDER,
+    VOC_TRAIN_AUG_IMAGES,
+    VOC_TRAIN_IMAGES,
+    VOC_VAL_IMAGES,
+)
 from tool.errors import run_main
 from tool.fileio import atomic_path, save_npy
 from voc12.data import cls_labels_from_xml
-from voc12.lists import AUG_FOLDER, check_voc_root, load_image_list
+from voc12.lists import load_image_list
 
 REFERENCE_BATCH, REFERENCE_EPOCHS = 4, 8  # SPEC §4: the schedule a list's size turns into steps
 
@@ -38,9 +45,9 @@ def train_aug_warning(splits: dict[str, list[str]], aug_labels: int | None) -> s
     if not official or num_train_aug == VOC_TRAIN_AUG_IMAGES:
         return None
     if aug_labels is None:
-        cause = f"there is no {AUG_FOLDER} folder (SBD's masks; README, step 1)"
+        cause = f"there is no {VOC_AUG_FOLDER} folder (SBD's masks; README, step 1)"
     else:
-        cause = f"{AUG_FOLDER} holds {aug_labels:,} PNGs, the usual download {SBD_AUG_LABELS:,}"
+        cause = f"{VOC_AUG_FOLDER} holds {aug_labels:,} PNGs, the usual download {SBD_AUG_LABELS:,}"
     steps = num_train_aug // REFERENCE_BATCH * REFERENCE_EPOCHS
     paper_steps = VOC_TRAIN_AUG_IMAGES // REFERENCE_BATCH * REFERENCE_EPOCHS
     return (
@@ -57,11 +64,11 @@ class WrittenLists:
 
 def make_cls_labels(voc12_root: str | os.PathLike, out_dir: str | os.PathLike = "voc12") -> WrittenLists:
     """Write the four files into `out_dir`; return their paths and the train_aug warning."""
-    root = check_voc_root(voc12_root)
+    root = VOC12.check_root(voc12_root)
     split_dir = root / "ImageSets" / "Segmentation"
     train = set(load_image_list(split_dir / "train.txt"))
     val = set(load_image_list(split_dir / "val.txt"))
-    aug_dir = root / AUG_FOLDER
+    aug_dir = root / VOC_AUG_FOLDER
     aug = {path.stem for path in aug_dir.glob("*.png")} if aug_dir.is_dir() else None
     splits = {"train": sorted(train), "val": sorted(val), "train_aug": sorted(((aug or set()) | train) - val)}
 

@@ -23,9 +23,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tool.constants import IGNORE_INDEX, VOC_CLASSES, VOC_PALETTE
+from tool.datasets import IGNORE_INDEX, PALETTE, VOC12
 from tool.errors import run_main
 from tool.fileio import atomic_path, save_jpeg, save_png
+from tool.toy_drawing import (
+    checkerboard,
+    diagonal_stripes,
+    dots,
+    flat,
+    grey_background,
+    horizontal_stripes,
+    vertical_stripes,
+)
 
 IMAGE_SIDE_RANGE = (48, 160)  # some sides are below a 64-px training crop on purpose
 MAX_OBJECTS = 3
@@ -59,30 +68,6 @@ def _ring(u: np.ndarray, v: np.ndarray) -> np.ndarray:
     return (radius_squared <= 1.0) & (radius_squared >= 0.3)
 
 
-def _horizontal_stripes(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return (y // 4) % 2
-
-
-def _vertical_stripes(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return (x // 3) % 2
-
-
-def _checkerboard(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return (y // 5 + x // 5) % 2
-
-
-def _diagonal_stripes(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return ((x + y) // 4) % 2
-
-
-def _dots(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return ((y % 6 < 3) & (x % 6 < 3)).astype(np.int64)
-
-
-def _flat(y: np.ndarray, x: np.ndarray) -> np.ndarray:
-    return np.ones_like(y)
-
-
 @dataclass(frozen=True)
 class ToyClass:
     name: str  # a VOC class name
@@ -93,12 +78,12 @@ class ToyClass:
 
 # Six hues 60° apart, each with its own shape and texture.
 TOY_CLASSES = (
-    ToyClass("aeroplane", _triangle, (40, 80, 230), _horizontal_stripes),
-    ToyClass("bus", _box, (235, 205, 30), _checkerboard),
-    ToyClass("cat", _ellipse, (220, 40, 40), _dots),
-    ToyClass("dog", _diamond, (40, 190, 60), _diagonal_stripes),
-    ToyClass("person", _cross, (210, 50, 200), _vertical_stripes),
-    ToyClass("tvmonitor", _ring, (40, 200, 210), _flat),
+    ToyClass("aeroplane", _triangle, (40, 80, 230), horizontal_stripes),
+    ToyClass("bus", _box, (235, 205, 30), checkerboard),
+    ToyClass("cat", _ellipse, (220, 40, 40), dots),
+    ToyClass("dog", _diamond, (40, 190, 60), diagonal_stripes),
+    ToyClass("person", _cross, (210, 50, 200), vertical_stripes),
+    ToyClass("tvmonitor", _ring, (40, 200, 210), flat),
 )
 
 
@@ -106,18 +91,6 @@ TOY_CLASSES = (
 class ToyObject:
     toy_class: ToyClass
     mask: np.ndarray  # bool H×W
-
-
-def _background(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
-    """A low-saturation grey gradient with noise: texture, but no toy-class hue."""
-    y, x = np.mgrid[0:height, 0:width].astype(np.float64)
-    angle = rng.uniform(0, 2 * np.pi)
-    ramp = (np.cos(angle) * x / width + np.sin(angle) * y / height + 1.0) / 2.0
-    low, high = sorted(rng.uniform(50, 200, size=2))
-    grey = low + (high - low) * ramp
-    tint = rng.uniform(-12, 12, size=3)
-    noise = rng.normal(0.0, 10.0, size=(height, width, 3))
-    return grey[..., None] + tint + noise
 
 
 def _place_objects(rng: np.random.Generator, height: int, width: int) -> list[ToyObject]:
@@ -167,7 +140,7 @@ def _label_border(label: np.ndarray) -> np.ndarray:
 def _render(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[ToyObject]]:
     """One image: (RGB uint8 H×W×3, label uint8 H×W, its objects)."""
     height, width = (int(side) for side in rng.integers(IMAGE_SIDE_RANGE[0], IMAGE_SIDE_RANGE[1] + 1, size=2))
-    pixels = _background(rng, height, width)
+    pixels = grey_background(rng, height, width)
     label = np.zeros((height, width), np.uint8)
     y, x = np.mgrid[0:height, 0:width]
     objects = _place_objects(rng, height, width)
@@ -176,7 +149,7 @@ def _render(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray, list[ToyO
         colour = np.asarray(toy_object.toy_class.rgb, np.float64) * shade[..., None]
         colour = colour + rng.normal(0.0, 8.0, size=colour.shape)
         pixels[toy_object.mask] = colour[toy_object.mask]
-        label[toy_object.mask] = VOC_CLASSES.index(toy_object.toy_class.name)
+        label[toy_object.mask] = VOC12.class_names.index(toy_object.toy_class.name)
     label[_label_border(label)] = IGNORE_INDEX
     return np.clip(np.round(pixels), 0, 255).astype(np.uint8), label, objects
 
@@ -211,7 +184,7 @@ def _write_bytes(path: Path, content: bytes) -> None:
 
 def _palette_png(label: np.ndarray) -> Image.Image:
     image = Image.fromarray(label)
-    image.putpalette(VOC_PALETTE.tobytes())
+    image.putpalette(PALETTE.tobytes())
     return image
 
 
