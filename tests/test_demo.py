@@ -68,3 +68,20 @@ def check_irn_outputs(out: Path, stdout: str) -> None:
     result = json.loads((out / "toy" / "sem_seg_eval.json").read_text())
     assert result["protocol"]["num_images"] == 2
     assert 0 <= result["best_miou"] <= 100
+
+
+@pytest.mark.slow
+def test_demo_coco_leg(tmp_path):
+    """`make demo DEMO_COCO=1`'s leg (tool/demo_coco.sh) on 5 + 1 toy COCO images, 2 steps."""
+    out = tmp_path / "coco14"
+    env = {**os.environ, "DEMO_TOY_TRAIN": "5", "DEMO_TOY_VAL": "1"}
+    command = ["bash", str(REPO / "tool" / "demo_coco.sh"), sys.executable, str(out), "cpu", "2"]
+    result = subprocess.run(
+        [*command, "--freeze_backbone", "--lr", "0.01"], capture_output=True, text=True, cwd=REPO, env=env, timeout=900
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    for run in ("untrained", "toy"):
+        assert f"COCO toy CAM mIoU, {run} network:" in result.stdout
+        evaluation = json.loads((out / run / "eval.json").read_text())
+        assert evaluation["protocol"]["dataset"] == "coco14" and len(evaluation["classes"]) == 81
+    assert "1 with no labelled object left out" in result.stdout
