@@ -46,7 +46,7 @@ from tool.constants import INFER_SCALES
 from tool.crf import SEAM_CRF_ALPHAS, require_pydensecrf
 from tool.datasets import DatasetSpec, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
 from tool.errors import UserError, run_main
-from tool.fileio import save_jpeg, save_npy, save_png
+from tool.fileio import save_jpeg, save_label_png, save_npy
 from tool.outputs import OutputFolder, OutputFormat, Outputs, add_output_arguments, add_overwrite_argument
 from tool.parallel import WorkerPool, default_pool_workers
 from tool.runtime import (
@@ -56,7 +56,7 @@ from tool.runtime import (
     memory_format_for,
     resolve_device,
 )
-from tool.visualization import cam_panel, label_image
+from tool.visualization import cam_panel
 from voc12.data import InferDataset, first_item, load_labelled_list
 
 # Background score of --out_cam_pred, on the scale of the halved maps (evaluation's t).
@@ -110,12 +110,12 @@ def write_irn_cam(cams: ImageCams, folder: OutputFolder) -> None:
 
 def write_threshold_label(cams: ImageCams, folder: OutputFolder) -> None:
     label = threshold_label(cams.fg_maps, cams.keys, folder.settings["out_cam_pred_alpha"], len(cams.class_names))
-    save_png(folder.file(cams.name), label_image(label))
+    save_label_png(folder.file(cams.name), label)
 
 
 def write_crf_label(cams: ImageCams, folder: OutputFolder) -> None:
     label, scores = seam_crf_label(cams.image, cams.fg_maps, cams.keys, folder.settings["crf_alpha"])
-    save_png(folder.file(cams.name), label_image(label))
+    save_label_png(folder.file(cams.name), label)
     if CRF_SCORES_SUFFIX in folder.suffixes:
         save_npy(folder.file(cams.name, CRF_SCORES_SUFFIX), scores)
 

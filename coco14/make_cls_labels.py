@@ -35,7 +35,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image
 from pycocotools import mask as mask_utils
 from tqdm import tqdm
 
@@ -45,7 +44,7 @@ if __package__ in (None, ""):
 from tool.cores import usable_cores
 from tool.datasets import COCO14, COCO_CATEGORY_IDS, IGNORE_INDEX, SEGMENTATION_FOLDER
 from tool.errors import UserError, and_more, run_main
-from tool.fileio import atomic_path, check_writable_dir, read_label_png, save_npy, save_png
+from tool.fileio import atomic_path, check_writable_dir, read_label_png, save_label_png, save_npy
 from tool.manifest import FolderManifest, git_commit, weights_sha256
 
 SPLITS = ("train", "val")
@@ -164,18 +163,12 @@ def class_vector(label: np.ndarray) -> np.ndarray:
     return (counts[1 : COCO14.num_classes] > 0).astype(np.float32)
 
 
-def label_png(label: np.ndarray) -> Image.Image:
-    image = Image.fromarray(label)
-    image.putpalette(COCO14.palette.tobytes())  # an 'L' image with a palette becomes 'P'
-    return image
-
-
 def label_one(job: ImageJob, seg_dir: Path, crowd_label: int, overwrite: bool = False) -> LabelledImage:
     """Paint and write the image's PNG (atomically), or read back the one already there unless `overwrite`."""
     path = seg_dir / f"{job.name}.png"
     if overwrite or not path.is_file():
         label = paint_label(job, crowd_label)
-        save_png(path, label_png(label))
+        save_label_png(path, label)
         return LabelledImage(job.name, class_vector(label), painted=True)
     label = read_label_png(path)
     if label.shape != (job.height, job.width):

@@ -4,13 +4,9 @@ PNGs read back as class indices, and the panel's layout."""
 from __future__ import annotations
 
 import numpy as np
-import pytest
-from PIL import Image
 
-from tool.datasets import PALETTE as VOC_PALETTE
 from tool.datasets import VOC12
-from tool.fileio import read_label_png, save_png
-from tool.visualization import TILE_GAP, TITLE_HEIGHT, cam_panel, colorize_label, heatmap_overlay, label_image
+from tool.visualization import TILE_GAP, TITLE_HEIGHT, cam_panel, colorize_label, heatmap_overlay
 
 
 def test_heatmap_ends_of_the_jet_map():
@@ -38,21 +34,6 @@ def test_colorize_label_uses_the_voc_palette():
     colours = colorize_label(label)
     np.testing.assert_array_equal(colours[0], [[0, 0, 0], [128, 0, 0], [192, 128, 128]])
     np.testing.assert_array_equal(colours[1], [[0, 64, 128], [224, 224, 192], [0, 128, 0]])
-
-
-def test_label_image_is_a_voc_palette_png(tmp_path):
-    label = np.random.default_rng(0).integers(0, 21, (7, 9)).astype(np.uint8)
-    label[0, 0] = 255
-    save_png(tmp_path / "label.png", label_image(label))
-    with Image.open(tmp_path / "label.png") as png:
-        assert png.mode == "P"
-        assert np.array_equal(np.asarray(png.getpalette(), np.uint8).reshape(-1, 3), VOC_PALETTE)
-    np.testing.assert_array_equal(read_label_png(tmp_path / "label.png"), label)
-
-
-def test_label_image_rejects_non_uint8():
-    with pytest.raises(AssertionError):
-        label_image(np.zeros((2, 2), np.int64))
 
 
 def test_cam_panel_layout():

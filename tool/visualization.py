@@ -33,15 +33,6 @@ def colorize_label(label: np.ndarray) -> np.ndarray:
     return PALETTE[label]
 
 
-def label_image(label: np.ndarray) -> Image.Image:
-    """A label map as a palette ('P') image with the VOC palette: the PNG format of
-    VOC's SegmentationClass, readable as class indices by any VOC tool."""
-    assert label.ndim == 2 and label.dtype == np.uint8, (label.shape, label.dtype)
-    image = Image.frombytes("P", (label.shape[1], label.shape[0]), np.ascontiguousarray(label).tobytes())
-    image.putpalette(PALETTE.tobytes())
-    return image
-
-
 def _class_name(label: int, class_names: tuple[str, ...]) -> str:
     return class_names[label] if label < len(class_names) else "ignore"
 

@@ -23,9 +23,9 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tool.datasets import IGNORE_INDEX, PALETTE, VOC12
+from tool.datasets import IGNORE_INDEX, VOC12
 from tool.errors import run_main
-from tool.fileio import atomic_path, save_jpeg, save_png
+from tool.fileio import atomic_path, save_jpeg, save_label_png
 from tool.toy_drawing import (
     checkerboard,
     diagonal_stripes,
@@ -182,12 +182,6 @@ def _write_bytes(path: Path, content: bytes) -> None:
         tmp_path.write_bytes(content)
 
 
-def _palette_png(label: np.ndarray) -> Image.Image:
-    image = Image.fromarray(label)
-    image.putpalette(PALETTE.tobytes())
-    return image
-
-
 def make_toy_voc(root: str | os.PathLike, num_train: int = 48, num_val: int = 16, seed: int = 0) -> Path:
     """Write the toy set into `root` (the VOC2012 folder itself) and return it as a Path."""
     assert num_train >= 1 and num_val >= 1, "both splits need at least one image"
@@ -197,7 +191,7 @@ def make_toy_voc(root: str | os.PathLike, num_train: int = 48, num_val: int = 16
         rng = np.random.default_rng(np.random.SeedSequence((seed, index)))
         pixels, label, objects = _render(rng)
         save_jpeg(root / "JPEGImages" / f"{name}.jpg", Image.fromarray(pixels))
-        save_png(root / "SegmentationClass" / f"{name}.png", _palette_png(label))
+        save_label_png(root / "SegmentationClass" / f"{name}.png", label)
         _write_bytes(root / "Annotations" / f"{name}.xml", _annotation_xml(name, *label.shape, objects))
     splits = {"train": names[:num_train], "val": names[num_train:]}
     for split, split_names in splits.items():
