@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import functools
 import json
-import multiprocessing
 import os
 import time
 from pathlib import Path
@@ -37,6 +36,7 @@ from tool.fileio import read_rgb, save_png
 from tool.ir_label import CONF_BG_THRES, CONF_FG_THRES, confident_labels
 from tool.manifest import MANIFEST_NAME, FolderManifest, git_commit
 from tool.outputs import OutputFormat, Outputs, add_overwrite_argument
+from tool.parallel import map_unordered
 from tool.runtime import ProcessGroup
 from voc12.data import image_paths, load_labelled_list
 
@@ -205,17 +205,12 @@ def main(argv=None) -> None:
         bg_thres=args.conf_bg_thres,
     )
     items = [(name, cls_labels[name]) for name in todo]
-    progress = functools.partial(
-        tqdm, total=len(todo), desc="cam_to_ir_label", unit="img", dynamic_ncols=True, disable=not group.is_main
-    )
     start = time.perf_counter()
-    if num_workers == 0:
-        for _ in progress(map(job, items)):
-            pass
-    else:
-        with multiprocessing.Pool(num_workers) as pool:
-            for _ in progress(pool.imap_unordered(job, items)):
-                pass
+    done = map_unordered(job, items, num_workers)
+    for _ in tqdm(
+        done, total=len(todo), desc="cam_to_ir_label", unit="img", dynamic_ncols=True, disable=not group.is_main
+    ):
+        pass
     seconds = time.perf_counter() - start
     if group.is_main:
         print(f"done: {len(todo)} images in {seconds:.1f} s ({len(todo) / seconds:.2f} images/s)")

@@ -29,7 +29,6 @@ import argparse
 import functools
 import json
 import math
-import multiprocessing
 import numbers
 import os
 import sys
@@ -62,6 +61,7 @@ from tool.metrics import (
     recall,
     threshold_sweep_counts,
 )
+from tool.parallel import map_unordered
 from voc12.lists import load_image_list
 
 PREDICTION_SUFFIX = {"npy": ".npy", "png": ".png"}
@@ -363,10 +363,7 @@ def count_all(names: list[str], count_one: Callable[[str], np.ndarray], num_work
     batches = [names[start : start + batch_size] for start in range(0, len(names), batch_size)]
     count_batches = functools.partial(count_batch, count_one=count_one)
     with tqdm(total=len(names), desc="evaluating", unit="img", dynamic_ncols=True) as progress:
-        if num_workers == 0:
-            return accumulate_counts(ticked(progress, map(count_batches, batches)))
-        with multiprocessing.Pool(num_workers) as pool:
-            return accumulate_counts(ticked(progress, pool.imap_unordered(count_batches, batches)))
+        return accumulate_counts(ticked(progress, map_unordered(count_batches, batches, num_workers)))
 
 
 def percent_or_none(fraction: float) -> float | None:

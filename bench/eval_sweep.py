@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import datetime
 import functools
-import multiprocessing
 import tempfile
 import time
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from tool.cores import usable_cores
 from tool.datasets import COCO14, IGNORE_INDEX, PALETTE, VOC12, VOC_TRAIN_IMAGES, DatasetSpec, get_dataset
 from tool.fileio import read_label_png, save_npy, save_png
 from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE, accumulate_counts
+from tool.parallel import map_unordered
 
 COCO_VAL_IMAGES = 40504  # val2014: the list a COCO CAM evaluation reads
 
@@ -137,15 +137,9 @@ def read_image(name: str, data_dir: Path, dataset: str) -> None:
 
 def read_all(names: list[str], read_one: Callable[[str], None], num_workers: int) -> None:
     """read_one over the list as count_all runs count_one: in this process (0), or a pool of
-    num_workers processes with count_all's chunks."""
-    if num_workers == 0:
-        for name in names:
-            read_one(name)
-        return
-    chunk_size = max(1, min(16, len(names) // (4 * num_workers)))
-    with multiprocessing.Pool(num_workers) as pool:
-        for _ in pool.imap_unordered(read_one, names, chunksize=chunk_size):
-            pass
+    num_workers processes taking up to 16 images at a time (count_all's batches)."""
+    for _ in map_unordered(read_one, names, num_workers, max_chunk=16):
+        pass
 
 
 def reference_counts(data_dir: Path, name: str, threshold: float, num_classes: int) -> np.ndarray:

@@ -28,7 +28,6 @@ import argparse
 import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import sys
 from dataclasses import dataclass
@@ -46,6 +45,7 @@ from tool.datasets import COCO14, COCO_CATEGORY_IDS, IGNORE_INDEX, SEGMENTATION_
 from tool.errors import UserError, and_more, run_main
 from tool.fileio import atomic_path, check_writable_dir, read_label_png, save_label_png, save_npy
 from tool.manifest import FolderManifest, git_commit, weights_sha256
+from tool.parallel import map_unordered
 
 SPLITS = ("train", "val")
 CROWD_LABELS = {"background": 0, "ignore": IGNORE_INDEX}
@@ -189,12 +189,8 @@ def label_images(
 ) -> list[LabelledImage]:
     """label_one over the jobs in `num_workers` processes (0: this one), with a progress bar."""
     job = functools.partial(label_one, seg_dir=seg_dir, crowd_label=crowd_label, overwrite=overwrite)
-    progress = functools.partial(tqdm, total=len(jobs), desc=desc, unit="img", dynamic_ncols=True)
-    if num_workers == 0:
-        return list(progress(map(job, jobs)))
-    chunk_size = max(1, min(64, len(jobs) // (4 * num_workers)))
-    with multiprocessing.Pool(num_workers) as pool:
-        return list(progress(pool.imap_unordered(job, jobs, chunksize=chunk_size)))
+    labelled = map_unordered(job, jobs, num_workers, max_chunk=64)
+    return list(tqdm(labelled, total=len(jobs), desc=desc, unit="img", dynamic_ncols=True))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 import tool.parallel
-from tool.parallel import WorkerPool, default_pool_workers
+from tool.parallel import WorkerPool, default_pool_workers, map_unordered
 
 
 @pytest.mark.parametrize(
@@ -35,3 +35,12 @@ def test_workers_run_every_job_and_report_errors(tmp_path):
     assert sorted(path.read_text() for path in tmp_path.iterdir()) == ["0", "1", "2", "3"]
     with pytest.raises(FileNotFoundError), WorkerPool(1) as pool:
         pool.submit(Path.read_text, tmp_path / "missing.txt")
+
+
+@pytest.mark.parametrize("num_workers, max_chunk", [(0, 1), (2, 1), (2, 4)])
+def test_map_unordered_returns_every_result(num_workers, max_chunk):
+    items = list(range(23))
+    results = list(map_unordered(abs, [-item for item in items], num_workers, max_chunk))
+    assert sorted(results) == items
+    if num_workers == 0:
+        assert results == items  # in this process: in order

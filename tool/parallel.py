@@ -1,5 +1,5 @@
-"""Worker processes for a stage's per-image CPU work (building and encoding its output files) while
-the main process keeps the GPU busy."""
+"""Worker processes for a stage's per-image CPU work: `WorkerPool` builds and encodes output files while
+the main process keeps the GPU busy; `map_unordered` spreads a CPU stage's images over the cores."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import collections
 import multiprocessing
 import os
 import signal
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 
 from tool.cores import usable_cores
@@ -20,6 +20,18 @@ def default_pool_workers(loader_workers: int, processes_per_node: int = 1) -> in
     itself, at least 1, at most MAX_DEFAULT_WORKERS."""
     share = usable_cores() // max(1, processes_per_node)
     return max(1, min(MAX_DEFAULT_WORKERS, share - loader_workers - 1))
+
+
+def map_unordered(function: Callable, items: Sequence, num_workers: int, max_chunk: int = 1) -> Iterator:
+    """`function` over `items`: in this process and in order (num_workers 0), or in a pool of
+    num_workers processes, results as they complete, handed out in chunks of up to max_chunk items
+    (about four chunks a worker). A generator: the pool lives while it is consumed."""
+    if num_workers == 0:
+        yield from map(function, items)
+        return
+    chunk = max(1, min(max_chunk, len(items) // (4 * num_workers)))
+    with multiprocessing.Pool(num_workers) as pool:
+        yield from pool.imap_unordered(function, items, chunksize=chunk)
 
 
 def _ignore_sigint() -> None:
