@@ -316,7 +316,7 @@ def evaluate_image(
 ) -> np.ndarray:
     """Counts of one listed image: [len(thresholds), num_classes, 3] for CAMs, [1, num_classes, 3]
     for label PNGs (a 255 in them counted as class `void_label`, None: as no class). `dataset` is
-    the --dataset name, which a worker process receives cheaper than the spec."""
+    the --dataset name."""
     spec = get_dataset(dataset)
     prediction_path = predict_dir / f"{name}{PREDICTION_SUFFIX[prediction_type]}"
     gt_path = gt_dir / f"{name}{GT_SUFFIX}"

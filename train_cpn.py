@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader
 from network import build_network
 from network.weights import load_weights
 from tool.constants import CROP_SIZE, RESIZE_LONG
-from tool.datasets import add_dataset_arguments, data_source, fill_list_defaults, get_dataset, list_default_help
+from tool.datasets import add_dataset_arguments, data_source, fill_list_defaults, list_default_help
 from tool.errors import UserError, run_main
 from tool.imutils import PATCH_STRATEGIES
 from tool.losses import OHEM_RATIO, cpn_loss
@@ -264,7 +264,7 @@ def main(argv=None) -> None:
     log.line(
         f"{args.train_list}: {len(loader.dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
         f"{args.max_epoches} epochs = {total_steps} steps, batch {args.batch_size}×{group.world_size}, {device}, "
-        f"{precision}, {loader.num_workers} loader workers, {get_dataset(args.dataset).title}"
+        f"{precision}, {loader.num_workers} loader workers, {loader.dataset.source.spec.title}"
         + (", backbone frozen" if args.freeze_backbone else "")
         + (f"; resumed from {resume_path} at step {state.step}" if resume_path else "")
     )

@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader
 from network import build_network
 from network.resnet50_irn import LR_MULTIPLIERS
 from network.weights import load_weights, save_irn_weights
-from tool.datasets import add_dataset_arguments, data_source, fill_list_defaults, list_default_help
+from tool.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
 from tool.errors import UserError, run_main
 from tool.irn import TRAIN_RADIUS, PathIndex
 from tool.losses import irn_loss
@@ -118,11 +118,11 @@ def per_process_batch(args, group: ProcessGroup) -> int:
     return args.irn_batch_size // group.world_size
 
 
-def load_data(args, group: ProcessGroup, device: torch.device) -> DataLoader:
+def load_data(args, source: DataSource, group: ProcessGroup, device: torch.device) -> DataLoader:
     """SPEC-IRN §7 augmentation and §5 affinity labels, in a resumable order. Each step holds the same
     images whatever the process count (the sampler shards one global batch)."""
     dataset = IrnTrainDataset(
-        data_source(args),
+        source,
         load_image_list(args.train_list),
         args.ir_label_out_dir,
         crop_size=args.irn_crop_size,
@@ -211,11 +211,11 @@ def mean_displacement(model: nn.Module, loader: DataLoader, options: StepOptions
     return torch.stack(batch_means).mean(dim=0)
 
 
-def calibration_loader(args, num_workers: int) -> tuple[DataLoader, bool]:
+def calibration_loader(args, source: DataSource, num_workers: int) -> tuple[DataLoader, bool]:
     """SPEC-IRN §7: --infer_list cropped top-left, batches of --irn_batch_size with drop_last. IRN fails
     (an empty stack) when the list is shorter than one batch; we then use all of it as one batch.
     → (loader, whether the list is shorter than a batch)."""
-    dataset = IrnCalibrationDataset(data_source(args), load_image_list(args.infer_list), args.irn_crop_size)
+    dataset = IrnCalibrationDataset(source, load_image_list(args.infer_list), args.irn_crop_size)
     short = len(dataset) < args.irn_batch_size
     loader = DataLoader(dataset, batch_size=args.irn_batch_size, drop_last=not short, num_workers=num_workers)
     return loader, short
@@ -235,10 +235,13 @@ def main(argv=None) -> None:
     out_dir = Path(args.out_dir)
 
     # ---- data ----
-    loader = load_data(args, group, device)
+    source = data_source(args)
+    loader = load_data(args, source, group, device)
     sampler = loader.sampler
     # read before training, so that a bad --infer_list stops the run now, not after it
-    calibration, short_calibration = calibration_loader(args, loader.num_workers) if group.is_main else (None, False)
+    calibration, short_calibration = (None, False)
+    if group.is_main:
+        calibration, short_calibration = calibration_loader(args, source, loader.num_workers)
 
     # ---- model and optimiser: poly SGD over the two heads, the backbone frozen (SPEC-IRN §7) ----
     model = build_model(args, group)
@@ -270,7 +273,7 @@ def main(argv=None) -> None:
         f"{args.train_list}: {len(loader.dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
         f"{args.irn_num_epoches} epochs = {total_steps} steps, batch {sampler.batch_size}×{group.world_size}, "
         f"crop {args.irn_crop_size}, {device}, {precision}, "
-        f"{loader.num_workers} loader workers"
+        f"{loader.num_workers} loader workers, {source.spec.title}"
         + (f"; resumed from {resume_path} at step {state.step}" if resume_path else "")
     )
     last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)

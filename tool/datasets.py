@@ -1,7 +1,8 @@
-"""The one description of each data set (issue 11): class names with background at 0, palette, ignore
-index, folder layout and how an image name maps to its file, the default lists folder and the
-background sweep. Every script derives its channel counts, names and paths from one of these;
-PASCAL VOC 2012 and MS COCO 2014 are the two instances. Torch-free (evaluation_cam.py reads it)."""
+"""The one description of each data set (issue 11): class names with background at 0, folder layout and
+how an image name maps to its file, the default lists folder and the background sweep; and what both
+share, the palette (VOC's colour map) and the ignore index. Every script derives its channel counts,
+names and paths from one of these; PASCAL VOC 2012 and MS COCO 2014 are the two instances. Torch-free
+(evaluation_cam.py reads it)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import argparse
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -35,7 +36,7 @@ def _bit_spread_palette() -> np.ndarray:
     return palette
 
 
-PALETTE = _bit_spread_palette()
+PALETTE = _bit_spread_palette()  # both data sets' label PNGs (tool.fileio.save_label_png) and pictures
 
 
 def sweep_thresholds(start: float, stop: float, step: float = 0.01) -> tuple[float, ...]:
@@ -44,6 +45,10 @@ def sweep_thresholds(start: float, stop: float, step: float = 0.01) -> tuple[flo
         raise UserError(f"sweep {start} {stop} {step}: use START <= STOP and a positive STEP")
     count = int(np.floor((stop - start) / step + 1e-6)) + 1
     return tuple(round(start + step * i, 6) for i in range(count))
+
+
+def _no_protocol_warnings(gt_dir: Path, num_images: int) -> list[str]:
+    return []
 
 
 @dataclass(frozen=True)
@@ -60,8 +65,7 @@ class DatasetSpec:
     sweep: tuple[float, ...]  # evaluation_cam.py's default background scores
     # (gt_dir, number of listed images) → one line per way an evaluation departs from the figures
     # published for this data set; evaluation_cam.py prints them.
-    protocol_warnings: Callable[[Path, int], list[str]] = lambda gt_dir, num_images: []  # noqa: E731
-    palette: np.ndarray = field(default_factory=lambda: PALETTE, repr=False)
+    protocol_warnings: Callable[[Path, int], list[str]] = _no_protocol_warnings
 
     def __reduce__(self):
         """Sent to worker processes by name: one instance per data set in every process."""
@@ -110,7 +114,6 @@ VOC_VAL_IMAGES = 1449  # ImageSets/Segmentation/val.txt
 VOC_TRAIN_AUG_IMAGES = 10582  # the paper's training list: (SBD ∪ train) − val
 SBD_AUG_LABELS = 12031  # PNGs in the usual SegmentationClassAug download (train_aug + val)
 VOC_AUG_FOLDER = "SegmentationClassAug"  # SBD's coarser masks, for the train_aug class labels
-VOC_SWEEP = tuple(round(0.20 + 0.01 * i, 2) for i in range(40))  # SPEC §6: 0.20 … 0.59
 PAPER_CAM_MIOU = 57.4  # the paper's CAM mIoU, on VOC train (VOC_TRAIN_IMAGES images)
 
 
@@ -165,7 +168,7 @@ VOC12 = DatasetSpec(
     # SPEC §4: CPN trains on train_aug; the paper's CAM figures are on train (SPEC §6).
     list_files={"train": "train_aug.txt", "infer": "train.txt", "val": "val.txt", "cls_labels": "cls_labels.npy"},
     make_labels_command="python voc12/make_cls_labels.py --voc12_root <VOC2012 folder>",
-    sweep=VOC_SWEEP,
+    sweep=sweep_thresholds(0.20, 0.59),  # SPEC §6: 0.20, 0.21, …, 0.59
     protocol_warnings=_voc_protocol_warnings,
 )
 
