@@ -38,7 +38,7 @@ test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow" tests
 
 demo: install
-	DEMO_COCO=$(DEMO_COCO) bash tool/demo.sh $(PY) $(DEMO_DIR) "$(DEMO_STEPS)" $(DEMO_DEVICE)
+	DEMO_COCO=$(DEMO_COCO) bash scripts/demo.sh $(PY) $(DEMO_DIR) "$(DEMO_STEPS)" $(DEMO_DEVICE)
 
 clean:
 	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache

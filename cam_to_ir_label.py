@@ -9,7 +9,7 @@ single-channel uint8 label image, 0 background, 1..F the classes (20 VOC, 80 COC
 Per image two
 dense CRFs (tool/crf.py, IRN's crf_inference_label) at --conf_fg_thres and --conf_bg_thres, combined by
 tool/ir_label.py. CPU work: --num_workers processes share the images. Images whose PNG exists are
-skipped, so an interrupted run resumes. The folder gets a manifest.json (tool/manifest.py) naming the
+skipped, so an interrupted run resumes. The folder gets a manifest.json (engine/manifest.py) naming the
 CAMs' weights and settings (from the CAM folder's own manifest, when it has one) and the two
 thresholds: a run with other ones stops before any work, unless --overwrite.
 """
@@ -27,17 +27,17 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from engine.cores import default_num_workers
+from engine.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
+from engine.errors import UserError, and_more, run_main
+from engine.fileio import read_rgb, save_png
+from engine.manifest import MANIFEST_NAME, FolderManifest, git_commit
+from engine.outputs import OutputFormat, Outputs, add_overwrite_argument
+from engine.parallel import map_unordered
+from engine.runtime import ProcessGroup
 from tool.cam import IRN_CAM_HINT, read_irn_cam
-from tool.cores import default_num_workers
 from tool.crf import crf_inference_labels, require_pydensecrf
-from tool.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
-from tool.errors import UserError, and_more, run_main
-from tool.fileio import read_rgb, save_png
 from tool.ir_label import CONF_BG_THRES, CONF_FG_THRES, confident_labels
-from tool.manifest import MANIFEST_NAME, FolderManifest, git_commit
-from tool.outputs import OutputFormat, Outputs, add_overwrite_argument
-from tool.parallel import map_unordered
-from tool.runtime import ProcessGroup
 from voc12.data import image_paths, load_labelled_list
 
 CAM_SUFFIX = ".npy"

@@ -11,7 +11,7 @@ thresholds (SPEC §6).
     python evaluation_cam.py ... --type png --predict_dir out_ir_label --prediction_void background   # IRN's rule
 
 Every file is read once: one pass gives the counts at all thresholds (tool/metrics.py), exactly
-those of the reference's per-threshold argmax. --dataset (tool/datasets.py) sets the classes,
+those of the reference's per-threshold argmax. --dataset (engine/datasets.py) sets the classes,
 their names and the default sweep; each file is counted in time that grows with its pixels and
 the classes it holds, so COCO's 81 classes cost little more than VOC's 21.
 
@@ -39,8 +39,8 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from tool.cores import default_num_workers
-from tool.datasets import (
+from engine.cores import default_num_workers
+from engine.datasets import (
     DATASETS,
     SEGMENTATION_FOLDER,
     DatasetSpec,
@@ -48,8 +48,9 @@ from tool.datasets import (
     get_dataset,
     sweep_thresholds,
 )
-from tool.errors import UserError, and_more, run_main
-from tool.fileio import atomic_path, load_npy_dict, read_label_png
+from engine.errors import UserError, and_more, run_main
+from engine.fileio import atomic_path, load_npy_dict, read_label_png
+from engine.parallel import map_unordered
 from tool.metrics import (
     InvalidLabelsError,
     accumulate_counts,
@@ -61,7 +62,6 @@ from tool.metrics import (
     recall,
     threshold_sweep_counts,
 )
-from tool.parallel import map_unordered
 from voc12.lists import load_image_list
 
 PREDICTION_SUFFIX = {"npy": ".npy", "png": ".png"}

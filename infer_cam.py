@@ -13,9 +13,9 @@ Outputs, each optional (at least one):
   --out_cam_pred DIR  <name>.png, palette label map: background = --out_cam_pred_alpha (evaluation's rule)
   --out_crf DIR       alpha_<a>/<name>.png per --crf_alphas: SEAM-style dense-CRF pseudo labels
   --vis_dir DIR       <name>.jpg: the image, each class's CAM over it, and the label map
-F is the data set's foreground class count: 20 for VOC, 80 for COCO (tool/datasets.py).
+F is the data set's foreground class count: 20 for VOC, 80 for COCO (engine/datasets.py).
 Images whose requested outputs all exist are skipped, so an interrupted run resumes. Each folder
-gets a manifest.json (tool/manifest.py): a run whose weights or settings differ from the ones that
+gets a manifest.json (engine/manifest.py): a run whose weights or settings differ from the ones that
 wrote the folder stops before any work, unless --overwrite.
 """
 
@@ -31,6 +31,18 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from engine.datasets import DatasetSpec, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
+from engine.errors import UserError, run_main
+from engine.fileio import save_jpeg, save_label_png, save_npy
+from engine.outputs import OutputFolder, OutputFormat, Outputs, add_output_arguments, add_overwrite_argument
+from engine.parallel import WorkerPool, default_pool_workers
+from engine.runtime import (
+    ProcessGroup,
+    add_runtime_arguments,
+    apply_precision,
+    memory_format_for,
+    resolve_device,
+)
 from network import build_network
 from network.weights import load_weights
 from tool.cam import (
@@ -44,18 +56,6 @@ from tool.cam import (
 )
 from tool.constants import INFER_SCALES
 from tool.crf import SEAM_CRF_ALPHAS, require_pydensecrf
-from tool.datasets import DatasetSpec, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
-from tool.errors import UserError, run_main
-from tool.fileio import save_jpeg, save_label_png, save_npy
-from tool.outputs import OutputFolder, OutputFormat, Outputs, add_output_arguments, add_overwrite_argument
-from tool.parallel import WorkerPool, default_pool_workers
-from tool.runtime import (
-    ProcessGroup,
-    add_runtime_arguments,
-    apply_precision,
-    memory_format_for,
-    resolve_device,
-)
 from tool.visualization import cam_panel
 from voc12.data import InferDataset, first_item, load_labelled_list
 

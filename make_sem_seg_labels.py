@@ -13,7 +13,7 @@ to the next multiple of 512), give the boundary probability; the stride-4 `cam` 
 against a background of --sem_seg_bg_thres gives <name>.png: single-channel uint8 0..F, as IRN writes
 (F = 20 VOC, 80 COCO).
 The walk runs on the network's device. Images whose PNG exists are skipped, so an interrupted run
-resumes; the folder's manifest.json (tool/manifest.py) refuses a rerun with other weights, walk
+resumes; the folder's manifest.json (engine/manifest.py) refuses a rerun with other weights, walk
 settings or CAMs (by the checksum of the CPN weights in the CAM folder's manifest), unless --overwrite.
 """
 
@@ -31,18 +31,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from network import build_network
-from network.resnet50_irn import INFERENCE_PAD, boundary_probability
-from network.weights import load_weights
-from tool.cam import IRN_CAM_HINT, irn_cam_size, read_irn_cam
-from tool.cores import usable_cores
-from tool.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
-from tool.errors import UserError, and_more, run_main
-from tool.fileio import save_png
-from tool.irn import SEM_SEG_BG_THRES, WALK_BETA, WALK_EXP_TIMES, random_walk, rw_to_labels
-from tool.manifest import MANIFEST_NAME
-from tool.outputs import OutputFormat, Outputs, add_overwrite_argument
-from tool.runtime import (
+from engine.cores import usable_cores
+from engine.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
+from engine.errors import UserError, and_more, run_main
+from engine.fileio import save_png
+from engine.manifest import MANIFEST_NAME
+from engine.outputs import OutputFormat, Outputs, add_overwrite_argument
+from engine.runtime import (
     ProcessGroup,
     add_runtime_arguments,
     apply_precision,
@@ -50,6 +45,11 @@ from tool.runtime import (
     memory_format_for,
     resolve_device,
 )
+from network import build_network
+from network.resnet50_irn import INFERENCE_PAD, boundary_probability
+from network.weights import load_weights
+from tool.cam import IRN_CAM_HINT, irn_cam_size, read_irn_cam
+from tool.irn import SEM_SEG_BG_THRES, WALK_BETA, WALK_EXP_TIMES, random_walk, rw_to_labels
 from voc12.data import InferDataset, first_item, load_labelled_list
 
 IRN_NETWORK = "network.resnet50_irn"

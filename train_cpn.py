@@ -16,14 +16,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from network import build_network
-from network.weights import load_weights
-from tool.constants import CROP_SIZE, RESIZE_LONG
-from tool.datasets import add_dataset_arguments, data_source, fill_list_defaults, list_default_help
-from tool.errors import UserError, run_main
-from tool.imutils import PATCH_STRATEGIES
-from tool.losses import OHEM_RATIO, cpn_loss
-from tool.runtime import (
+from engine.datasets import add_dataset_arguments, data_source, fill_list_defaults, list_default_help
+from engine.errors import UserError, run_main
+from engine.runtime import (
     ProcessGroup,
     add_runtime_arguments,
     apply_precision,
@@ -32,8 +27,7 @@ from tool.runtime import (
     memory_format_for,
     resolve_device,
 )
-from tool.torchutils import REFERENCE_MOMENTUM, PolyOptimizer, cpn_param_groups, estimate_batchnorm_statistics
-from tool.training import (
+from engine.training import (
     Checkpoints,
     ResumableSampler,
     RunLog,
@@ -46,6 +40,12 @@ from tool.training import (
     training_loader,
     write_run_record,
 )
+from network import build_network
+from network.weights import load_weights
+from tool.constants import CROP_SIZE, RESIZE_LONG
+from tool.imutils import PATCH_STRATEGIES
+from tool.losses import OHEM_RATIO, cpn_loss
+from tool.optim import REFERENCE_MOMENTUM, PolyOptimizer, cpn_param_groups, estimate_batchnorm_statistics
 from voc12.data import TrainDataset, load_cls_labels, load_image_list
 
 VIEWS = ("img", "img_kept", "img_hidden")  # SPEC §4: the image, its kept patches, its hidden patches

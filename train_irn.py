@@ -19,14 +19,9 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from network import build_network
-from network.resnet50_irn import LR_MULTIPLIERS
-from network.weights import load_weights, save_irn_weights
-from tool.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
-from tool.errors import UserError, run_main
-from tool.irn import TRAIN_RADIUS, PathIndex
-from tool.losses import irn_loss
-from tool.runtime import (
+from engine.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
+from engine.errors import UserError, run_main
+from engine.runtime import (
     ProcessGroup,
     add_runtime_arguments,
     apply_precision,
@@ -35,8 +30,7 @@ from tool.runtime import (
     memory_format_for,
     resolve_device,
 )
-from tool.torchutils import PolyOptimizer
-from tool.training import (
+from engine.training import (
     Checkpoints,
     ResumableSampler,
     RunLog,
@@ -48,6 +42,12 @@ from tool.training import (
     training_loader,
     write_run_record,
 )
+from network import build_network
+from network.resnet50_irn import LR_MULTIPLIERS
+from network.weights import load_weights, save_irn_weights
+from tool.irn import TRAIN_RADIUS, PathIndex
+from tool.losses import irn_loss
+from tool.optim import PolyOptimizer
 from voc12.data import IRN_CROP_SIZE, IrnCalibrationDataset, IrnTrainDataset, irn_label_grid, load_image_list
 
 AFFINITY_LABELS = ("bg_pos", "fg_pos", "neg")  # SPEC-IRN §5, the fields of an IrnTrainDataset batch

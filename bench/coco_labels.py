@@ -25,7 +25,7 @@ import numpy as np
 from bench.results import RESULTS_PATH, cpu_name, publish
 from coco14.make_cls_labels import CROWD_LABELS, category_labels, image_jobs, label_images
 from coco14.toy import ToyImage, instances_json, toy_annotations
-from tool.cores import usable_cores
+from engine.cores import usable_cores
 
 COCO_TRAIN_IMAGES = 82783  # train2014
 HEIGHT, WIDTH = 480, 640  # COCO's most common size

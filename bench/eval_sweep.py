@@ -30,12 +30,12 @@ import numpy as np
 from PIL import Image
 
 from bench.results import RESULTS_PATH, cpu_name, publish
+from engine.cores import usable_cores
+from engine.datasets import COCO14, IGNORE_INDEX, PALETTE, VOC12, VOC_TRAIN_IMAGES, DatasetSpec, get_dataset
+from engine.fileio import read_label_png, save_npy, save_png
+from engine.parallel import map_unordered
 from evaluation_cam import count_all, evaluate_image, read_class_maps
-from tool.cores import usable_cores
-from tool.datasets import COCO14, IGNORE_INDEX, PALETTE, VOC12, VOC_TRAIN_IMAGES, DatasetSpec, get_dataset
-from tool.fileio import read_label_png, save_npy, save_png
 from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE, accumulate_counts
-from tool.parallel import map_unordered
 
 COCO_VAL_IMAGES = 40504  # val2014: the list a COCO CAM evaluation reads
 

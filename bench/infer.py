@@ -26,11 +26,11 @@ from PIL import Image
 import infer_cam
 from bench.results import cpu_name, publish
 from bench.train_step import make_images
+from engine.datasets import VOC12, VOC_TRAIN_IMAGES
+from engine.runtime import memory_format_for, resolve_amp, resolve_device
 from network import build_network
 from tool.cam import present_class_cams
 from tool.constants import INFER_SCALES
-from tool.datasets import VOC12, VOC_TRAIN_IMAGES
-from tool.runtime import memory_format_for, resolve_amp, resolve_device
 from voc12.data import InferDataset
 
 CLASSES_PER_IMAGE = 2  # maps copied back per image (VOC averages about 1.5 classes)

@@ -25,9 +25,9 @@ from skimage.filters import sobel
 
 from bench.photos import SAMPLE_PHOTOS, sample_photos
 from bench.results import cpu_name, publish
+from engine.cores import usable_cores
+from engine.runtime import resolve_device
 from tool import irn
-from tool.cores import usable_cores
-from tool.runtime import resolve_device
 
 BLOB_CENTRES = ((0.4, 0.3), (0.6, 0.7))  # CAM blobs, as fractions of (height, width)
 BLOB_SIGMA = 0.2  # of the shorter side

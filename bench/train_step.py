@@ -27,9 +27,8 @@ from torch.utils.data import DataLoader
 
 from bench.photos import sample_photos
 from bench.results import cpu_name, publish
-from network import build_network
-from tool.cores import default_num_workers
-from tool.runtime import (
+from engine.cores import default_num_workers
+from engine.runtime import (
     ProcessGroup,
     memory_format_for,
     precision_name,
@@ -37,8 +36,9 @@ from tool.runtime import (
     resolve_device,
     set_fp32_precision,
 )
-from tool.torchutils import PolyOptimizer, cpn_param_groups
-from tool.training import ResumableSampler, training_loader
+from engine.training import ResumableSampler, training_loader
+from network import build_network
+from tool.optim import PolyOptimizer, cpn_param_groups
 from train_cpn import StepOptions, train_step
 from voc12.data import TrainDataset
 

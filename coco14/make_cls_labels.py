@@ -16,7 +16,7 @@ vectors agree: a class present only as crowd, or whose instances later ones cove
 count. train.txt lists the train2014 images with at least one class (COCO has some with none),
 val.txt every val2014 image; both sorted, one name per line.
 
---seg_dir holds a manifest.json (tool/manifest.py) of the annotations' checksum and --crowd. A rerun
+--seg_dir holds a manifest.json (engine/manifest.py) of the annotations' checksum and --crowd. A rerun
 with the same ones keeps each PNG already there and reads it back, so an interrupted run resumes; one
 with other annotations or another --crowd stops before any work (no folder mixes two), unless
 --overwrite, which repaints every PNG and rewrites the manifest.
@@ -40,12 +40,12 @@ from tqdm import tqdm
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plain script
 
-from tool.cores import usable_cores
-from tool.datasets import COCO14, COCO_CATEGORY_IDS, IGNORE_INDEX, SEGMENTATION_FOLDER
-from tool.errors import UserError, and_more, run_main
-from tool.fileio import atomic_path, check_writable_dir, read_label_png, save_label_png, save_npy
-from tool.manifest import FolderManifest, git_commit, weights_sha256
-from tool.parallel import map_unordered
+from engine.cores import usable_cores
+from engine.datasets import COCO14, COCO_CATEGORY_IDS, IGNORE_INDEX, SEGMENTATION_FOLDER
+from engine.errors import UserError, and_more, run_main
+from engine.fileio import atomic_path, check_writable_dir, read_label_png, save_label_png, save_npy
+from engine.manifest import FolderManifest, git_commit, weights_sha256
+from engine.parallel import map_unordered
 
 SPLITS = ("train", "val")
 CROWD_LABELS = {"background": 0, "ignore": IGNORE_INDEX}

@@ -29,10 +29,17 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from coco14.make_cls_labels import segmentation_mask
-from tool.datasets import COCO14, COCO_CATEGORY_IDS
-from tool.errors import run_main
-from tool.fileio import atomic_path, save_jpeg
-from tool.toy_drawing import checkerboard, diagonal_stripes, flat, grey_background, horizontal_stripes, vertical_stripes
+from engine.datasets import COCO14, COCO_CATEGORY_IDS
+from engine.errors import run_main
+from engine.fileio import atomic_path, save_jpeg
+from engine.toy_drawing import (
+    checkerboard,
+    diagonal_stripes,
+    flat,
+    grey_background,
+    horizontal_stripes,
+    vertical_stripes,
+)
 
 IMAGE_SIDE_RANGE = (64, 160)
 MAX_OBJECTS = 3

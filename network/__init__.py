@@ -6,8 +6,8 @@ import importlib
 
 from torch import nn
 
-from tool.datasets import VOC12, DatasetSpec
-from tool.errors import UserError
+from engine.datasets import VOC12, DatasetSpec
+from engine.errors import UserError
 
 NETWORKS = ("resnet38_CPN", "resnet38_cls", "resnet50_irn")
 

@@ -17,8 +17,8 @@ from typing import BinaryIO
 import numpy as np
 import torch
 
-from tool.errors import UserError, run_main
-from tool.fileio import atomic_path
+from engine.errors import UserError, run_main
+from engine.fileio import atomic_path
 
 # SPEC §1: the file format (everything little-endian).
 LIST_MAGIC = 0x112

@@ -13,8 +13,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.datasets import VOC12
 from network import resnet38d
-from tool.datasets import VOC12
 
 NORMALISATION_EPSILON = 1e-5  # SPEC §2 step 2: the class probability map's per-channel max normalisation
 AFFINITY_EPSILON = 1e-5  # SPEC §2 step 6: PCM's feature L2 norm and affinity column sums

@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.datasets import VOC12
 from network import resnet38d
-from tool.datasets import VOC12
 
 
 class Net(resnet38d.Net):

@@ -20,11 +20,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from engine.datasets import DATASETS
+from engine.errors import UserError
+from engine.fileio import atomic_path
 from network import resnet50_irn
 from network.mxnet_params import LIST_MAGIC, convert_mxnet_to_torch
-from tool.datasets import DATASETS
-from tool.errors import UserError
-from tool.fileio import atomic_path
 
 # SPEC §1: the backbone's top-level layers, conv1a, b2 ... b7 (with their b4_3-style followers), bn7.
 BACKBONE_KEY = re.compile(r"(?:conv1a|bn7|b[2-7](?:_[1-9][0-9]*)?)\.")

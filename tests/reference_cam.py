@@ -9,7 +9,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from tool.fileio import read_rgb
+from engine.fileio import read_rgb
 from tool.imutils import Normalize, scale_image
 
 

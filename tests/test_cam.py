@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.datasets import VOC12
 from network import build_network
 from tests.reference_cam import direct_loop_cam, reference_normalize
 from tool.cam import (
@@ -23,7 +24,6 @@ from tool.cam import (
     seam_crf_label,
     threshold_label,
 )
-from tool.datasets import VOC12
 from voc12.data import InferDataset, load_cls_labels, load_image_list
 
 SCALES = (0.5, 1.0)

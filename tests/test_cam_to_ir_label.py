@@ -14,10 +14,10 @@ import torch
 from PIL import Image
 
 import cam_to_ir_label
-from tool.errors import UserError
-from tool.fileio import read_label_png, save_npy
+from engine.errors import UserError
+from engine.fileio import read_label_png, save_npy
+from engine.manifest import MANIFEST_NAME
 from tool.ir_label import confident_labels, threshold_labels
-from tool.manifest import MANIFEST_NAME
 from voc12.data import load_cls_labels, load_image_list
 
 needs_pydensecrf = pytest.mark.skipif(

@@ -14,10 +14,10 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 
 from coco14.make_cls_labels import main, make_cls_labels
-from tool.datasets import COCO14, COCO_CATEGORY_IDS, IGNORE_INDEX, PALETTE
-from tool.errors import run_main
-from tool.fileio import load_npy_dict, save_png
-from tool.manifest import MANIFEST_NAME
+from engine.datasets import COCO14, COCO_CATEGORY_IDS, IGNORE_INDEX, PALETTE
+from engine.errors import run_main
+from engine.fileio import load_npy_dict, save_png
+from engine.manifest import MANIFEST_NAME
 
 # pycocotools 2.0.x's decode warns under numpy 2 (its masks' __array__ takes no `copy`): not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

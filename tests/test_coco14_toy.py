@@ -14,8 +14,8 @@ from pycocotools.coco import COCO
 
 from coco14.make_cls_labels import make_cls_labels
 from coco14.toy import TOY_CLASSES, make_toy_coco, uncompressed_rle
-from tool.datasets import COCO14, COCO_CATEGORY_IDS, IGNORE_INDEX
-from tool.fileio import load_npy_dict, read_label_png, read_rgb
+from engine.datasets import COCO14, COCO_CATEGORY_IDS, IGNORE_INDEX
+from engine.fileio import load_npy_dict, read_label_png, read_rgb
 
 # pycocotools 2.0.x's decode warns under numpy 2 (its masks' __array__ takes no `copy`): not ours to fix.
 pytestmark = pytest.mark.filterwarnings("ignore:__array__ implementation:DeprecationWarning")

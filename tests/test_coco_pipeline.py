@@ -20,12 +20,12 @@ import train_cpn
 import train_irn
 from coco14.make_cls_labels import main as make_coco_labels
 from coco14.toy import make_toy_coco
+from engine.datasets import COCO14, IGNORE_INDEX
+from engine.errors import run_main
+from engine.fileio import read_label_png
 from network import build_network
 from tests.reference_cam import direct_loop_cam
 from tests.tiny import TINY_TRAIN_ARGS
-from tool.datasets import COCO14, IGNORE_INDEX
-from tool.errors import run_main
-from tool.fileio import read_label_png
 from voc12.data import load_cls_labels
 from voc12.lists import load_image_list
 

@@ -1,12 +1,12 @@
-"""tool/cores.py: core counting without torch."""
+"""engine/cores.py: core counting without torch."""
 
 import pytest
 
-import tool.cores
+import engine.cores
 
 
 def test_usable_cores_is_positive():
-    assert tool.cores.usable_cores() >= 1
+    assert engine.cores.usable_cores() >= 1
 
 
 @pytest.mark.parametrize(
@@ -20,5 +20,5 @@ def test_usable_cores_is_positive():
     ],
 )
 def test_default_num_workers(monkeypatch, cores, processes_per_node, workers):
-    monkeypatch.setattr(tool.cores, "usable_cores", lambda: cores)
-    assert tool.cores.default_num_workers(processes_per_node) == workers
+    monkeypatch.setattr(engine.cores, "usable_cores", lambda: cores)
+    assert engine.cores.default_num_workers(processes_per_node) == workers

@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
+from engine.errors import UserError
 from tool import crf
-from tool.errors import UserError
 
 needs_pydensecrf = pytest.mark.skipif(
     importlib.util.find_spec("pydensecrf") is None, reason="pydensecrf is not installed"

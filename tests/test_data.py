@@ -15,10 +15,10 @@ import torch
 from PIL import Image
 from torch.utils.data import default_collate
 
+from engine.datasets import SBD_AUG_LABELS, VOC12, VOC_TRAIN_AUG_IMAGES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
+from engine.errors import UserError, run_main
+from engine.fileio import read_label_png, read_rgb
 from tool.constants import IMAGENET_MEAN, IMAGENET_STD
-from tool.datasets import SBD_AUG_LABELS, VOC12, VOC_TRAIN_AUG_IMAGES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
-from tool.errors import UserError, run_main
-from tool.fileio import read_label_png, read_rgb
 from tool.irn import quarter_label, search_dst
 from voc12.data import (
     InferDataset,

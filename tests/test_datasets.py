@@ -1,4 +1,4 @@
-"""tool/datasets.py: the two descriptions against the published class lists, name → file mapping,
+"""engine/datasets.py: the two descriptions against the published class lists, name → file mapping,
 the root checks, the sweep ranges and the shared --dataset/--data_root/--voc12_root arguments."""
 
 from __future__ import annotations
@@ -9,8 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from network import build_network
-from tool.datasets import (
+from engine.datasets import (
     COCO14,
     COCO_CATEGORY_IDS,
     DATASETS,
@@ -21,7 +20,8 @@ from tool.datasets import (
     get_dataset,
     sweep_thresholds,
 )
-from tool.errors import UserError
+from engine.errors import UserError
+from network import build_network
 
 UNUSED_COCO_IDS = {12, 26, 29, 30, 45, 66, 68, 69, 71, 83}
 

@@ -72,7 +72,7 @@ def check_irn_outputs(out: Path, stdout: str) -> None:
 
 @pytest.mark.slow
 def test_demo_coco_leg(tmp_path):
-    """`make demo DEMO_COCO=1`'s leg (tool/demo_coco.sh) on 5 + 1 toy COCO images, 2 steps."""
+    """`make demo DEMO_COCO=1`'s leg (scripts/demo_coco.sh) on 5 + 1 toy COCO images, 2 steps."""
     out = tmp_path / "coco14"
     env = {**os.environ, "DEMO_TOY_TRAIN": "5", "DEMO_TOY_VAL": "1"}
     command = ["bash", str(REPO / "tool" / "demo_coco.sh"), sys.executable, str(out), "cpu", "2"]

@@ -17,9 +17,9 @@ from PIL import Image
 from test_metrics import naive_counts, naive_prediction, naive_sweep, random_case
 
 import evaluation_cam
-from tool.datasets import COCO14, IGNORE_INDEX, PALETTE, VOC12, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
-from tool.errors import UserError
-from tool.fileio import save_npy
+from engine.datasets import COCO14, IGNORE_INDEX, PALETTE, VOC12, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
+from engine.errors import UserError
+from engine.fileio import save_npy
 from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE
 
 REPO = Path(__file__).resolve().parents[1]

@@ -22,11 +22,11 @@ from PIL import Image
 import evaluation_cam
 import infer_cam
 import train_cpn
+from engine.errors import UserError, run_main
+from engine.fileio import check_writable_dir, read_rgb, save_npy
+from engine.manifest import MANIFEST_NAME
 from network import build_network
 from tests.tiny import TINY_TRAIN_ARGS
-from tool.errors import UserError, run_main
-from tool.fileio import check_writable_dir, read_rgb, save_npy
-from tool.manifest import MANIFEST_NAME
 from voc12 import make_cls_labels
 from voc12.data import load_cls_labels, load_image_list
 

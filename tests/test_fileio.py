@@ -1,11 +1,11 @@
-"""tool/fileio.py: atomic writes, and label PNGs in the VOC palette read back as class indices."""
+"""engine/fileio.py: atomic writes, and label PNGs in the VOC palette read back as class indices."""
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tool.datasets import PALETTE as VOC_PALETTE
-from tool.fileio import atomic_path, read_label_png, save_label_png, save_npy
+from engine.datasets import PALETTE as VOC_PALETTE
+from engine.fileio import atomic_path, read_label_png, save_label_png, save_npy
 
 
 def test_atomic_writes_get_the_permissions_of_a_plain_open(tmp_path):

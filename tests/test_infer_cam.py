@@ -19,11 +19,11 @@ import torch
 from PIL import Image
 
 import infer_cam
+from engine.datasets import PALETTE as VOC_PALETTE
+from engine.errors import UserError
+from engine.manifest import MANIFEST_NAME
 from network import build_network
 from tests.reference_cam import direct_loop_cam
-from tool.datasets import PALETTE as VOC_PALETTE
-from tool.errors import UserError
-from tool.manifest import MANIFEST_NAME
 from voc12.data import load_cls_labels, load_image_list
 
 REPO = Path(__file__).resolve().parent.parent

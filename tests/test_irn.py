@@ -8,8 +8,8 @@ import pytest
 import torch
 from PIL import Image
 
+from engine.datasets import VOC12
 from tool import irn
-from tool.datasets import VOC12
 
 SMALL_RADIUS = 3  # 12 directions: loops over every pixel stay fast
 SMALL_SIZE = (7, 9)  # Hp×Wp for SMALL_RADIUS: a 5×5 source crop

@@ -3,8 +3,8 @@
 import pytest
 
 import voc12.data
-from tool.datasets import VOC12
-from tool.errors import UserError
+from engine.datasets import VOC12
+from engine.errors import UserError
 from voc12.lists import image_name_from_line, load_image_list
 
 check_voc_root = VOC12.check_root

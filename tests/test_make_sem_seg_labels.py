@@ -18,12 +18,12 @@ import torch.nn.functional as F
 from PIL import Image
 
 import make_sem_seg_labels
+from engine.errors import UserError
+from engine.manifest import MANIFEST_NAME
 from network.resnet50_irn import Net
 from network.weights import save_irn_weights
-from tool.errors import UserError
 from tool.imutils import Normalize
 from tool.irn import random_walk_dense
-from tool.manifest import MANIFEST_NAME
 from voc12.data import load_cls_labels, load_image_list
 
 REPO = Path(__file__).resolve().parent.parent

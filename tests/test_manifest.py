@@ -1,4 +1,4 @@
-"""tool/manifest.py: the streamed checksum, and a folder's manifest rules: a new or matching
+"""engine/manifest.py: the streamed checksum, and a folder's manifest rules: a new or matching
 folder passes and records each list, other weights or settings, an unreadable manifest and
 outputs without a manifest are one-line UserErrors naming the file and both ways out,
 --overwrite passes them all, and processes sharing a folder write the same bytes."""
@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tool.errors import UserError
-from tool.manifest import MANIFEST_NAME, FolderManifest, weights_sha256
+from engine.errors import UserError
+from engine.manifest import MANIFEST_NAME, FolderManifest, weights_sha256
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 SETTINGS = {"output": "out_cam", "network": "network.resnet38_CPN", "scales": (0.5, 1.0), "precision": "fp32"}

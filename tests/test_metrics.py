@@ -8,8 +8,8 @@ import warnings
 import numpy as np
 import pytest
 
+from engine.datasets import COCO14, IGNORE_INDEX, VOC12
 from tool import metrics
-from tool.datasets import COCO14, IGNORE_INDEX, VOC12
 from tool.metrics import (
     GROUND_TRUTH,
     PREDICTED,

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 import torch
 
+from engine.errors import UserError
 from network import resnet38d
 from network.mxnet_params import convert_mxnet_to_torch, read_ndarray_list, torch_parameter_name
 from tests.mxnet_writer import HEADERS, array_bytes, ndarray_list_bytes, write_ndarray_list
-from tool.errors import UserError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DTYPES = (np.float32, np.float64, np.float16, np.uint8, np.int32, np.int8, np.int64)

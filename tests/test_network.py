@@ -11,8 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.errors import UserError
 from network import build_network, mxnet_params, resnet38_cls, resnet38_CPN, resnet38d
-from tool.errors import UserError
 
 # ---------------------------------------------------------------- SPEC §1 table, retyped
 

@@ -1,4 +1,4 @@
-"""tool/outputs.py: a table of two formats gives the run's folders (only the flags given), each
+"""engine/outputs.py: a table of two formats gives the run's folders (only the flags given), each
 image's files, resume, the manifests' settings, the writes, and the one-line errors for nothing to
 write and two outputs in one folder."""
 
@@ -9,9 +9,9 @@ import json
 
 import pytest
 
-from tool.errors import UserError
-from tool.manifest import MANIFEST_NAME
-from tool.outputs import OutputFolder, OutputFormat, Outputs, add_output_arguments
+from engine.errors import UserError
+from engine.manifest import MANIFEST_NAME
+from engine.outputs import OutputFolder, OutputFormat, Outputs, add_output_arguments
 
 
 def write_text(result: dict, folder: OutputFolder) -> None:

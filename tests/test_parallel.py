@@ -1,4 +1,4 @@
-"""tool/parallel.py: the default worker count, jobs run inline or in fork-server workers, and a
+"""engine/parallel.py: the default worker count, jobs run inline or in fork-server workers, and a
 job's error surfacing in the caller."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-import tool.parallel
-from tool.parallel import WorkerPool, default_pool_workers, map_unordered
+import engine.parallel
+from engine.parallel import WorkerPool, default_pool_workers, map_unordered
 
 
 @pytest.mark.parametrize(
@@ -18,7 +18,7 @@ from tool.parallel import WorkerPool, default_pool_workers, map_unordered
 def test_default_pool_workers_take_the_cores_the_loader_leaves(
     cores, loader_workers, processes_per_node, workers, monkeypatch
 ):
-    monkeypatch.setattr(tool.parallel, "usable_cores", lambda: cores)
+    monkeypatch.setattr(engine.parallel, "usable_cores", lambda: cores)
     assert default_pool_workers(loader_workers, processes_per_node) == workers
 
 

@@ -12,10 +12,10 @@ import torch
 import torchvision
 from torch import nn
 
+from engine.errors import UserError
 from network import build_network
 from network.resnet50_irn import LR_MULTIPLIERS, MeanShift, Net, boundary_probability
 from network.weights import load_weights, save_irn_weights
-from tool.errors import UserError
 
 # ---------------------------------------------------------------- oracles
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tool.datasets import IGNORE_INDEX, VOC12
-from tool.datasets import PALETTE as VOC_PALETTE
+from engine.datasets import IGNORE_INDEX, VOC12
+from engine.datasets import PALETTE as VOC_PALETTE
 from voc12.toy import TOY_CLASSES, make_toy_voc
 
 VOC_CLASSES = VOC12.class_names

@@ -13,10 +13,10 @@ import torch
 from PIL import Image
 
 import train_irn
+from engine.datasets import VOC12
+from engine.fileio import read_label_png
 from network.resnet50_irn import Net, irn_state_dict
 from network.weights import load_weights
-from tool.datasets import VOC12
-from tool.fileio import read_label_png
 from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, edge_to_affinity, irn_loss_terms
 from tool.losses import irn_loss
 from voc12.data import IrnCalibrationDataset, load_image_list

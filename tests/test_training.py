@@ -1,4 +1,4 @@
-"""tool/training.py: the sampler's order, sharding and mid-epoch start, TrainState, checkpoints,
+"""engine/training.py: the sampler's order, sharding and mid-epoch start, TrainState, checkpoints,
 the run log's JSON lines and the Ctrl-C hint — what every trainer shares."""
 
 from __future__ import annotations
@@ -10,9 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from tool.errors import UserError
-from tool.runtime import ProcessGroup
-from tool.training import (
+from engine.errors import UserError
+from engine.runtime import ProcessGroup
+from engine.training import (
     Checkpoints,
     ResumableSampler,
     RunLog,

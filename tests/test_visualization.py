@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tool.datasets import VOC12
+from engine.datasets import VOC12
 from tool.visualization import TILE_GAP, TITLE_HEIGHT, cam_panel, colorize_label, heatmap_overlay
 
 

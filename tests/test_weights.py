@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from engine.errors import UserError
 from network import resnet38_cls, resnet38_CPN
 from network.weights import WeightsReport, load_weights
 from tests.mxnet_writer import write_ndarray_list
-from tool.errors import UserError
 
 HEAD_LAYERS = {"fc8", "f8_3", "f8_4", "f9", "f10"}  # SPEC §2's new layers
 

@@ -13,10 +13,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from engine.errors import UserError
+from engine.fileio import load_npy_dict
+from engine.runtime import autocast
 from tool.crf import seam_crf_scores
-from tool.errors import UserError
-from tool.fileio import load_npy_dict
-from tool.runtime import autocast
 
 CAM_NORMALISATION_EPSILON = 1e-5  # SPEC §5: the min/max normalisation's epsilon
 LABEL_PRESENT_THRESHOLD = 1e-5  # the reference keeps class i when label[i] > 1e-5

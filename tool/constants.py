@@ -1,6 +1,6 @@
 """The one home of every shared constant of the method: ImageNet statistics, the training crop,
 the inference scales. Each data set's classes, palette, sizes and
-background-threshold sweep are in tool/datasets.py."""
+background-threshold sweep are in engine/datasets.py."""
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)  # SPEC §1, RGB in 0..1
 IMAGENET_STD = (0.229, 0.224, 0.225)

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from tool.errors import UserError
+from engine.errors import UserError
 
 # SPEC §7: pairwise terms and mean-field iterations of the reference's crf_inference.
 GAUSSIAN_SXY = 3

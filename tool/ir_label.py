@@ -9,7 +9,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from tool.datasets import IGNORE_INDEX
+from engine.datasets import IGNORE_INDEX
 
 # SPEC-IRN §8: IRN's defaults, tuned on the 0..1 scale of IRN's own CAMs.
 CONF_FG_THRES = 0.30

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 
-from tool.datasets import IGNORE_INDEX
+from engine.datasets import IGNORE_INDEX
 
 TRUE_POSITIVE, PREDICTED, GROUND_TRUTH = range(3)  # last axis of a counts array
 IOU_EPSILON = 1e-10  # SPEC §6: IoU = TP / (T + P - TP + 1e-10)

@@ -8,7 +8,7 @@ import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from tool.datasets import PALETTE
+from engine.datasets import PALETTE
 
 HEATMAP_OPACITY = 0.5  # the reference's color_pro blends image and colour map half and half
 TITLE_HEIGHT = 16  # pixels of the strip that holds a tile's title

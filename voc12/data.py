@@ -1,5 +1,5 @@
 """Class labels and the training / inference datasets (SPEC §3, §5; IRN's, SPEC-IRN §5, §7) of any data set
-described in tool/datasets.py (VOC 2012, COCO 2014), and VOC's XML class labels; the image lists
+described in engine/datasets.py (VOC 2012, COCO 2014), and VOC's XML class labels; the image lists
 themselves are read by the torch-free voc12/lists.py.
 
 Datasets return dicts with named fields (STYLE 4). Every training sample is a pure function
@@ -20,10 +20,10 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from engine.datasets import IGNORE_INDEX, VOC12, DatasetSpec, DataSource
+from engine.errors import UserError, and_more
+from engine.fileio import load_npy_dict, read_label_png, read_rgb
 from tool.constants import CROP_SIZE, INFER_SCALES, RESIZE_LONG
-from tool.datasets import IGNORE_INDEX, VOC12, DatasetSpec, DataSource
-from tool.errors import UserError, and_more
-from tool.fileio import load_npy_dict, read_label_png, read_rgb
 from tool.imutils import PATCH_STRATEGIES, Normalize, complementary_patch, random_crop, scale_image, train_transform
 from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, quarter_label
 

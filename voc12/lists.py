@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from pathlib import Path, PurePosixPath
 
-from tool.errors import UserError
+from engine.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 

@@ -20,7 +20,7 @@ from pathlib import Path
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run as a plain script
 
-from tool.datasets import (
+from engine.datasets import (
     SBD_AUG_LABELS,
     VOC12,
     VOC_AUG_FOLDER,
@@ -28,8 +28,8 @@ from tool.datasets import (
     VOC_TRAIN_IMAGES,
     VOC_VAL_IMAGES,
 )
-from tool.errors import run_main
-from tool.fileio import atomic_path, save_npy
+from engine.errors import run_main
+from engine.fileio import atomic_path, save_npy
 from voc12.data import cls_labels_from_xml
 from voc12.lists import load_image_list
 

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from tool.datasets import IGNORE_INDEX, VOC12
-from tool.errors import run_main
-from tool.fileio import atomic_path, save_jpeg, save_label_png
-from tool.toy_drawing import (
+from engine.datasets import IGNORE_INDEX, VOC12
+from engine.errors import run_main
+from engine.fileio import atomic_path, save_jpeg, save_label_png
+from engine.toy_drawing import (
     checkerboard,
     diagonal_stripes,
     dots,

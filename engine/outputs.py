@@ -1,7 +1,7 @@
 """A stage's per-image outputs as a table: each row (`OutputFormat`) is a flag naming a folder, the
 file it writes there per image and the function that writes it. From the rows whose flag was given,
 `Outputs` derives the run's folders, each image's files (an image whose files all exist is done, so
-an interrupted run resumes), the folders' manifests (tool/manifest.py) and one image's writes."""
+an interrupted run resumes), the folders' manifests (engine/manifest.py) and one image's writes."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from tool.errors import UserError
-from tool.fileio import check_writable_dir
-from tool.manifest import FolderManifest, git_commit, weights_sha256
+from engine.errors import UserError
+from engine.fileio import check_writable_dir
+from engine.manifest import FolderManifest, git_commit, weights_sha256
 
 
 @dataclass(frozen=True)

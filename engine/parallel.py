@@ -10,7 +10,7 @@ import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 
-from tool.cores import usable_cores
+from engine.cores import usable_cores
 
 MAX_DEFAULT_WORKERS = 8
 

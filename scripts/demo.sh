@@ -4,11 +4,11 @@
 # network and for the same network untrained (the baseline the training must beat); then IRN's stage
 # for the trained network: train CAMs → cam_to_ir_label.py → train_irn.py → make_sem_seg_labels.py
 # on val → evaluation_cam.py --type png, the pseudo labels' mIoU next to the CAMs'.
-# Usage: tool/demo.sh PYTHON OUT_DIR [TRAIN_STEPS] [DEVICE]
+# Usage: scripts/demo.sh PYTHON OUT_DIR [TRAIN_STEPS] [DEVICE]
 #   DEVICE: auto (CUDA when present, else the CPU), cpu or cuda; TRAIN_STEPS: default of the recipe.
 #   DEMO_TOY_TRAIN / DEMO_TOY_VAL (environment): toy set size, for the tests' quick run.
 #   DEMO_IRN_STEPS (environment): train_irn.py's steps (default 150 on the CPU, 600 on a GPU).
-#   DEMO_COCO=1 (environment): afterwards, the toy COCO 2014 set through CPN's stage (tool/demo_coco.sh).
+#   DEMO_COCO=1 (environment): afterwards, the toy COCO 2014 set through CPN's stage (scripts/demo_coco.sh).
 set -euo pipefail
 PY=$1
 OUT=$2
@@ -140,5 +140,5 @@ print("(mIoU over all 21 VOC classes, as the reference computes it; the toy set 
 EOF
 
 if [ "${DEMO_COCO:-0}" = 1 ]; then
-  bash tool/demo_coco.sh "$PY" "$OUT/coco14" "$DEVICE" "$STEPS" "${RECIPE[@]}"
+  bash scripts/demo_coco.sh "$PY" "$OUT/coco14" "$DEVICE" "$STEPS" "${RECIPE[@]}"
 fi

@@ -1,4 +1,4 @@
-"""The CPU cores a process may use, kept apart from tool/runtime.py so that numpy jobs
+"""The CPU cores a process may use, kept apart from engine/runtime.py so that numpy jobs
 (evaluation_cam.py) count them without importing torch (STYLE: imports only go down)."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""tool/torchutils.py: the poly schedule, the reference's momentum, the four parameter
+"""tool/optim.py: the poly schedule, the reference's momentum, the four parameter
 groups (SPEC §2, §4) and resuming from a state dict."""
 
 import io
@@ -7,9 +7,9 @@ import pytest
 import torch
 from torch import nn
 
+from engine.errors import UserError
 from network import build_network
-from tool.errors import UserError
-from tool.torchutils import REFERENCE_MOMENTUM, PolyOptimizer, cpn_param_groups
+from tool.optim import REFERENCE_MOMENTUM, PolyOptimizer, cpn_param_groups
 
 LR, WEIGHT_DECAY, MAX_STEP = 0.01, 5e-4, 10
 # SPEC §2, in the optimiser's order
@@ -156,7 +156,7 @@ def test_loading_a_plain_sgd_state_is_a_user_error():
 
 
 def test_batchnorm_statistics_are_those_of_the_images():
-    from tool.torchutils import estimate_batchnorm_statistics
+    from tool.optim import estimate_batchnorm_statistics
 
     torch.manual_seed(0)
     conv = torch.nn.Conv2d(3, 4, 3)

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from tool.datasets import PALETTE
-from tool.errors import UserError
+from engine.datasets import PALETTE
+from engine.errors import UserError
 
 
 @contextlib.contextmanager
@@ -95,7 +95,7 @@ def save_png(path: str | os.PathLike, image: Image.Image) -> None:
 
 def save_label_png(path: str | os.PathLike, label: np.ndarray) -> None:
     """A label map (uint8 H×W class indices, 255 = ignore) as a palette PNG in the VOC colour map
-    (tool.datasets.PALETTE, every data set's): the format of VOC's SegmentationClass, read back as
+    (engine.datasets.PALETTE, every data set's): the format of VOC's SegmentationClass, read back as
     class indices by `read_label_png` and any VOC tool. Atomic, like every writer here."""
     assert label.ndim == 2 and label.dtype == np.uint8, (label.shape, label.dtype)
     image = Image.frombytes("P", (label.shape[1], label.shape[0]), np.ascontiguousarray(label).tobytes())

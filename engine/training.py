@@ -26,11 +26,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
-from tool.cores import default_num_workers
-from tool.errors import UserError
-from tool.fileio import atomic_path
-from tool.manifest import git_commit
-from tool.runtime import ProcessGroup
+from engine.cores import default_num_workers
+from engine.errors import UserError
+from engine.fileio import atomic_path
+from engine.manifest import git_commit
+from engine.runtime import ProcessGroup
 
 CHECKPOINTS_KEPT = 2
 CHECKPOINT_PATTERN = "step_*.pt"

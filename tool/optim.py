@@ -9,7 +9,7 @@ from typing import Any, NamedTuple
 import torch
 from torch import nn
 
-from tool.errors import UserError
+from engine.errors import UserError
 
 REFERENCE_MOMENTUM = 5e-4  # SPEC §4 quirk: the reference passes its weight decay where SGD expects momentum
 POLY_POWER = 0.9  # SPEC §4: lr_t = lr_0 · (1 - t / T)^0.9

@@ -24,8 +24,8 @@ import os
 import subprocess
 from pathlib import Path
 
-from tool.errors import UserError
-from tool.fileio import atomic_path
+from engine.errors import UserError
+from engine.fileio import atomic_path
 
 MANIFEST_NAME = "manifest.json"
 HASH_CHUNK_BYTES = 1 << 20

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tool.errors import UserError
+from engine.errors import UserError
 
 IGNORE_INDEX = 255  # "void": VOC's object borders, COCO's crowd regions under --crowd ignore
 SEGMENTATION_FOLDER = "SegmentationClass"  # SPEC §6: the ground truth CAMs are scored against (both sets)
@@ -36,7 +36,7 @@ def _bit_spread_palette() -> np.ndarray:
     return palette
 
 
-PALETTE = _bit_spread_palette()  # both data sets' label PNGs (tool.fileio.save_label_png) and pictures
+PALETTE = _bit_spread_palette()  # both data sets' label PNGs (engine.fileio.save_label_png) and pictures
 
 
 def sweep_thresholds(start: float, stop: float, step: float = 0.01) -> tuple[float, ...]:

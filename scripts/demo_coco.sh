@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# `make demo DEMO_COCO=1`'s COCO leg: the toy COCO 2014 set through CPN's stage, as tool/demo.sh runs
+# `make demo DEMO_COCO=1`'s COCO leg: the toy COCO 2014 set through CPN's stage, as scripts/demo.sh runs
 # the toy VOC set: toy set → coco14/make_cls_labels.py → train_cpn.py (81-channel head) → infer_cam.py →
 # evaluation_cam.py (81 classes, COCO's sweep 0.05…0.59), for the trained and the untrained network.
-# Usage: tool/demo_coco.sh PYTHON OUT_DIR DEVICE STEPS RECIPE...
+# Usage: scripts/demo_coco.sh PYTHON OUT_DIR DEVICE STEPS RECIPE...
 set -euo pipefail
 PY=$1
 OUT=$2
