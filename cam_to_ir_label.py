@@ -157,7 +157,7 @@ def main(argv=None) -> None:
     source, cam_dir = data_source(args), Path(args.cam_out_dir)
     num_workers = args.num_workers
     if num_workers is None:  # the cores, shared by this node's torchrun processes
-        num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        num_workers = default_num_workers()
     if num_workers < 0:
         raise UserError(f"--num_workers {num_workers} is negative; use 0 to run in this process")
     require_pydensecrf()

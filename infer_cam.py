@@ -22,7 +22,6 @@ wrote the folder stops before any work, unless --overwrite.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -311,7 +310,7 @@ def main(argv=None) -> None:
     # ---- CAMs on the device, files written by the worker pool meanwhile ----
     post_workers = args.post_workers
     if post_workers is None:
-        post_workers = default_pool_workers(args.num_workers, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        post_workers = default_pool_workers(args.num_workers)
     with WorkerPool(post_workers, preload=["infer_cam"]) as pool:  # the writers' imports overlap the model's loading
         model = load_model(args, source.spec, device, group)
         forward_options = {"amp_dtype": amp_dtype, "memory_format": memory_format_for(device)}

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from engine.cores import usable_cores
+from engine.cores import cores_per_process
 from engine.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
 from engine.errors import UserError, and_more, run_main
 from engine.fileio import save_png
@@ -259,7 +258,7 @@ def main(argv=None) -> None:
     model = load_model(args, device, group)
     num_workers = args.num_workers
     if num_workers is None:
-        num_workers = usable_cores() // 2 // int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        num_workers = cores_per_process() // 2
     loader = DataLoader(
         CamImageDataset(source, todo, cls_labels, cam_dir),
         batch_size=1,

@@ -11,6 +11,17 @@ def usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def default_num_workers(processes_per_node: int = 1) -> int:
-    """Loader workers per process: the cores this process may use, shared among the node's processes."""
-    return max(1, min(16, usable_cores() // max(1, processes_per_node)))
+def processes_on_this_node() -> int:
+    """The processes torchrun started on this machine (LOCAL_WORLD_SIZE), 1 without torchrun; a
+    nonsensical count counts as one."""
+    return max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+
+
+def cores_per_process() -> int:
+    """This process's share of the cores: they are shared among the node's processes."""
+    return usable_cores() // processes_on_this_node()
+
+
+def default_num_workers() -> int:
+    """Loader workers per process: this process's share of the cores, 1 to 16."""
+    return max(1, min(16, cores_per_process()))

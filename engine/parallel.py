@@ -10,16 +10,15 @@ import signal
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 
-from engine.cores import usable_cores
+from engine.cores import cores_per_process
 
 MAX_DEFAULT_WORKERS = 8
 
 
-def default_pool_workers(loader_workers: int, processes_per_node: int = 1) -> int:
+def default_pool_workers(loader_workers: int) -> int:
     """Pool workers per process: the cores this process's share leaves after its loader workers and
     itself, at least 1, at most MAX_DEFAULT_WORKERS."""
-    share = usable_cores() // max(1, processes_per_node)
-    return max(1, min(MAX_DEFAULT_WORKERS, share - loader_workers - 1))
+    return max(1, min(MAX_DEFAULT_WORKERS, cores_per_process() - loader_workers - 1))
 
 
 def map_unordered(function: Callable, items: Sequence, num_workers: int, max_chunk: int = 1) -> Iterator:

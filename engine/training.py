@@ -9,7 +9,6 @@ import contextlib
 import dataclasses
 import json
 import math
-import os
 import pickle
 import platform
 import sys
@@ -84,7 +83,7 @@ def training_loader(
     """Batches of `dataset` in `sampler`'s order. `num_workers` None: the cores shared among this node's
     processes. PyTorch runs each worker on one torch thread, so workers never oversubscribe the cores."""
     if num_workers is None:
-        num_workers = default_num_workers(int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+        num_workers = default_num_workers()
     return DataLoader(
         dataset,
         batch_size=sampler.batch_size,

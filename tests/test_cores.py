@@ -21,4 +21,5 @@ def test_usable_cores_is_positive():
 )
 def test_default_num_workers(monkeypatch, cores, processes_per_node, workers):
     monkeypatch.setattr(engine.cores, "usable_cores", lambda: cores)
-    assert engine.cores.default_num_workers(processes_per_node) == workers
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes_per_node))
+    assert engine.cores.default_num_workers() == workers

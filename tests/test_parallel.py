@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-import engine.parallel
+import engine.cores
 from engine.parallel import WorkerPool, default_pool_workers, map_unordered
 
 
@@ -18,8 +18,9 @@ from engine.parallel import WorkerPool, default_pool_workers, map_unordered
 def test_default_pool_workers_take_the_cores_the_loader_leaves(
     cores, loader_workers, processes_per_node, workers, monkeypatch
 ):
-    monkeypatch.setattr(engine.parallel, "usable_cores", lambda: cores)
-    assert default_pool_workers(loader_workers, processes_per_node) == workers
+    monkeypatch.setattr(engine.cores, "usable_cores", lambda: cores)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", str(processes_per_node))
+    assert default_pool_workers(loader_workers) == workers
 
 
 def test_no_workers_runs_each_job_at_once(tmp_path):
