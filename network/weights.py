@@ -137,12 +137,12 @@ def _head_hint(key: str, file_value: torch.Tensor, model_value: torch.Tensor) ->
         if (file_outputs, model_outputs) == (spec.num_fg_classes, spec.num_classes):
             return (
                 f"; fc8 has {file_outputs} vs {model_outputs} outputs: these are baseline CAM weights "
-                "(network.resnet38_cls), not CPN; pass --network network.resnet38_cls"
+                "(network.resnet38_cls, no background output), not CPN weights, which train_cpn.py writes"
             )
         if (file_outputs, model_outputs) == (spec.num_classes, spec.num_fg_classes):
             return (
                 f"; fc8 has {file_outputs} vs {model_outputs} outputs: these are CPN weights "
-                "(network.resnet38_CPN), not the baseline; pass --network network.resnet38_CPN"
+                "(network.resnet38_CPN, background output included), not the baseline's"
             )
     for spec in DATASETS.values():
         if file_outputs in (spec.num_classes, spec.num_fg_classes):

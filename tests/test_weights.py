@@ -131,6 +131,7 @@ def test_baseline_checkpoint_into_cpn_names_20_vs_21(tmp_path, cpn_net):
     ) as caught:
         load_weights(cpn_net, tmp_path / "cls.pth")
     assert str(tmp_path / "cls.pth") in str(caught.value)
+    assert "--network" not in str(caught.value)  # no script takes the baseline: no flag to suggest
     assert_model_holds(cpn_net, before)  # a refused file changes nothing
 
 
