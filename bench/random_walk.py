@@ -1,5 +1,6 @@
-"""The random walk of SPEC-IRN §9 (radius 5, β = 10, T^256): the reference's dense (hw)×(hw) form against
-tool/irn.py's 256 sparse steps, in time, agreement of the final labels and memory.
+"""The random walk of SPEC-IRN §9 (radius 5, β = 10, T^256): the reference's dense (hw)×(hw) form (the tests'
+oracle, tests/reference_walk.py) against tool/irn.py's 256 sparse steps, in time, agreement of the final labels
+and memory.
 
     python -m bench.random_walk                        # the default device; dense at full size on a GPU
     python -m bench.random_walk --device cpu           # dense timed at half the sides, extrapolated by FLOPs
@@ -27,6 +28,7 @@ from bench.photos import SAMPLE_PHOTOS, sample_photos
 from bench.results import cpu_name, publish
 from engine.cores import usable_cores
 from engine.runtime import resolve_device
+from tests.reference_walk import random_walk_dense
 from tool import irn
 
 BLOB_CENTRES = ((0.4, 0.3), (0.6, 0.7))  # CAM blobs, as fractions of (height, width)
@@ -143,7 +145,7 @@ def main() -> None:
     dense_times, same_fp32, same_fp64, total = [], 0, 0, 0
     for photo in photos:
         cam, boundary = walk_inputs(photo, dense_height, dense_width, device, torch.float32)
-        seconds, dense = timed(irn.random_walk_dense, cam, boundary, device)
+        seconds, dense = timed(random_walk_dense, cam, boundary, device)
         dense_times.append(seconds)
         labels = irn.rw_to_labels(dense, KEYS, (dense_height, dense_width))
         sparse_fp32 = irn.random_walk(cam, boundary)

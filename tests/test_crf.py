@@ -1,5 +1,5 @@
-"""tool/crf.py (SPEC §7): the CRF's constants, what it does to a noisy labelling, SEAM's
-background score, and the error when pydensecrf is missing."""
+"""tool/crf.py (SPEC §7, SPEC-IRN §8): the named CRF settings against the SPECs, what the CRF does to a
+noisy labelling, SEAM's background score, IRN's label CRF, and the error when pydensecrf is missing."""
 
 from __future__ import annotations
 
@@ -34,7 +34,7 @@ def test_crf_returns_distributions_and_cleans_a_noisy_labelling():
     # Scores that favour the truth at 0.6 vs 0.4, with 25% of the pixels flipped.
     noisy = np.where(rng.random(truth.shape) < 0.25, 1 - truth, truth)
     probs = np.stack([np.where(noisy == 0, 0.6, 0.4), np.where(noisy == 1, 0.6, 0.4)]).astype(np.float32)
-    refined = crf.crf_inference(image, probs, labels=2)
+    refined = crf.crf_inference(image, probs, crf.SEAM_CRF)
     assert refined.shape == probs.shape and refined.dtype == np.float32
     np.testing.assert_allclose(refined.sum(axis=0), 1.0, atol=1e-5)
     errors_before = (probs.argmax(axis=0) != truth).mean()
@@ -46,7 +46,7 @@ def test_crf_returns_distributions_and_cleans_a_noisy_labelling():
 def test_crf_keeps_a_confident_labelling():
     image, truth = two_region_image()
     probs = np.stack([truth == 0, truth == 1]).astype(np.float32) * 0.98 + 0.01
-    np.testing.assert_array_equal(crf.crf_inference(image, probs).argmax(axis=0), truth)
+    np.testing.assert_array_equal(crf.crf_inference(image, probs, crf.SEAM_CRF).argmax(axis=0), truth)
 
 
 class RecordingCRF:
@@ -87,24 +87,44 @@ def recording_pydensecrf(monkeypatch):
     return RecordingCRF.calls
 
 
-def test_crf_uses_spec_constants(recording_pydensecrf):
+def recorded(calls: list) -> dict:
+    """The recorded pydensecrf calls by name (the last of each)."""
+    return {call[0]: call[1:] for call in calls}
+
+
+def test_named_settings_are_the_specs():
+    # SPEC §7 (the reference's crf_inference) and SPEC-IRN §8 (IRN's crf_inference_label), retyped here
+    assert crf.SEAM_CRF == crf.CrfSettings(
+        gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50, bilateral_srgb=13, bilateral_compat=10, iterations=5
+    )
+    assert crf.IRN_LABEL_CRF == crf.CrfSettings(
+        gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10, iterations=10
+    )
+    assert crf.IRN_LABEL_GT_PROB == 0.7
+    assert crf.SEAM_CRF_ALPHAS == (4, 24)
+
+
+def test_crf_inference_runs_the_settings_it_is_given(recording_pydensecrf):
     image = np.zeros((5, 7, 3), np.uint8)
     probs = np.full((3, 5, 7), 0.5, np.float32)
     probs[1] = 0.0
-    crf.crf_inference(image, probs, scale_factor=2.0)
-    calls = dict((call[0], call[1:]) for call in recording_pydensecrf)
+    settings = crf.CrfSettings(
+        gaussian_sxy=1, gaussian_compat=2, bilateral_sxy=32, bilateral_srgb=4, bilateral_compat=6, iterations=1
+    )
+    crf.crf_inference(image, probs, settings)
+    calls = recorded(recording_pydensecrf)
     assert calls["DenseCRF2D"] == (7, 5, 3)
     np.testing.assert_allclose(calls["unary"][0][1], -np.log(1e-5), rtol=1e-6)  # probabilities, not logits
-    assert calls["gaussian"] == ({"sxy": 1.5, "compat": 3},)
-    assert calls["bilateral"] == ({"sxy": 25.0, "srgb": 13, "compat": 10},)
-    assert calls["inference"] == (5,)
+    assert calls["gaussian"] == ({"sxy": 1, "compat": 2},)
+    assert calls["bilateral"] == ({"sxy": 32, "srgb": 4, "compat": 6},)
+    assert calls["inference"] == (1,)
 
 
 def test_missing_pydensecrf_is_a_user_error(monkeypatch):
     monkeypatch.setitem(sys.modules, "pydensecrf", None)
     monkeypatch.setitem(sys.modules, "pydensecrf.densecrf", None)
     with pytest.raises(UserError, match="pip install pydensecrf2"):
-        crf.crf_inference(np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 2), 0.5, np.float32))
+        crf.crf_inference(np.zeros((2, 2, 3), np.uint8), np.full((2, 2, 2), 0.5, np.float32), crf.SEAM_CRF)
 
 
 def test_seam_background_score_by_hand():
@@ -113,19 +133,24 @@ def test_seam_background_score_by_hand():
     np.testing.assert_array_equal(crf.seam_background_score(np.zeros((0, 1, 2), np.float32), 4), [[1.0, 1.0]])
 
 
-def test_seam_crf_scores_stacks_background_first(recording_pydensecrf):
+def test_seam_crf_scores_stacks_background_first_under_spec_settings(recording_pydensecrf):
     image = np.zeros((1, 2, 3), np.uint8)
     fg_maps = np.array([[[0.0, 0.5]]], np.float32)
     scores = crf.seam_crf_scores(image, fg_maps, alpha=2)
     assert scores.shape == (2, 1, 2)
-    unary = recording_pydensecrf[1][1]
+    calls = recorded(recording_pydensecrf)
+    assert calls["DenseCRF2D"] == (2, 1, 2)
+    assert calls["gaussian"] == ({"sxy": 3, "compat": 3},)  # SPEC §7
+    assert calls["bilateral"] == ({"sxy": 50, "srgb": 13, "compat": 10},)
+    assert calls["inference"] == (5,)
+    unary = calls["unary"][0]
     np.testing.assert_allclose(unary[0], -np.log([1.0, 0.25]), rtol=1e-6)  # (1 - max fg)^alpha
     np.testing.assert_allclose(unary[1], -np.log([1e-5, 0.5]), rtol=1e-6)
     # No class at all: background everywhere, no CRF needed.
     assert np.array_equal(crf.seam_crf_scores(image, np.zeros((0, 1, 2), np.float32), alpha=2), np.ones((1, 1, 2)))
 
 
-# --- IRN's crf_inference_label (SPEC-IRN §8) ---------------------------------------------------
+# --- IRN's crf_inference_label (SPEC-IRN §8): crf_inference_labels -------------------------------
 
 
 def irn_direct_crf(image: np.ndarray, labels: np.ndarray, num_labels: int) -> np.ndarray:
@@ -152,12 +177,12 @@ def test_label_unary_is_pydensecrfs_unary_from_labels():
 
 
 @needs_pydensecrf
-def test_crf_inference_label_equals_the_spec_call_and_cleans_noise():
+def test_crf_inference_labels_equals_the_spec_call_and_cleans_noise():
     image, truth = two_region_image()
     rng = np.random.default_rng(1)
     image = np.clip(image.astype(int) + rng.integers(-3, 4, size=image.shape), 0, 255).astype(np.uint8)
     noisy = np.where(rng.random(truth.shape) < 0.2, rng.integers(0, 3, size=truth.shape), truth)
-    refined = crf.crf_inference_label(image, noisy, 3)
+    (refined,) = crf.crf_inference_labels(image, [noisy], 3)
     np.testing.assert_array_equal(refined, irn_direct_crf(image, noisy, 3))
     assert (refined != truth).mean() < 0.02 < (noisy != truth).mean()
 
@@ -171,10 +196,10 @@ def test_one_crf_for_several_maps_equals_a_crf_each():
         np.testing.assert_array_equal(refined, irn_direct_crf(image, labels, 4))
 
 
-def test_crf_inference_label_uses_irn_constants(recording_pydensecrf):
+def test_crf_inference_labels_uses_irn_settings(recording_pydensecrf):
     labels = np.array([[0, 1, 2], [2, 2, 0]])
-    crf.crf_inference_label(np.zeros((2, 3, 3), np.uint8), labels, 3)
-    calls = dict((call[0], call[1:]) for call in recording_pydensecrf)
+    crf.crf_inference_labels(np.zeros((2, 3, 3), np.uint8), [labels], 3)
+    calls = recorded(recording_pydensecrf)
     assert calls["DenseCRF2D"] == (3, 2, 3)
     assert calls["gaussian"] == ({"sxy": 3, "compat": 3},)
     assert calls["bilateral"] == ({"sxy": 50, "srgb": 5, "compat": 10},)
@@ -184,7 +209,7 @@ def test_crf_inference_label_uses_irn_constants(recording_pydensecrf):
     np.testing.assert_allclose(unary.sum(axis=0), -np.log(0.7) - 2 * np.log(0.15), rtol=1e-6)
 
 
-def test_crf_inference_label_with_one_label_is_background(recording_pydensecrf):
-    labels = crf.crf_inference_label(np.zeros((2, 3, 3), np.uint8), np.zeros((2, 3), np.int64), 1)
+def test_crf_inference_labels_with_one_label_is_background(recording_pydensecrf):
+    (labels,) = crf.crf_inference_labels(np.zeros((2, 3, 3), np.uint8), [np.zeros((2, 3), np.int64)], 1)
     np.testing.assert_array_equal(labels, np.zeros((2, 3)))
     assert recording_pydensecrf == []  # no CRF: IRN's unary would divide by zero

@@ -22,8 +22,8 @@ from engine.errors import UserError
 from engine.manifest import MANIFEST_NAME
 from network.resnet50_irn import Net
 from network.weights import save_irn_weights
+from tests.reference_walk import random_walk_dense
 from tool.imutils import Normalize
-from tool.irn import random_walk_dense
 from voc12.data import load_cls_labels, load_image_list
 
 REPO = Path(__file__).resolve().parent.parent

@@ -1,5 +1,6 @@
-"""Dense CRF refinement of class scores (SPEC §7) and the SEAM-style pseudo labels
-built on it; IRN's CRF of a label map (SPEC-IRN §8, `crf_inference_label`).
+"""Dense CRF refinement (SPEC §7) and the SEAM-style pseudo labels built on it; IRN's CRF of label
+maps (SPEC-IRN §8). Each CRF's pairwise terms and iterations are one named `CrfSettings`, and
+`dense_crf` builds a pydensecrf CRF from any of them.
 
 The reference kept two copies of `crf_inference` with different bilateral ranges
 (50 in tool/imutils.py, 80 in tool/visualization.py); SPEC §7 is the first, and this is
@@ -9,24 +10,37 @@ project works without it."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from engine.errors import UserError
 
-# SPEC §7: pairwise terms and mean-field iterations of the reference's crf_inference.
-GAUSSIAN_SXY = 3
-GAUSSIAN_COMPAT = 3
-BILATERAL_SXY = 50
-BILATERAL_SRGB = 13
-BILATERAL_COMPAT = 10
-CRF_ITERATIONS = 5
+
+@dataclass(frozen=True)
+class CrfSettings:
+    """A dense CRF's pairwise terms (pydensecrf's Potts compatibilities, its default kernel and
+    normalisation) and its number of mean-field iterations."""
+
+    gaussian_sxy: float
+    gaussian_compat: float
+    bilateral_sxy: float
+    bilateral_srgb: float
+    bilateral_compat: float
+    iterations: int
+
+
+# SPEC §7: the reference's crf_inference, for SEAM-style pseudo labels.
+SEAM_CRF = CrfSettings(
+    gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50, bilateral_srgb=13, bilateral_compat=10, iterations=5
+)
 SEAM_CRF_ALPHAS = (4.0, 24.0)  # SPEC §7: SEAM's background exponents
-# SPEC-IRN §8: IRN's crf_inference_label shares the pairwise sxy/compat values above, but not
-# the colour range (srgb 5, not 13) or the iterations (10, not 5); its unary comes from labels.
+# SPEC-IRN §8: IRN's crf_inference_label: SEAM_CRF's terms but colour range 5 and 10 iterations; its unary
+# comes from labels, trusted with IRN_LABEL_GT_PROB.
+IRN_LABEL_CRF = CrfSettings(
+    gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10, iterations=10
+)
 IRN_LABEL_GT_PROB = 0.7
-IRN_BILATERAL_SRGB = 5
-IRN_CRF_ITERATIONS = 10
 
 
 def require_pydensecrf():
@@ -42,33 +56,36 @@ def require_pydensecrf():
     return densecrf, unary_from_softmax
 
 
-def crf_inference(
-    image: np.ndarray,
-    probs: np.ndarray,
-    iterations: int = CRF_ITERATIONS,
-    scale_factor: float = 1.0,
-    labels: int | None = None,
-) -> np.ndarray:
-    """SPEC §7: refine per-class scores with a fully connected CRF.
+def dense_crf(image: np.ndarray, num_labels: int, settings: CrfSettings):
+    """A pydensecrf DenseCRF2D over `image` (uint8 H×W×3 RGB) and num_labels labels, with the pairwise
+    terms of `settings`; the caller sets the unary and runs `settings.iterations` mean-field steps."""
+    densecrf, _ = require_pydensecrf()
+    height, width = image.shape[:2]
+    assert image.shape == (height, width, 3) and image.dtype == np.uint8, (image.shape, image.dtype)
+    crf = densecrf.DenseCRF2D(width, height, num_labels)
+    crf.addPairwiseGaussian(sxy=settings.gaussian_sxy, compat=settings.gaussian_compat)
+    # A copy: pydensecrf refuses read-only buffers, such as np.asarray of a PIL image.
+    crf.addPairwiseBilateral(
+        sxy=settings.bilateral_sxy,
+        srgb=settings.bilateral_srgb,
+        rgbim=image.copy(order="C"),
+        compat=settings.bilateral_compat,
+    )
+    return crf
+
+
+def crf_inference(image: np.ndarray, probs: np.ndarray, settings: CrfSettings) -> np.ndarray:
+    """SPEC §7 (with SEAM_CRF): refine per-class scores with a fully connected CRF.
 
     image: uint8 H×W×3 RGB; probs: C×H×W non-negative scores, used as probabilities
-    (unary = -log(clip(probs, 1e-5, 1)), no renormalisation, as the reference);
-    labels: C, kept for the reference's signature. Returns float32 C×H×W marginals."""
-    densecrf, unary_from_softmax = require_pydensecrf()
+    (unary = -log(clip(probs, 1e-5, 1)), no renormalisation, as the reference).
+    Returns float32 C×H×W marginals."""
+    _, unary_from_softmax = require_pydensecrf()
     num_labels, height, width = probs.shape
-    assert labels is None or labels == num_labels, (labels, probs.shape)
-    assert image.shape == (height, width, 3) and image.dtype == np.uint8, (image.shape, image.dtype)
-
-    crf = densecrf.DenseCRF2D(width, height, num_labels)
+    assert image.shape[:2] == (height, width), (image.shape, probs.shape)
+    crf = dense_crf(image, num_labels, settings)
     crf.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(probs)))
-    crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY / scale_factor, compat=GAUSSIAN_COMPAT)
-    crf.addPairwiseBilateral(
-        sxy=BILATERAL_SXY / scale_factor,
-        srgb=BILATERAL_SRGB,
-        rgbim=np.ascontiguousarray(image),
-        compat=BILATERAL_COMPAT,
-    )
-    marginals = crf.inference(iterations)
+    marginals = crf.inference(settings.iterations)
     return np.asarray(marginals, dtype=np.float32).reshape(num_labels, height, width)
 
 
@@ -81,16 +98,14 @@ def seam_background_score(fg_maps: np.ndarray, alpha: float) -> np.ndarray:
     return np.power(1.0 - fg_maps.max(axis=0), alpha).astype(np.float32)
 
 
-def seam_crf_scores(
-    image: np.ndarray, fg_maps: np.ndarray, alpha: float, iterations: int = CRF_ITERATIONS
-) -> np.ndarray:
+def seam_crf_scores(image: np.ndarray, fg_maps: np.ndarray, alpha: float) -> np.ndarray:
     """SEAM-style CRF scores: channel 0 the background score of `seam_background_score`,
-    channels 1..K the foreground maps, refined by `crf_inference`. (K+1)×H×W float32."""
+    channels 1..K the foreground maps, refined by `crf_inference` with SEAM_CRF. (K+1)×H×W float32."""
     background = seam_background_score(fg_maps, alpha)[None]
     scores = np.concatenate([background, fg_maps.astype(np.float32)], axis=0)
     if len(scores) == 1:
         return scores  # background only: nothing for the CRF to decide
-    return crf_inference(image, scores, iterations=iterations)
+    return crf_inference(image, scores, SEAM_CRF)
 
 
 def label_unary(labels: np.ndarray, num_labels: int, gt_prob: float = IRN_LABEL_GT_PROB) -> np.ndarray:
@@ -104,13 +119,10 @@ def label_unary(labels: np.ndarray, num_labels: int, gt_prob: float = IRN_LABEL_
     return unary
 
 
-def crf_inference_labels(
-    image: np.ndarray, label_maps: Sequence[np.ndarray], num_labels: int, iterations: int = IRN_CRF_ITERATIONS
-) -> list[np.ndarray]:
+def crf_inference_labels(image: np.ndarray, label_maps: Sequence[np.ndarray], num_labels: int) -> list[np.ndarray]:
     """SPEC-IRN §8, IRN's `crf_inference_label` for each of several label maps of one image: a dense
-    CRF whose unary trusts each pixel's label with probability 0.7 (`label_unary`), Gaussian sxy 3
-    compat 3, bilateral sxy 50 srgb 5 compat 10, `iterations` mean-field steps, the argmax of Q (the
-    first maximum winning).
+    CRF with IRN_LABEL_CRF whose unary trusts each pixel's label with probability IRN_LABEL_GT_PROB
+    (`label_unary`), the argmax of Q (the first maximum winning).
 
     One CRF serves every map: its pairwise terms (the bilateral lattice, most of the cost) are built
     once and each map's unary is set in turn. Mean field starts from the unary alone, so each result
@@ -123,23 +135,10 @@ def crf_inference_labels(
     assert all(labels.shape == (height, width) for labels in label_maps), (image.shape, len(label_maps))
     if num_labels == 1:
         return [np.zeros((height, width), np.int64) for _ in label_maps]
-    densecrf, _ = require_pydensecrf()
-    crf = densecrf.DenseCRF2D(width, height, num_labels)
-    crf.addPairwiseGaussian(sxy=GAUSSIAN_SXY, compat=GAUSSIAN_COMPAT)
-    # A copy: pydensecrf refuses read-only buffers, such as np.asarray of a PIL image.
-    crf.addPairwiseBilateral(
-        sxy=BILATERAL_SXY, srgb=IRN_BILATERAL_SRGB, rgbim=image.copy(order="C"), compat=BILATERAL_COMPAT
-    )
+    crf = dense_crf(image, num_labels, IRN_LABEL_CRF)
     refined = []
     for labels in label_maps:
         crf.setUnaryEnergy(label_unary(labels, num_labels))
-        marginals = np.asarray(crf.inference(iterations)).reshape(num_labels, height, width)
+        marginals = np.asarray(crf.inference(IRN_LABEL_CRF.iterations)).reshape(num_labels, height, width)
         refined.append(marginals.argmax(axis=0))
     return refined
-
-
-def crf_inference_label(
-    image: np.ndarray, labels: np.ndarray, num_labels: int, iterations: int = IRN_CRF_ITERATIONS
-) -> np.ndarray:
-    """IRN's `crf_inference_label` of one label map (`crf_inference_labels`): int64 H×W labels."""
-    return crf_inference_labels(image, [labels], num_labels, iterations)[0]

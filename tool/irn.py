@@ -195,42 +195,6 @@ def walk_affinity(boundary: Tensor, radius: int = WALK_RADIUS) -> tuple[Tensor, 
     return edge_to_affinity(padded, path_index), path_index
 
 
-def _walk_input(cam: Tensor, boundary: Tensor) -> Tensor:
-    """SPEC-IRN §9 step 5: cam · (1 − boundary), K×h×w → K×hw."""
-    return (cam * (1 - boundary)).flatten(-2)
-
-
-def random_walk_dense(
-    cam: Tensor,
-    boundary: Tensor,
-    beta: float = WALK_BETA,
-    exp_times: int = WALK_EXP_TIMES,
-    radius: int = WALK_RADIUS,
-) -> Tensor:
-    """SPEC-IRN §9 as the reference computes it: the dense (hw)×(hw) transition matrix T, squared
-    exp_times times; rw = (cam · (1 − boundary)) · T^(2^exp_times). cam K×h×w, boundary h×w → K×h×w.
-    O((hw)³) time and O((hw)²) memory: the oracle of `random_walk`."""
-    height, width = boundary.shape
-    aff, path_index = walk_affinity(boundary, radius)
-    padded_h, padded_w = path_index.size
-    vertices = padded_h * padded_w
-    src = path_index.src_indices.expand_as(path_index.dst_indices)
-    dst = path_index.dst_indices
-    # step 2: symmetric A over the padded grid, ones on the diagonal, then the real pixels only
-    affinity = torch.zeros(vertices, vertices, dtype=aff.dtype, device=aff.device)
-    affinity[src, dst] = aff
-    affinity[dst, src] = aff
-    affinity.diagonal().fill_(1)
-    affinity = affinity.view(padded_h, padded_w, padded_h, padded_w)[:-radius, radius:-radius, :-radius, radius:-radius]
-    affinity = affinity.reshape(height * width, height * width)
-    # steps 3–4
-    transition = affinity**beta
-    transition = transition / transition.sum(dim=0, keepdim=True)
-    for _ in range(exp_times):
-        transition = transition @ transition
-    return (_walk_input(cam, boundary) @ transition).view(-1, height, width)
-
-
 def walk_transition(boundary: Tensor, beta: float = WALK_BETA, radius: int = WALK_RADIUS) -> Tensor:
     """SPEC-IRN §9 steps 1–3 as a sparse matrix: Tᵀ, (hw)×(hw) CSR, about 2·D + 1 entries a row
     (69 at r = 5), so that x·T = (Tᵀ·xᵀ)ᵀ. Tᵀ[j, i] = A[i, j]^β / Σ_i' A[i', j]^β over the real pixels."""
@@ -268,10 +232,10 @@ def random_walk(
     radius: int = WALK_RADIUS,
 ) -> Tensor:
     """SPEC-IRN §9 without the (hw)×(hw) matrix: rw = (cam · (1 − boundary)) · T^(2^exp_times) as
-    2^exp_times sparse steps x ← x·T. cam K×h×w, boundary h×w → K×h×w (`random_walk_dense`'s result)."""
+    2^exp_times sparse steps x ← x·T. cam K×h×w, boundary h×w → K×h×w."""
     height, width = boundary.shape
     transposed = walk_transition(boundary, beta, radius)
-    walked = _walk_input(cam, boundary).T.contiguous()  # hw×K
+    walked = (cam * (1 - boundary)).flatten(-2).T.contiguous()  # step 5: cam · (1 − boundary), hw×K
     for _ in range(2**exp_times):
         walked = transposed @ walked
     return walked.T.reshape(-1, height, width)
