@@ -49,7 +49,7 @@ class Net(nn.Module):
         super().__init__()
         # SPEC_SEG §1's torch RNG order: the backbone's default init, then the head's, then the head's re-init.
         self.backbone = Backbone()
-        conv6_channels = resnet38d.BOTTLENECK_BLOCKS[-1][2]
+        conv6_channels = self.backbone.bn7.num_features  # 4096: only conv6 is used (SPEC_SEG §1)
         self.conv_fov = nn.Conv2d(
             conv6_channels, FOV_CHANNELS, 3, padding=FOV_DILATION, dilation=FOV_DILATION, bias=False
         )
