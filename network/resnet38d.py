@@ -5,6 +5,7 @@ Parameter names match the reference exactly (`conv1a.weight`, `b4_3.conv_branch2
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import NamedTuple
 
 import torch
@@ -177,16 +178,21 @@ class Net(nn.Module):
         return self
 
     def get_parameter_groups(self) -> ParameterGroups:
-        """Trainable convolution parameters split as SPEC §2: pretrained vs `new_layers`,
-        weights vs biases. Frozen layers and BatchNorms are left out."""
-        new_modules = {getattr(self, name) for name in self.new_layers}
-        groups = ParameterGroups([], [], [], [])
-        for module in self.modules():
-            if not isinstance(module, nn.Conv2d):
-                continue
-            is_new = module in new_modules
-            if module.weight.requires_grad:
-                (groups.new_weights if is_new else groups.pretrained_weights).append(module.weight)
-            if module.bias is not None and module.bias.requires_grad:
-                (groups.new_biases if is_new else groups.pretrained_biases).append(module.bias)
-        return groups
+        """SPEC §2's groups of this net (`conv_parameter_groups`)."""
+        return conv_parameter_groups(self, [getattr(self, name) for name in self.new_layers])
+
+
+def conv_parameter_groups(model: nn.Module, new_modules: Iterable[nn.Module]) -> ParameterGroups:
+    """Trainable convolution parameters of `model` split as SPEC §2 (and SPEC_SEG §2): pretrained vs
+    `new_modules`, weights vs biases. Frozen layers and every BatchNorm are left out."""
+    new_modules = set(new_modules)
+    groups = ParameterGroups([], [], [], [])
+    for module in model.modules():
+        if not isinstance(module, nn.Conv2d):
+            continue
+        is_new = module in new_modules
+        if module.weight.requires_grad:
+            (groups.new_weights if is_new else groups.pretrained_weights).append(module.weight)
+        if module.bias is not None and module.bias.requires_grad:
+            (groups.new_biases if is_new else groups.pretrained_biases).append(module.bias)
+    return groups

@@ -5,8 +5,10 @@ without DataParallel's "module." prefix) or an MXNet `.params` file (SPEC §1). 
 read with `weights_only=True`, so a file never runs code. The backbone must be complete and every
 shape must match; head layers the file lacks (an ImageNet file) start from their initialisation
 and are reported. What a file may name a tensor depends on the model (`CheckpointLayout`): the
-ResNet-38 nets read their own names; IRNet (SPEC-IRN §1-2) reads its own, torchvision's ResNet-50
-(`fc.*` ignored) and IRN's `res50_irn.pth`, which holds each tensor under several names."""
+ResNet-38 CAM nets read their own names; DeepLab (SPEC_SEG §1) its own (the reference's) and, for its
+`backbone.`, an ImageNet ResNet-38's; IRNet (SPEC-IRN §1-2) reads its own, torchvision's ResNet-50
+(`fc.*` ignored) and IRN's `res50_irn.pth`, which holds each tensor under several names. A file of another
+network family (CPN weights given to DeepLab, or the reverse) is refused by name."""
 
 from __future__ import annotations
 
@@ -23,11 +25,16 @@ from torch import nn
 from engine.datasets import DATASETS
 from engine.errors import UserError
 from engine.fileio import atomic_path
-from network import resnet50_irn
+from network import resnet38_deeplab, resnet50_irn
 from network.mxnet_params import LIST_MAGIC, convert_mxnet_to_torch
 
 # SPEC §1: the backbone's top-level layers, conv1a, b2 ... b7 (with their b4_3-style followers), bn7.
 BACKBONE_KEY = re.compile(r"(?:conv1a|bn7|b[2-7](?:_[1-9][0-9]*)?)\.")
+DEEPLAB_BACKBONE_PREFIX = "backbone."  # SPEC_SEG §1: the reference's DeepLab holds the ResNet-38 as `backbone`
+# File keys that name another network family's file, so it is refused before any tensor is matched.
+CAM_HEAD_KEY = re.compile(r"(?:fc8|f8_3|f8_4|f9|f10)\.")  # CPN's and the baseline's heads (SPEC §2)
+RESNET50_KEY = re.compile(r"(?:resnet50\.)?(?:layer[1-4]|stage[2-5])\.")  # torchvision's, ours and IRN's names
+DEEPLAB_KEY = re.compile(r"backbone\.(?:conv1a|bn7|b[2-7])|(?:cls_conv|conv_fov)\.")
 # BatchNorm's update counter. MXNet files and the reference's converted ImageNet .pth lack it,
 # and it is never used because every BN stays in eval mode (SPEC §1): a missing one keeps
 # the model's value and is not reported.
@@ -44,9 +51,31 @@ class CheckpointLayout:
     description: str  # what such a file is, for "not a ... checkpoint"
     backbone_key: re.Pattern  # model keys every file must supply
     checkpoint_names: Callable[[str], tuple[str, ...]]  # the names a model key may have in a file, preferred first
+    # (file key pattern, what a file holding such a key is, what to pass instead): other families' files
+    refused: tuple[tuple[re.Pattern, str, str], ...] = ()
 
 
-RESNET38_LAYOUT = CheckpointLayout("ResNet-38", BACKBONE_KEY, lambda key: (key,))
+CAM_NETWORK_FILE = "weights of a CAM network (CPN's or the baseline's fc8 head, train_cpn.py's output)"
+RESNET50_FILE = "ResNet-50 weights (IRN's, or torchvision's)"
+RESNET38_FILE_HINT = "pass an ImageNet ResNet-38 (ilsvrc-cls_rna-a1_cls1000_ep-0001.params or .pth)"
+RESNET38_LAYOUT = CheckpointLayout(
+    "ResNet-38",
+    BACKBONE_KEY,
+    lambda key: (key,),
+    refused=(
+        (DEEPLAB_KEY, "DeepLab weights (network.resnet38_deeplab, the segmentation stage's)", RESNET38_FILE_HINT),
+        (RESNET50_KEY, RESNET50_FILE, RESNET38_FILE_HINT),
+    ),
+)
+DEEPLAB_LAYOUT = CheckpointLayout(
+    "DeepLab ResNet-38 (an ImageNet ResNet-38, or a network.resnet38_deeplab checkpoint)",
+    re.compile(re.escape(DEEPLAB_BACKBONE_PREFIX)),
+    lambda key: (key, key.removeprefix(DEEPLAB_BACKBONE_PREFIX)) if key.startswith(DEEPLAB_BACKBONE_PREFIX) else (key,),
+    refused=(
+        (CAM_HEAD_KEY, CAM_NETWORK_FILE, f"DeepLab trains from ImageNet weights: {RESNET38_FILE_HINT}"),
+        (RESNET50_KEY, RESNET50_FILE, f"{RESNET38_FILE_HINT}, or DeepLab weights"),
+    ),
+)
 RESNET50_IRN_LAYOUT = CheckpointLayout(
     "ResNet-50 (torchvision's resnet50 or IRN's res50_irn.pth)",
     re.compile(r"resnet50\."),
@@ -55,7 +84,9 @@ RESNET50_IRN_LAYOUT = CheckpointLayout(
 
 
 def checkpoint_layout(model: nn.Module) -> CheckpointLayout:
-    return RESNET50_IRN_LAYOUT if isinstance(model, resnet50_irn.Net) else RESNET38_LAYOUT
+    if isinstance(model, resnet50_irn.Net):
+        return RESNET50_IRN_LAYOUT
+    return DEEPLAB_LAYOUT if isinstance(model, resnet38_deeplab.Net) else RESNET38_LAYOUT
 
 
 @dataclass(frozen=True)
@@ -90,6 +121,12 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> WeightsReport:
     path = Path(path)
     layout = checkpoint_layout(model)
     file_state = read_state_dict(path)
+    for pattern, what, instead in layout.refused:
+        key = next((key for key in file_state if pattern.match(key)), None)
+        if key is not None:
+            raise UserError(
+                f"weights file {path} holds {what} (e.g. {key}), not {layout.description} weights; {instead}"
+            )
     model_state = model.state_dict()
     file_names = {key: layout.checkpoint_names(key) for key in model_state}
     sources = {}  # {model key: its name in the file}, for the keys the file supplies
@@ -127,13 +164,16 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> WeightsReport:
     )
 
 
+CLASS_HEADS = ("fc8.", "cls_conv.")  # CAM nets' (SPEC §2) and DeepLab's (SPEC_SEG §1) per-class outputs
+
+
 def _head_hint(key: str, file_value: torch.Tensor, model_value: torch.Tensor) -> str:
-    """Why fc8 can differ: the baseline CAM net has one output per foreground class, CPN one more
+    """Why a class head can differ: the baseline CAM net has one output per foreground class, CPN one more
     (background, SPEC §2); and VOC heads have 20/21 outputs, COCO's 80/81."""
-    if not key.startswith("fc8.") or file_value.ndim == 0 or model_value.ndim == 0:
+    if not key.startswith(CLASS_HEADS) or file_value.ndim == 0 or model_value.ndim == 0:
         return ""
     file_outputs, model_outputs = file_value.shape[0], model_value.shape[0]
-    for spec in DATASETS.values():
+    for spec in DATASETS.values() if key.startswith("fc8.") else ():
         if (file_outputs, model_outputs) == (spec.num_fg_classes, spec.num_classes):
             return (
                 f"; fc8 has {file_outputs} vs {model_outputs} outputs: these are baseline CAM weights "
@@ -144,9 +184,12 @@ def _head_hint(key: str, file_value: torch.Tensor, model_value: torch.Tensor) ->
                 f"; fc8 has {file_outputs} vs {model_outputs} outputs: these are CPN weights "
                 "(network.resnet38_CPN, background output included), not the baseline's"
             )
+    layer = key.partition(".")[0]
     for spec in DATASETS.values():
         if file_outputs in (spec.num_classes, spec.num_fg_classes):
-            return f"; fc8 has {file_outputs} outputs: these weights are for {spec.title}; pass --dataset {spec.name}"
+            return (
+                f"; {layer} has {file_outputs} outputs: these weights are for {spec.title}; pass --dataset {spec.name}"
+            )
     return ""
 
 

@@ -163,7 +163,7 @@ def test_missing_backbone_tensors_are_refused(tmp_path, cpn_net):
     torch.save(state, tmp_path / "partial.pth")
     with pytest.raises(UserError, match=f"missing {len(removed)} backbone tensors, e.g. b7.*not a ResNet-38"):
         load_weights(cpn_net, tmp_path / "partial.pth")
-    torch.save({"backbone.conv1a.weight": torch.zeros(1)}, tmp_path / "other.pth")
+    torch.save({"encoder.conv1a.weight": torch.zeros(1)}, tmp_path / "other.pth")
     with pytest.raises(UserError, match="not a ResNet-38 checkpoint"):
         load_weights(cpn_net, tmp_path / "other.pth")
 

@@ -7,6 +7,8 @@ complementary patch draws from an explicit numpy Generator."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import torch
 from PIL import Image
@@ -58,22 +60,28 @@ def random_resize_long(img: Image.Image, low: int, high: int) -> Image.Image:
     return img.resize(size, resample=Image.Resampling.BICUBIC)
 
 
-def _random_placement(image_side: int, crop_side: int) -> tuple[int, int]:
+def torch_randrange(stop: int) -> int:
+    """A uniform integer in 0…stop−1 from torch's global RNG (SPEC §3's crop offsets)."""
+    return int(torch.randint(stop, ()).item())
+
+
+def _random_placement(image_side: int, crop_side: int, randrange: Callable[[int], int]) -> tuple[int, int]:
     """(offset in the container, offset in the image) along one axis: a larger image
     is cut at a random offset, a smaller one is pasted at a random offset."""
     space = image_side - crop_side
     if space > 0:
-        return 0, int(torch.randint(space + 1, ()).item())
-    return int(torch.randint(-space + 1, ()).item()), 0
+        return 0, randrange(space + 1)
+    return randrange(-space + 1), 0
 
 
-def random_crop(arr: np.ndarray, crop_size: int) -> np.ndarray:
+def random_crop(arr: np.ndarray, crop_size: int, randrange: Callable[[int], int] = torch_randrange) -> np.ndarray:
     """A crop_size×crop_size×C float32 zero container holding a random window of the
     H×W×C `arr` (SPEC §3, the reference's RandomCrop: random offsets on both sides of
-    the crop size, the width's drawn first)."""
+    the crop size, the width's drawn first). `randrange(n)` draws each offset in 0…n−1: torch's
+    RNG for CPN and IRN, a `random.Random` for the segmentation stage (SPEC_SEG §2 step 5)."""
     height, width, channels = arr.shape
-    container_left, image_left = _random_placement(width, crop_size)
-    container_top, image_top = _random_placement(height, crop_size)
+    container_left, image_left = _random_placement(width, crop_size, randrange)
+    container_top, image_top = _random_placement(height, crop_size, randrange)
     kept_height, kept_width = min(crop_size, height), min(crop_size, width)
     container = np.zeros((crop_size, crop_size, channels), np.float32)
     container[container_top : container_top + kept_height, container_left : container_left + kept_width] = arr[

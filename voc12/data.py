@@ -12,8 +12,9 @@ from __future__ import annotations
 import operator
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -24,7 +25,15 @@ from engine.datasets import IGNORE_INDEX, VOC12, DatasetSpec, DataSource
 from engine.errors import UserError, and_more
 from engine.fileio import load_npy_dict, read_label_png, read_rgb
 from tool.constants import CROP_SIZE, INFER_SCALES, RESIZE_LONG
-from tool.imutils import PATCH_STRATEGIES, Normalize, complementary_patch, random_crop, scale_image, train_transform
+from tool.imutils import (
+    PATCH_STRATEGIES,
+    Normalize,
+    complementary_patch,
+    random_crop,
+    scale_image,
+    torch_randrange,
+    train_transform,
+)
 from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, quarter_label
 
 # load_image_list is re-exported: the scripts read lists and build datasets from this one module.
@@ -234,7 +243,6 @@ class InferDataset(_LabelledDataset):
 
 IRN_CROP_SIZE = 512  # SPEC-IRN §7: training crop, and the top-left crop of the MeanShift calibration
 IRN_SCALE_RANGE = (0.5, 1.5)  # SPEC-IRN §7: s = 0.5 + U[0, 1)·1.0
-IR_LABEL_HINT = "make them with: python cam_to_ir_label.py --ir_label_out_dir <folder>"
 _normalize = Normalize()
 
 
@@ -263,34 +271,60 @@ def irn_augment(
     normalized = _normalize(np.asarray(image))
     if torch.rand(()).item() < 0.5:
         normalized, label = normalized[:, ::-1], label[:, ::-1]
-    # One crop box for both: the label rides as a fourth channel shifted by −255, so the crop's zero fill
-    # is 255 once shifted back (exact in float32).
+    return crop_with_label(normalized, label, crop_size)
+
+
+def crop_with_label(
+    normalized: np.ndarray, label: np.ndarray, crop_size: int, randrange: Callable[[int], int] = torch_randrange
+) -> tuple[torch.Tensor, np.ndarray]:
+    """One random crop box (SPEC §3's, offsets from `randrange`) for an H×W×3 float32 image and its H×W
+    label: image fill 0, label fill 255. → (3×C×C float32 tensor, C×C uint8 label)."""
+    # The label rides as a fourth channel shifted by −255, so the crop's zero fill is 255 once shifted
+    # back (exact in float32).
     stacked = np.concatenate([normalized, label[..., None].astype(np.float32) - IGNORE_INDEX], axis=2)
-    cropped = random_crop(stacked, crop_size)
+    cropped = random_crop(stacked, crop_size, randrange)
     img = torch.from_numpy(np.ascontiguousarray(cropped[..., :3].transpose(2, 0, 1)))
     return img, (cropped[..., 3] + IGNORE_INDEX).astype(np.uint8)
 
 
-def _ir_label_paths(label_dir: Path, names: Sequence[str]) -> list[Path]:
+class LabelKind(NamedTuple):
+    """A kind of per-image label PNG (<name>.png in one folder) a dataset reads, for its error messages."""
+
+    description: str  # "confident label"
+    hint: str  # how to make them
+
+
+IR_LABELS = LabelKind("confident label", "make them with: python cam_to_ir_label.py --ir_label_out_dir <folder>")
+
+
+def label_paths(label_dir: Path, names: Sequence[str], kind: LabelKind) -> list[Path]:
     """Checked up front, as the images are."""
     paths = [label_dir / f"{name}.png" for name in names]
     missing = [path.name for path in paths if not path.is_file()]
     if missing:
-        raise UserError(f"confident label {and_more(missing)} not found in {label_dir}; {IR_LABEL_HINT}")
+        raise UserError(f"{kind.description} {and_more(missing)} not found in {label_dir}; {kind.hint}")
     return paths
 
 
-def read_ir_label(path: Path, num_classes: int) -> np.ndarray:
-    """A confident-label PNG of cam_to_ir_label.py (SPEC-IRN §8): H×W uint8, 0 background, 1…F, 255."""
+def read_class_map(path: Path, num_classes: int, kind: LabelKind) -> np.ndarray:
+    """A label PNG of class indices: H×W uint8, 0 background, 1…num_classes−1, 255 ignored; else UserError."""
     label = read_label_png(path)
     values = np.unique(label)
     wrong = values[(values >= num_classes) & (values != IGNORE_INDEX)]
     if len(wrong):
         raise UserError(
-            f"confident label {path} holds values outside 0–{num_classes - 1}/{IGNORE_INDEX} "
-            f"({and_more(wrong.tolist(), 3)}); {IR_LABEL_HINT}"
+            f"{kind.description} {path} holds values outside 0–{num_classes - 1}/{IGNORE_INDEX} "
+            f"({and_more(wrong.tolist(), 3)}); {kind.hint}"
         )
     return label
+
+
+def check_label_size(label: np.ndarray, image: Image.Image, path: Path, kind: LabelKind) -> None:
+    if label.shape != (image.height, image.width):
+        raise UserError(
+            f"{kind.description} {path} is {label.shape[1]}×{label.shape[0]}, its image "
+            f"{image.width}×{image.height}; {kind.hint}"
+        )
 
 
 class IrnTrainDataset(Dataset):
@@ -314,7 +348,7 @@ class IrnTrainDataset(Dataset):
         self.source = as_source(source)
         self.names = list(names)
         self.image_paths = image_paths(self.source, self.names)
-        self.label_paths = _ir_label_paths(Path(ir_label_dir), self.names)
+        self.label_paths = label_paths(Path(ir_label_dir), self.names, IR_LABELS)
         self.crop_size, self.seed = crop_size, seed
         self.path_index = PathIndex(TRAIN_RADIUS, (grid, grid))
 
@@ -325,12 +359,8 @@ class IrnTrainDataset(Dataset):
         epoch, index = key if isinstance(key, tuple) else (0, key)
         index = checked_index(index, len(self))
         image = read_rgb(self.image_paths[index])
-        label = read_ir_label(self.label_paths[index], self.source.spec.num_classes)
-        if label.shape != (image.height, image.width):
-            raise UserError(
-                f"confident label {self.label_paths[index]} is {label.shape[1]}×{label.shape[0]}, its image "
-                f"{image.width}×{image.height}; {IR_LABEL_HINT}"
-            )
+        label = read_class_map(self.label_paths[index], self.source.spec.num_classes, IR_LABELS)
+        check_label_size(label, image, self.label_paths[index], IR_LABELS)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             img, label = irn_augment(image, label, self.crop_size)
