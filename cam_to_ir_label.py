@@ -10,16 +10,14 @@ Per image two
 dense CRFs (tool/crf.py, IRN's crf_inference_label) at --conf_fg_thres and --conf_bg_thres, combined by
 tool/ir_label.py. CPU work: --num_workers processes share the images. Images whose PNG exists are
 skipped, so an interrupted run resumes. The folder gets a manifest.json (engine/manifest.py) naming the
-CAMs' weights and settings (from the CAM folder's own manifest, when it has one) and the two
-thresholds: a run with other ones stops before any work, unless --overwrite.
+CAMs' weights and settings (from the CAM folder's own manifest; a folder without one is a warning)
+and the two thresholds: a run with other ones stops before any work, unless --overwrite.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import json
-import os
 import time
 from pathlib import Path
 
@@ -29,18 +27,18 @@ from tqdm import tqdm
 
 from engine.cores import default_num_workers
 from engine.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
-from engine.errors import UserError, and_more, run_main
+from engine.errors import UserError, run_main
 from engine.fileio import read_rgb, save_png
-from engine.manifest import MANIFEST_NAME, FolderManifest, git_commit
+from engine.manifest import InputManifest
 from engine.outputs import OutputFormat, Outputs, add_overwrite_argument
 from engine.parallel import map_unordered
 from engine.runtime import ProcessGroup
-from tool.cam import IRN_CAM_HINT, read_irn_cam
+from engine.stage import Share, require_files
+from tool.cam import IRN_CAM_HINT, IRN_CAM_SUFFIX, read_irn_cam
 from tool.crf import crf_inference_labels, require_pydensecrf
 from tool.ir_label import CONF_BG_THRES, CONF_FG_THRES, confident_labels
 from voc12.data import image_paths, load_labelled_list
 
-CAM_SUFFIX = ".npy"
 UNKNOWN_CHECKSUM = "unknown"  # a CAM folder without manifest (IRN's own make_cam): its weights are unknown
 
 
@@ -50,7 +48,7 @@ UNKNOWN_CHECKSUM = "unknown"  # a CAM folder without manifest (IRN's own make_ca
 def read_image_and_cam(name: str, cls_label: np.ndarray, source: DataSource, cam_dir: Path):
     """The image (uint8 H×W×3) and its CAM's (keys, high_res), of the same size."""
     image_path = source.image_path(name)
-    cam_path = cam_dir / f"{name}{CAM_SUFFIX}"
+    cam_path = cam_dir / f"{name}{IRN_CAM_SUFFIX}"
     keys, high_res = read_irn_cam(cam_path, "high_res", cls_label, "--cls_labels", source.spec.class_names)
     image = np.asarray(read_rgb(image_path))
     if image.shape[:2] != high_res.shape[1:]:
@@ -124,28 +122,13 @@ def parse_args(argv=None) -> argparse.Namespace:
     return fill_list_defaults(parser.parse_args(argv), here, train_list="train", cls_labels="cls_labels")
 
 
-def cam_source(cam_dir: Path) -> tuple[str, str, dict | None]:
+def cam_source(cam_dir: Path, warn: bool) -> tuple[str | Path, str, dict | None]:
     """(weights path, its sha256, the CAM settings) from the CAM folder's manifest; without one (IRN's
     own make_cam), the folder itself and an unknown checksum."""
-    try:
-        content = json.loads((cam_dir / MANIFEST_NAME).read_text(encoding="utf-8"))
-        return content["weights"], content["weights_sha256"], content["settings"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return str(cam_dir), UNKNOWN_CHECKSUM, None
-
-
-def check_inputs(names: list[str], source: DataSource, cam_dir: Path, args: argparse.Namespace) -> None:
-    """Every image and CAM file of `names` exists (listed, a few at a time, when not)."""
-    if not cam_dir.is_dir():
-        raise UserError(f"CAM folder not found: {cam_dir}; {IRN_CAM_HINT}")
-    present = {entry.name for entry in os.scandir(cam_dir)}
-    missing = [name for name in names if name + CAM_SUFFIX not in present]
-    if missing:
-        raise UserError(
-            f"{len(missing)} of {len(names)} images of {args.train_list} have no CAM file in {cam_dir}: "
-            f"{and_more(missing, 3)}; run infer_cam.py --out_cam_irn {cam_dir} on this list"
-        )
-    image_paths(source, names)
+    cam_manifest = InputManifest.read(cam_dir, IRN_CAM_HINT, warn)
+    if cam_manifest is None:
+        return cam_dir, UNKNOWN_CHECKSUM, None
+    return cam_manifest.weights, cam_manifest.weights_sha256, cam_manifest.settings
 
 
 def main(argv=None) -> None:
@@ -162,37 +145,20 @@ def main(argv=None) -> None:
         raise UserError(f"--num_workers {num_workers} is negative; use 0 to run in this process")
     require_pydensecrf()
     all_names, cls_labels = load_labelled_list(args.train_list, args.cls_labels, source.spec)
-    weights, checksum, cam_settings = cam_source(cam_dir)
-    settings = {
-        "output": OUTPUT.flag,
-        "dataset": source.spec.name,
-        "cam_settings": cam_settings,
-        **outputs.folders[0].settings,
-    }
-    manifest = FolderManifest(
-        outputs.folders[0].path,
-        weights=weights,
-        weights_sha256=checksum,
-        settings=settings,
-        input_list=args.train_list,
-        version=git_commit(),
-    )
+    share = Share.of(all_names, group, outputs, args.overwrite)
+    require_files(cam_dir, share.todo, IRN_CAM_SUFFIX, "CAM", IRN_CAM_HINT)
+    image_paths(source, share.todo)
+    # No network here: the manifest names the CPN weights that made the CAMs, as their folder's does.
+    weights, checksum, cam_settings = cam_source(cam_dir, warn=group.is_main)
+    run_settings = {"dataset": source.spec.name, "cam_settings": cam_settings}
+    (manifest,) = outputs.manifests(weights, run_settings, args.train_list, checksum=checksum)
     manifest.check(args.overwrite)
-
-    # ---- this process's images ----
-    names = all_names[group.rank :: group.world_size]
-    todo = names if args.overwrite else [name for name in names if not outputs.done(name)]
-    check_inputs(todo, source, cam_dir, args)
-    if group.is_main:
-        shard = f" (this process's share of {len(all_names)})" if group.distributed else ""
-        print(
-            f"{len(names)} images{shard}: {len(names) - len(todo)} already done, {len(todo)} to do; "
-            f"{max(1, num_workers)} CRF processes, thresholds fg {args.conf_fg_thres:g} bg {args.conf_bg_thres:g}"
-        )
-    if not todo:
+    share.report(f"{max(1, num_workers)} CRF processes, thresholds fg {args.conf_fg_thres:g} bg {args.conf_bg_thres:g}")
+    if not share.todo:
         return
     # A CAM folder of another format fails on its first file, before the manifest is written.
-    read_image_and_cam(todo[0], cls_labels[todo[0]], source, cam_dir)
+    first = share.todo[0]
+    read_image_and_cam(first, cls_labels[first], source, cam_dir)
     manifest.write()
 
     # ---- two CRFs per image, in a pool ----
@@ -204,16 +170,16 @@ def main(argv=None) -> None:
         fg_thres=args.conf_fg_thres,
         bg_thres=args.conf_bg_thres,
     )
-    items = [(name, cls_labels[name]) for name in todo]
+    items = [(name, cls_labels[name]) for name in share.todo]
     start = time.perf_counter()
     done = map_unordered(job, items, num_workers)
     for _ in tqdm(
-        done, total=len(todo), desc="cam_to_ir_label", unit="img", dynamic_ncols=True, disable=not group.is_main
+        done, total=len(share.todo), desc="cam_to_ir_label", unit="img", dynamic_ncols=True, disable=not group.is_main
     ):
         pass
     seconds = time.perf_counter() - start
     if group.is_main:
-        print(f"done: {len(todo)} images in {seconds:.1f} s ({len(todo) / seconds:.2f} images/s)")
+        print(f"done: {len(share.todo)} images in {seconds:.1f} s ({len(share.todo) / seconds:.2f} images/s)")
 
 
 if __name__ == "__main__":

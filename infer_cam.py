@@ -42,6 +42,7 @@ from engine.runtime import (
     memory_format_for,
     resolve_device,
 )
+from engine.stage import Share
 from network import build_network
 from network.weights import load_weights
 from tool.cam import (
@@ -273,7 +274,6 @@ def main(argv=None) -> None:
     # ---- checks: everything a user can get wrong fails here, before any work ----
     outputs = Outputs.from_args(OUTPUT_FORMATS, args)
     outputs.check()
-    # Each rank writes its own images' files: no process group (and no collective) is needed.
     group = ProcessGroup.from_env()
     device = resolve_device(args.device, group.local_rank)
     amp_dtype, precision = apply_precision(args, device)
@@ -293,18 +293,10 @@ def main(argv=None) -> None:
         manifest.check(args.overwrite)
 
     # ---- this process's images ----
-    names = all_names[group.rank :: group.world_size]
-    todo = names if args.overwrite else [name for name in names if not outputs.done(name)]
-    if group.is_main:
-        shard = (
-            f" (this process's share of {len(all_names)}, {group.world_size} processes)" if group.distributed else ""
-        )
-        scales = ",".join(f"{scale:g}" for scale in args.scales)
-        print(
-            f"{len(names)} images{shard}: {len(names) - len(todo)} already done, {len(todo)} to do; "
-            f"device {device}, {precision}, scales {scales}"
-        )
-    if not todo:
+    share = Share.of(all_names, group, outputs, args.overwrite)
+    scales = ",".join(f"{scale:g}" for scale in args.scales)
+    share.report(f"device {device}, {precision}, scales {scales}")
+    if not share.todo:
         return
 
     # ---- CAMs on the device, files written by the worker pool meanwhile ----
@@ -315,7 +307,7 @@ def main(argv=None) -> None:
         model = load_model(args, source.spec, device, group)
         forward_options = {"amp_dtype": amp_dtype, "memory_format": memory_format_for(device)}
         loader = DataLoader(
-            InferDataset(source, todo, cls_labels, scales=args.scales),
+            InferDataset(source, share.todo, cls_labels, scales=args.scales),
             batch_size=1,
             shuffle=False,
             num_workers=args.num_workers,
@@ -330,7 +322,7 @@ def main(argv=None) -> None:
                         manifest.write()
                 pool.submit(outputs.write, cams)
     if group.is_main:
-        print(f"done: {len(todo)} images written")
+        print(f"done: {len(share.todo)} images written")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ settings or CAMs (by the checksum of the CPN weights in the CAM folder's manifes
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,9 +31,9 @@ from tqdm import tqdm
 
 from engine.cores import cores_per_process
 from engine.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
-from engine.errors import UserError, and_more, run_main
+from engine.errors import UserError, run_main
 from engine.fileio import save_png
-from engine.manifest import MANIFEST_NAME
+from engine.manifest import InputManifest
 from engine.outputs import OutputFormat, Outputs, add_overwrite_argument
 from engine.runtime import (
     ProcessGroup,
@@ -44,10 +43,11 @@ from engine.runtime import (
     memory_format_for,
     resolve_device,
 )
+from engine.stage import Share, require_files
 from network import build_network
 from network.resnet50_irn import INFERENCE_PAD, boundary_probability
 from network.weights import load_weights
-from tool.cam import IRN_CAM_HINT, irn_cam_size, read_irn_cam
+from tool.cam import IRN_CAM_HINT, IRN_CAM_SUFFIX, irn_cam_size, read_irn_cam
 from tool.irn import SEM_SEG_BG_THRES, WALK_BETA, WALK_EXP_TIMES, random_walk, rw_to_labels
 from voc12.data import InferDataset, first_item, load_labelled_list
 
@@ -88,7 +88,7 @@ class CamImageDataset(Dataset):
         sample = self.images[index]
         image_pair = sample["inputs"][0]
         cam_file = read_stride4_cam(
-            self.cam_dir / f"{sample['name']}.npy",
+            self.cam_dir / f"{sample['name']}{IRN_CAM_SUFFIX}",
             sample["label"].numpy(),
             tuple(image_pair.shape[2:]),
             self.cls_labels_path,
@@ -185,25 +185,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     return fill_list_defaults(parser.parse_args(argv), here, infer_list="infer", cls_labels="cls_labels")
 
 
-def cam_weights_sha256(cam_dir: Path) -> str | None:
-    """The checksum of the CPN weights that made the CAMs, from the CAM folder's manifest (infer_cam.py's);
-    None for a folder without one (IRN's own make_cam)."""
-    path = cam_dir / MANIFEST_NAME
-    if not path.is_file():
-        return None
-    try:
-        content = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise UserError(f"cannot read {path} ({error}); rewrite the CAMs with infer_cam.py --overwrite") from None
-    return content.get("weights_sha256") if isinstance(content, dict) else None
-
-
-def check_cam_files(cam_dir: Path, names: list[str]) -> None:
-    missing = [str(cam_dir / f"{name}.npy") for name in names if not (cam_dir / f"{name}.npy").is_file()]
-    if missing:
-        raise UserError(f"CAM file not found: {and_more(missing)}; {IRN_CAM_HINT} for the same --infer_list")
-
-
 def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGroup) -> torch.nn.Module:
     model = build_network(IRN_NETWORK)
     report = load_weights(model, args.irn_weights_name)
@@ -223,35 +204,26 @@ def main(argv=None) -> None:
     # ---- checks: everything a user can get wrong fails here, before any work ----
     outputs = Outputs.from_args([SEM_SEG_OUTPUT], args)
     outputs.check()
-    # Each rank writes its own images' files: no process group (and no collective) is needed.
     group = ProcessGroup.from_env()
-    device = resolve_device(args.device, group.local_rank)
-    amp_dtype, precision = apply_precision(args, device)
     source = data_source(args)
     all_names, cls_labels = load_labelled_list(args.infer_list, args.cls_labels, source.spec)
+    share = Share.of(all_names, group, outputs, args.overwrite)
+    # The CAMs: a file per image to do; the CPN weights that made them, from their folder's manifest.
     cam_dir = Path(args.cam_out_dir)
+    require_files(cam_dir, share.todo, IRN_CAM_SUFFIX, "CAM", IRN_CAM_HINT)
+    cam_manifest = InputManifest.read(cam_dir, IRN_CAM_HINT, warn=group.is_main)
+    device = resolve_device(args.device, group.local_rank)
+    amp_dtype, precision = apply_precision(args, device)
     run_settings = {
         "dataset": source.spec.name,
         "precision": precision,
-        "cam_weights_sha256": cam_weights_sha256(cam_dir),
+        "cam_weights_sha256": cam_manifest.weights_sha256 if cam_manifest else None,
     }
     (manifest,) = outputs.manifests(args.irn_weights_name, run_settings, args.infer_list)
     manifest.check(args.overwrite)
-
-    # ---- this process's images ----
-    names = all_names[group.rank :: group.world_size]
-    todo = names if args.overwrite else [name for name in names if not outputs.done(name)]
-    check_cam_files(cam_dir, todo)
-    if group.is_main:
-        shard = (
-            f" (this process's share of {len(all_names)}, {group.world_size} processes)" if group.distributed else ""
-        )
-        print(
-            f"{len(names)} images{shard}: {len(names) - len(todo)} already done, {len(todo)} to do; "
-            f"device {device}, {precision}, beta {args.beta:g}, exp_times {args.exp_times}, "
-            f"sem_seg_bg_thres {args.sem_seg_bg_thres:g}"
-        )
-    if not todo:
+    walk = f"beta {args.beta:g}, exp_times {args.exp_times}, sem_seg_bg_thres {args.sem_seg_bg_thres:g}"
+    share.report(f"device {device}, {precision}, {walk}")
+    if not share.todo:
         return
 
     # ---- boundaries and walks on the device, one image at a time ----
@@ -260,7 +232,7 @@ def main(argv=None) -> None:
     if num_workers is None:
         num_workers = cores_per_process() // 2
     loader = DataLoader(
-        CamImageDataset(source, todo, cls_labels, cam_dir),
+        CamImageDataset(source, share.todo, cls_labels, cam_dir),
         batch_size=1,
         shuffle=False,
         num_workers=num_workers,
@@ -284,7 +256,7 @@ def main(argv=None) -> None:
             manifest.write()
         outputs.write(ImageLabel(sample["name"], label))
     if group.is_main:
-        print(f"done: {len(todo)} images written")
+        print(f"done: {len(share.todo)} images written")
 
 
 if __name__ == "__main__":

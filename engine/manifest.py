@@ -12,6 +12,8 @@ another image list (val after train) resumes; each new list is added to `lists`.
 
 A folder that holds files but no manifest (an older version's, the reference's) is refused:
 which weights made them is unknown. `--overwrite` (the scripts' flag) skips every check.
+A stage that reads another stage's folder (make_sem_seg_labels.py the CAMs) records what made it
+from its manifest (`InputManifest`): a folder without one (IRN's own make_cam) is a warning.
 
 torchrun: every process computes the same content (no times, no ranks) and writes it
 atomically before the folder's first file, so concurrent writers agree."""
@@ -22,6 +24,8 @@ import hashlib
 import json
 import os
 import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from engine.errors import UserError
@@ -62,6 +66,48 @@ def git_commit() -> str | None:
     return result.stdout.strip() or None
 
 
+def _read_manifest(folder: Path, remedy: str) -> dict | None:
+    """The folder's manifest as written by `FolderManifest.write`, None when there is none; an
+    unreadable or foreign one is a UserError (one line: the file, why, `remedy`)."""
+    path = folder / MANIFEST_NAME
+    try:
+        content = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise UserError(f"cannot read {path} ({error}); {remedy}") from None
+    fields = {"weights": str, "weights_sha256": str, "settings": dict}
+    if not (isinstance(content, dict) and all(isinstance(content.get(key), kind) for key, kind in fields.items())):
+        raise UserError(f"cannot read {path} (not an output manifest); {remedy}")
+    return content
+
+
+@dataclass(frozen=True)
+class InputManifest:
+    """What made the files of a folder a stage reads (another stage's output): the weights (path and
+    sha256) and the settings, from the folder's manifest."""
+
+    weights: str
+    weights_sha256: str
+    settings: dict
+
+    @classmethod
+    def read(cls, folder: str | os.PathLike, remedy: str, warn: bool = True) -> InputManifest | None:
+        """None for a folder without a manifest (with a warning on stderr naming it, if `warn`: pass
+        False on all but one torchrun process); an unreadable one is a UserError naming `remedy`."""
+        folder = Path(folder)
+        content = _read_manifest(folder, remedy)
+        if content is None:
+            if warn:
+                print(
+                    f"warning: {folder} has no {MANIFEST_NAME} (not written by this repository's scripts), "
+                    "so which weights and settings made its files is not recorded",
+                    file=sys.stderr,
+                )
+            return None
+        return cls(content["weights"], content["weights_sha256"], content["settings"])
+
+
 def _shown(value) -> str:
     if value is None:
         return "(none)"
@@ -99,7 +145,7 @@ class FolderManifest:
         # Files first, then the manifest: it is written before a folder's first file, so a file
         # seen here means its manifest is there to read, even while another process starts the folder.
         holds_files = self._holds_files()
-        existing = self._read()
+        existing = _read_manifest(self.folder, REMEDY)
         if existing is None:
             if holds_files:
                 raise UserError(
@@ -136,17 +182,6 @@ class FolderManifest:
                 )
         except FileNotFoundError:
             return False
-
-    def _read(self) -> dict | None:
-        try:
-            content = json.loads(self.path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-            raise UserError(f"cannot read {self.path} ({error}); {REMEDY}") from None
-        if not (isinstance(content, dict) and isinstance(content.get("settings"), dict)):
-            raise UserError(f"cannot read {self.path} (not an output manifest); {REMEDY}")
-        return content
 
     def _difference(self, existing: dict) -> str | None:
         """The first difference that changes the files' contents, as "by X, this run uses Y"."""

@@ -97,12 +97,18 @@ class Outputs:
         return all(path.is_file() for path in self.paths(name))
 
     def manifests(
-        self, weights: str | os.PathLike, run_settings: dict, input_list: str | os.PathLike
+        self,
+        weights: str | os.PathLike,
+        run_settings: dict,
+        input_list: str | os.PathLike,
+        checksum: str | None = None,
     ) -> list[FolderManifest]:
-        """Each folder's manifest: the weights' checksum (hashed once) and every setting that changes
-        the folder's files, the run's and its format's. The list, the weights' path and the code
-        version are recorded, not compared."""
-        checksum = weights_sha256(weights)
+        """Each folder's manifest: the weights' checksum (hashed once, unless given: a stage that runs no
+        network records the weights that made its inputs, from their manifest) and every setting that
+        changes the folder's files, the run's and its format's. The list, the weights' path and the
+        code version are recorded, not compared."""
+        if checksum is None:
+            checksum = weights_sha256(weights)
         version = git_commit()
         return [
             FolderManifest(

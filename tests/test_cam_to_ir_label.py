@@ -210,7 +210,8 @@ def test_missing_cam_files_are_listed(toy_voc, toy_lists, toy_cams, tmp_path):
     for name in toy_cams["names"][:3]:
         (cams / f"{name}.npy").unlink()
     first = toy_cams["names"][0]
-    with pytest.raises(UserError, match=rf"3 of {NUM_IMAGES} images .* no CAM file .*: {first}, \S+, \S+; run infer"):
+    expected = rf"3 of {NUM_IMAGES} images to do have no CAM file {cams}/<name>\.npy: {first}, \S+, \S+; write IRN"
+    with pytest.raises(UserError, match=expected):
         run_with_cams(toy_voc, toy_lists, toy_cams, cams, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
@@ -249,3 +250,17 @@ def test_cam_folder_manifest_names_the_weights(toy_voc, toy_lists, toy_cams, tmp
     manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
     assert manifest["weights"] == "/runs/cpn.pth" and manifest["weights_sha256"] == "ab" * 32
     assert manifest["settings"]["cam_settings"] == {"scales": [1.0]}
+
+
+@needs_pydensecrf
+def test_cam_folder_without_manifest_warns_and_an_unreadable_one_is_refused(
+    toy_voc, toy_lists, toy_cams, tmp_path, monkeypatch, capsys
+):
+    cams = copy_cams(toy_cams, tmp_path)
+    monkeypatch.setattr(cam_to_ir_label, "confident_labels", lambda image, *rest: np.zeros(image.shape[:2], np.uint8))
+    run_with_cams(toy_voc, toy_lists, toy_cams, cams, tmp_path / "out")
+    assert f"warning: {cams} has no {MANIFEST_NAME}" in capsys.readouterr().err
+    (cams / MANIFEST_NAME).write_text("{")
+    with pytest.raises(UserError, match=rf"^cannot read {cams / MANIFEST_NAME} \(.*\); write IRN-format CAMs"):
+        run_with_cams(toy_voc, toy_lists, toy_cams, cams, tmp_path / "out2")
+    assert not (tmp_path / "out2").exists()

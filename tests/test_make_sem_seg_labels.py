@@ -203,9 +203,14 @@ def test_other_settings_or_cams_are_refused(run_dir, toy_voc, toy_lists, weights
     cam_dir.mkdir()
     for path in toy["cam_dir"].iterdir():
         (cam_dir / path.name).write_bytes(path.read_bytes())
-    (cam_dir / MANIFEST_NAME).write_text(json.dumps({"weights_sha256": "ab" * 32, "settings": {}}))
+    cam_manifest = {"weights": "/runs/other_cpn.pth", "weights_sha256": "ab" * 32, "settings": {}}
+    (cam_dir / MANIFEST_NAME).write_text(json.dumps(cam_manifest))
     args = cli_args(toy_voc, toy_lists, weights, {**toy, "cam_dir": cam_dir}, run_dir)
     with pytest.raises(UserError, match="cam_weights_sha256"):
+        make_sem_seg_labels.main(args)
+    # A CAM manifest that cannot be read is refused, not taken for a folder without one.
+    (cam_dir / MANIFEST_NAME).write_text("[]")
+    with pytest.raises(UserError, match=r"cannot read .*manifest\.json \(not an output manifest\); write IRN-format"):
         make_sem_seg_labels.main(args)
     assert file_times(run_dir) == before
 
@@ -242,7 +247,7 @@ def test_missing_cams_are_listed(toy_voc, toy_lists, weights, toy, tmp_path):
     empty = tmp_path / "cam"
     empty.mkdir()
     args = cli_args(toy_voc, toy_lists, weights, {**toy, "cam_dir": empty}, tmp_path / "out")
-    with pytest.raises(UserError, match=r"CAM file not found: .*\.npy \(and 1 more\).*--out_cam_irn"):
+    with pytest.raises(UserError, match=rf"2 of 2 images to do have no CAM file {empty}/<name>\.npy: .*--out_cam_irn"):
         make_sem_seg_labels.main(args)
     assert not (tmp_path / "out").exists()
 
@@ -308,4 +313,4 @@ def test_cli_error_is_one_line(toy_voc, toy_lists, weights, toy, tmp_path):
     )
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: CAM file not found")
+    assert len(lines) == 1 and lines[0].startswith("error: 2 of 2 images to do have no CAM file")

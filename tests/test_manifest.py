@@ -1,7 +1,8 @@
 """engine/manifest.py: the streamed checksum, and a folder's manifest rules: a new or matching
 folder passes and records each list, other weights or settings, an unreadable manifest and
 outputs without a manifest are one-line UserErrors naming the file and both ways out,
---overwrite passes them all, and processes sharing a folder write the same bytes."""
+--overwrite passes them all, and processes sharing a folder write the same bytes; an input
+folder's manifest is read back, its absence a warning, an unreadable one a one-line UserError."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from engine.errors import UserError
-from engine.manifest import MANIFEST_NAME, FolderManifest, weights_sha256
+from engine.manifest import MANIFEST_NAME, FolderManifest, InputManifest, weights_sha256
 
 SHA_A, SHA_B = "a" * 64, "b" * 64
 SETTINGS = {"output": "out_cam", "network": "network.resnet38_CPN", "scales": (0.5, 1.0), "precision": "fp32"}
@@ -158,3 +159,37 @@ def test_processes_sharing_a_folder_write_the_same_bytes(tmp_path):
     late.check(overwrite=False)
     late.write()
     assert (folder / MANIFEST_NAME).read_bytes() == content
+
+
+# --- An input folder's manifest: what made another stage's files ----------------------------
+
+
+def test_input_manifest_reads_what_made_the_folder(tmp_path, capsys):
+    folder = tmp_path / "cam"
+    manifest(folder).write()
+    read = InputManifest.read(folder, "rewrite them")
+    assert read == InputManifest(str(tmp_path / "A.pth"), SHA_A, {**SETTINGS, "scales": [0.5, 1.0]})
+    assert capsys.readouterr().err == ""
+
+
+def test_input_folder_without_manifest_is_a_warning_naming_it(tmp_path, capsys):
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    (folder / "img.npy").write_bytes(b"")
+    assert InputManifest.read(folder, "rewrite them") is None
+    warning = capsys.readouterr().err
+    assert warning.startswith(f"warning: {folder} has no {MANIFEST_NAME}") and warning.count("\n") == 1
+    assert InputManifest.read(folder, "rewrite them", warn=False) is None  # the other torchrun processes
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("content", [b"{", b"[]", b'{"weights_sha256": "ab", "settings": {}}', b"\xff\xfe"], ids=str)
+def test_unreadable_input_manifest_is_one_line_naming_the_remedy(content, tmp_path):
+    folder = tmp_path / "cam"
+    folder.mkdir()
+    (folder / MANIFEST_NAME).write_bytes(content)
+    with pytest.raises(UserError) as error:
+        InputManifest.read(folder, "rewrite them")
+    message = str(error.value)
+    assert message.startswith(f"cannot read {folder / MANIFEST_NAME} (") and message.endswith("; rewrite them")
+    assert "\n" not in message

@@ -1,6 +1,6 @@
 """engine/outputs.py: a table of two formats gives the run's folders (only the flags given), each
-image's files, resume, the manifests' settings, the writes, and the one-line errors for nothing to
-write and two outputs in one folder."""
+image's files, resume, the manifests' settings (and a checksum given), the writes, and the one-line
+errors for nothing to write and two outputs in one folder."""
 
 from __future__ import annotations
 
@@ -59,6 +59,15 @@ def test_manifests_hold_the_run_and_format_settings(tmp_path):
         manifest.write()
     settings = [json.loads((folder.path / MANIFEST_NAME).read_text())["settings"] for folder in outputs.folders]
     assert settings == [{"output": "out_text", "network": "n"}, {"output": "out_length", "network": "n", "scale": 2}]
+
+
+def test_manifests_take_a_known_checksum_without_reading_the_weights(tmp_path):
+    """cam_to_ir_label.py records the CPN weights that made its CAMs, a file it never opens."""
+    outputs = Outputs.from_args(FORMATS, parse("--out_text", str(tmp_path / "text")))
+    (manifest,) = outputs.manifests(tmp_path / "elsewhere.pth", {}, tmp_path / "list.txt", checksum="ab" * 32)
+    manifest.write()
+    written = json.loads((tmp_path / "text" / MANIFEST_NAME).read_text())
+    assert written["weights_sha256"] == "ab" * 32 and written["weights"] == str(tmp_path / "elsewhere.pth")
 
 
 def test_nothing_to_write_names_every_flag():

@@ -157,6 +157,7 @@ def seam_crf_label(
 # --- Reading IRN-format files (SPEC-IRN §11), for the IRN stage's scripts ------------------
 
 IRN_CAM_HINT = "write IRN-format CAMs with infer_cam.py --out_cam_irn DIR and pass that DIR as --cam_out_dir"
+IRN_CAM_SUFFIX = ".npy"  # <name>.npy in the --cam_out_dir folder
 
 
 def class_names(classes: Sequence[int], names: Sequence[str]) -> str:
