@@ -45,8 +45,7 @@ from engine.training import (
 from network import build_network
 from network.resnet50_irn import LR_MULTIPLIERS
 from network.weights import load_weights, save_irn_weights
-from tool.irn import TRAIN_RADIUS, PathIndex
-from tool.losses import irn_loss
+from tool.irn import TRAIN_RADIUS, PathIndex, irn_loss
 from tool.optim import PolyOptimizer
 from voc12.data import IRN_CROP_SIZE, IrnCalibrationDataset, IrnTrainDataset, irn_label_grid, load_image_list
 
@@ -188,7 +187,8 @@ def train_step(
     img = batch["img"].to(device, non_blocking=True).contiguous(memory_format=options.memory_format)
     labels = [batch[key].to(device, non_blocking=True).float() for key in AFFINITY_LABELS]
     with autocast(device, options.amp_dtype):
-        losses = irn_loss(model, img, *labels, options.path_index)
+        edge, disp = model(img)
+        losses = irn_loss(edge, disp, *labels, options.path_index)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses["loss"]).backward()
     scaler.step(optimizer)
