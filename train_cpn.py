@@ -12,34 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from engine.datasets import add_dataset_arguments, data_source, fill_list_defaults, list_default_help
 from engine.errors import UserError, run_main
-from engine.runtime import (
-    ProcessGroup,
-    add_runtime_arguments,
-    apply_precision,
-    autocast,
-    init_process_group,
-    memory_format_for,
-    resolve_device,
-)
-from engine.training import (
-    Checkpoints,
-    ResumableSampler,
-    RunLog,
-    StepTimer,
-    TrainState,
-    distributed_model,
-    resume_hint_on_interrupt,
-    run_steps,
-    save_weights,
-    training_loader,
-    write_run_record,
-)
+from engine.runtime import ProcessGroup, autocast
+from engine.training import ResumableSampler, Trainer, add_training_arguments, save_weights, training_loader
 from network import build_network
 from network.weights import load_weights
 from tool.constants import CROP_SIZE, RESIZE_LONG
@@ -64,27 +43,23 @@ def parse_args(argv=None) -> argparse.Namespace:
         help="the network trained (the reference's flag; this script trains CPN only)",
     )
     parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument(
-        "--num_workers",
-        type=int,
-        default=None,
-        help="loader workers per process (default: the cores shared among the processes)",
-    )
     parser.add_argument("--wt_dec", type=float, default=5e-4)
-    parser.add_argument(
-        "--weights",
-        required=True,
-        help="ImageNet ResNet-38 (.params or .pth), a CPN .pth, or 'none' for a random start",
-    )
-    parser.add_argument("--train_list", help=list_default_help("train"))
     parser.add_argument(
         "--val_list", help="accepted for compatibility; training does not use it (neither does the reference)"
     )
-    parser.add_argument("--session_name", default="resnet38_CPN")
     parser.add_argument("--crop_size", type=int, default=CROP_SIZE)
-    # Ours.
     add_dataset_arguments(parser)  # --dataset, --data_root and the reference's --voc12_root
-    add_runtime_arguments(parser)
+    # The reference's --weights, --train_list, --num_workers, --session_name; our --seed, --resume, ...
+    add_training_arguments(
+        parser,
+        weights_help="ImageNet ResNet-38 (.params or .pth), a CPN .pth, or 'none' for a random start",
+        momentum=REFERENCE_MOMENTUM,
+        momentum_help="SGD momentum; the default 5e-4 is the reference's quirk (SPEC §4), 0.9 is the usual value",
+        save_every=1000,
+        out_dir=here / "CPN",
+        session_name="resnet38_CPN",
+    )
+    # Ours.
     parser.add_argument("--cls_labels", help=list_default_help("cls_labels"))
     parser.add_argument(
         "--resize_long",
@@ -99,12 +74,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--no_cpcr", action="store_true", help="ablation: drop L_cpcr")
     parser.add_argument("--ohem", type=float, default=OHEM_RATIO, help="OHEM ratio of L_cpcr (SPEC §4)")
     parser.add_argument(
-        "--momentum",
-        type=float,
-        default=REFERENCE_MOMENTUM,
-        help="SGD momentum; the default 5e-4 is the reference's quirk (SPEC §4), 0.9 is the usual value",
-    )
-    parser.add_argument(
         "--freeze_backbone",
         action="store_true",
         help="train the CPN head alone (fc8, f8_3, f8_4, f9, f10); not in the reference",
@@ -114,15 +83,6 @@ def parse_args(argv=None) -> argparse.Namespace:
         action="store_true",
         help="run the three views as three forwards, as the reference does (slower, same result)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in all")
-    parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for the newest one")
-    parser.add_argument(
-        "--save_every", type=int, default=1000, help="also checkpoint every N steps (0: per epoch only)"
-    )
-    parser.add_argument("--log_every", type=int, default=20, help="write a log line every N steps")
-    parser.add_argument("--out_dir", default=str(here / "CPN"))
-    parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write TensorBoard scalars here")
     return fill_list_defaults(parser.parse_args(argv), here, train_list="train", cls_labels="cls_labels")
 
 
@@ -221,77 +181,44 @@ def train_step(
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    group = init_process_group(args.device)
-    device = resolve_device(args.device, group.local_rank)
-    amp_dtype, precision = apply_precision(args, device)
-    torch.manual_seed(args.seed + group.rank)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
+    trainer = Trainer.start(args)
     options = StepOptions(
-        device, amp_dtype, memory_format_for(device), args.three_pass, not args.no_tcp, not args.no_cpcr, args.ohem
+        trainer.device,
+        trainer.amp_dtype,
+        trainer.memory_format,
+        three_pass=args.three_pass,
+        use_tcp=not args.no_tcp,
+        use_cpcr=not args.no_cpcr,
+        ohem_ratio=args.ohem,
     )
-    out_dir = Path(args.out_dir)
 
     # ---- data ----
-    loader = load_data(args, group, device)
-    sampler = loader.sampler
+    loader = load_data(args, trainer.group, trainer.device)
 
     # ---- model and optimiser: poly SGD over SPEC §2's parameter groups (SPEC §4) ----
-    model = build_model(args, loader.dataset, group)
-    total_steps = sampler.batches_per_epoch * args.max_epoches
+    model = build_model(args, loader.dataset, trainer.group)
     optimizer = PolyOptimizer(
         cpn_param_groups(model.get_parameter_groups()._asdict(), args.lr, args.wt_dec),
         lr=args.lr,
         weight_decay=args.wt_dec,
-        max_step=total_steps,
+        max_step=loader.sampler.batches_per_epoch * args.max_epoches,
         momentum=args.momentum,
     )
-    model.to(device, memory_format=options.memory_format)
 
-    # ---- resume ----
-    checkpoints = Checkpoints(out_dir / f"{args.session_name}_checkpoints", every=args.save_every)
-    resume_path = checkpoints.find(args.resume)
-    state = checkpoints.load(resume_path, model, optimizer) if resume_path else TrainState()
-    trained = distributed_model(model, device, group)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
+    # ---- loop, then the weights (SPEC §4) ----
+    def save_the_weights(_log) -> None:
+        print(f"weights: {save_weights(model, trainer.out_dir / f'{args.session_name}.pth')}")
 
-    # ---- loop ----
-    log = RunLog(
-        out_dir, args.session_name, enabled=group.is_main, log_every=args.log_every, tensorboard_dir=args.tensorboard
+    trainer.run(
+        loader,
+        args.max_epoches,
+        model,
+        optimizer,
+        train_step,
+        options,
+        notes=[loader.dataset.source.spec.title] + (["backbone frozen"] if args.freeze_backbone else []),
+        after_training=save_the_weights,
     )
-    if group.is_main:
-        write_run_record(out_dir / f"{args.session_name}.json", vars(args), device, group)
-    log.line(
-        f"{args.train_list}: {len(loader.dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
-        f"{args.max_epoches} epochs = {total_steps} steps, batch {args.batch_size}×{group.world_size}, {device}, "
-        f"{precision}, {loader.num_workers} loader workers, {loader.dataset.source.spec.title}"
-        + (", backbone frozen" if args.freeze_backbone else "")
-        + (f"; resumed from {resume_path} at step {state.step}" if resume_path else "")
-    )
-    last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
-    timer = StepTimer(state.step, last_step, args.batch_size * group.world_size)
-    with log, resume_hint_on_interrupt(log, state, checkpoints):
-        run_steps(
-            lambda batch: train_step(trained, optimizer, scaler, batch, options),
-            loader,
-            state,
-            last_step,
-            args.max_epoches,
-            model=model,
-            optimizer=optimizer,
-            group=group,
-            log=log,
-            checkpoints=checkpoints,
-            timer=timer,
-            run_args=vars(args),
-        )
-
-    # ---- save ----
-    if group.is_main:
-        print(f"weights: {save_weights(model, out_dir / f'{args.session_name}.pth')}")
-    if group.distributed:
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

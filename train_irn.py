@@ -15,38 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from engine.datasets import DataSource, add_dataset_arguments, data_source, fill_list_defaults, list_default_help
 from engine.errors import UserError, run_main
-from engine.runtime import (
-    ProcessGroup,
-    add_runtime_arguments,
-    apply_precision,
-    autocast,
-    init_process_group,
-    memory_format_for,
-    resolve_device,
-)
+from engine.runtime import ProcessGroup, autocast
 from engine.training import (
-    Checkpoints,
     ResumableSampler,
     RunLog,
-    StepTimer,
-    TrainState,
-    distributed_model,
-    resume_hint_on_interrupt,
-    run_steps,
+    Trainer,
+    add_training_arguments,
+    per_process_batch,
     training_loader,
-    write_run_record,
 )
 from network import build_network
 from network.resnet50_irn import LR_MULTIPLIERS
 from network.weights import load_weights, save_irn_weights
-from tool.irn import TRAIN_RADIUS, PathIndex
-from tool.losses import irn_loss
+from tool.irn import TRAIN_RADIUS, PathIndex, irn_loss
 from tool.optim import PolyOptimizer
 from voc12.data import IRN_CROP_SIZE, IrnCalibrationDataset, IrnTrainDataset, irn_label_grid, load_image_list
 
@@ -59,7 +45,6 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     # IRN's flags, with its defaults (SPEC-IRN §7).
     add_dataset_arguments(parser)  # --dataset, --data_root and IRN's --voc12_root
-    parser.add_argument("--train_list", help=list_default_help("train"))
     parser.add_argument(
         "--infer_list",
         help="images of the MeanShift calibration after training (SPEC-IRN §7); " + list_default_help("infer"),
@@ -67,55 +52,29 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--ir_label_out_dir", required=True, help="the confident-label PNGs of cam_to_ir_label.py (SPEC-IRN §8)"
     )
-    parser.add_argument(
-        "--weights",
-        required=True,
-        help="a torchvision-layout ResNet-50 state dict (IRN's resnet50-19c8e357.pth or torchvision's "
-        f"{TORCHVISION_WEIGHTS} file), 'torchvision' (torchvision's own download) or 'none' (random, for tests)",
-    )
     parser.add_argument("--irn_weights_name", required=True, help="the trained weights, a file IRN loads")
     parser.add_argument("--irn_crop_size", type=int, default=IRN_CROP_SIZE)
     parser.add_argument("--irn_batch_size", type=int, default=32, help="images per step, over all processes")
     parser.add_argument("--irn_num_epoches", type=int, default=3)
     parser.add_argument("--irn_learning_rate", type=float, default=0.1)
     parser.add_argument("--irn_weight_decay", type=float, default=1e-4)
-    parser.add_argument(
-        "--num_workers",
-        type=int,
-        default=None,
-        help="loader workers per process (default: the cores shared among the processes)",
+    # IRN's --train_list, --weights, --num_workers, --session_name; our --momentum, --seed, --resume, ...
+    add_training_arguments(
+        parser,
+        weights_help="a torchvision-layout ResNet-50 state dict (IRN's resnet50-19c8e357.pth or torchvision's "
+        f"{TORCHVISION_WEIGHTS} file), 'torchvision' (torchvision's own download) or 'none' (random, for tests)",
+        momentum=None,
+        momentum_help="SGD momentum; by default the weight decay, IRN's quirk (SPEC-IRN §7); 0.9 is the usual value",
+        save_every=200,
+        out_dir=here / "IRN",
+        session_name="res50_irn",
     )
-    # Ours.
-    add_runtime_arguments(parser)
-    parser.add_argument(
-        "--momentum",
-        type=float,
-        default=None,
-        help="SGD momentum; by default the weight decay, IRN's quirk (SPEC-IRN §7); 0.9 is the usual value",
-    )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in all")
-    parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for the newest one")
-    parser.add_argument("--save_every", type=int, default=200, help="also checkpoint every N steps (0: per epoch only)")
-    parser.add_argument("--log_every", type=int, default=20, help="write a log line every N steps")
-    parser.add_argument("--out_dir", default=str(here / "IRN"), help="log, run record and checkpoints")
-    parser.add_argument("--session_name", default="res50_irn")
-    parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write TensorBoard scalars here")
     return fill_list_defaults(parser.parse_args(argv), here, train_list="train", infer_list="infer")
 
 
 def momentum_of(args) -> float:
     """SPEC-IRN §7 quirk: IRN's PolyOptimizer hands its weight decay to SGD as the momentum (1e-4)."""
     return args.irn_weight_decay if args.momentum is None else args.momentum
-
-
-def per_process_batch(args, group: ProcessGroup) -> int:
-    if args.irn_batch_size % group.world_size:
-        raise UserError(
-            f"--irn_batch_size {args.irn_batch_size} does not split over {group.world_size} processes; "
-            "use a multiple of the process count"
-        )
-    return args.irn_batch_size // group.world_size
 
 
 def load_data(args, source: DataSource, group: ProcessGroup, device: torch.device) -> DataLoader:
@@ -128,7 +87,9 @@ def load_data(args, source: DataSource, group: ProcessGroup, device: torch.devic
         crop_size=args.irn_crop_size,
         seed=args.seed,
     )
-    sampler = ResumableSampler(len(dataset), per_process_batch(args, group), args.seed, group)
+    sampler = ResumableSampler(
+        len(dataset), per_process_batch(args.irn_batch_size, group, "--irn_batch_size"), args.seed, group
+    )
     if sampler.batches_per_epoch == 0:
         raise UserError(
             f"{args.train_list} has {len(dataset)} images, fewer than one batch of "
@@ -188,7 +149,8 @@ def train_step(
     img = batch["img"].to(device, non_blocking=True).contiguous(memory_format=options.memory_format)
     labels = [batch[key].to(device, non_blocking=True).float() for key in AFFINITY_LABELS]
     with autocast(device, options.amp_dtype):
-        losses = irn_loss(model, img, *labels, options.path_index)
+        edge, disp = model(img)
+        losses = irn_loss(edge, disp, *labels, options.path_index)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses["loss"]).backward()
     scaler.step(optimizer)
@@ -221,93 +183,58 @@ def calibration_loader(args, source: DataSource, num_workers: int) -> tuple[Data
     return loader, short
 
 
+def calibrate_and_save(
+    args, model: nn.Module, calibration: DataLoader, short: bool, options: StepOptions, log: RunLog
+) -> None:
+    """SPEC-IRN §7 after training: the displacement mean into the MeanShift, then IRN's weights file."""
+    if short:
+        log.line(
+            f"{args.infer_list} has {len(calibration.dataset)} images, fewer than one batch of "
+            f"{args.irn_batch_size}: the displacement mean uses them all as one batch (IRN would fail)"
+        )
+    running_mean = mean_displacement(model, calibration, options)
+    model.displacement_branch.mean_shift.running_mean.copy_(running_mean)
+    save_irn_weights(model, args.irn_weights_name)
+    log.line(f"displacement mean {running_mean.tolist()}; weights: {args.irn_weights_name}")
+
+
 def main(argv=None) -> None:
     args = parse_args(argv)
-    group = init_process_group(args.device)
-    device = resolve_device(args.device, group.local_rank)
-    amp_dtype, precision = apply_precision(args, device)
-    torch.manual_seed(args.seed + group.rank)
-    if device.type == "cuda":
-        torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
+    trainer = Trainer.start(args)
     grid = irn_label_grid(args.irn_crop_size)
-    path_index = PathIndex(TRAIN_RADIUS, (grid, grid)).to(device)
-    options = StepOptions(device, path_index, amp_dtype, memory_format_for(device))
-    out_dir = Path(args.out_dir)
+    path_index = PathIndex(TRAIN_RADIUS, (grid, grid)).to(trainer.device)
+    options = StepOptions(trainer.device, path_index, trainer.amp_dtype, trainer.memory_format)
 
     # ---- data ----
     source = data_source(args)
-    loader = load_data(args, source, group, device)
-    sampler = loader.sampler
+    loader = load_data(args, source, trainer.group, trainer.device)
     # read before training, so that a bad --infer_list stops the run now, not after it
     calibration, short_calibration = (None, False)
-    if group.is_main:
+    if trainer.group.is_main:
         calibration, short_calibration = calibration_loader(args, source, loader.num_workers)
 
     # ---- model and optimiser: poly SGD over the two heads, the backbone frozen (SPEC-IRN §7) ----
-    model = build_model(args, group)
-    total_steps = sampler.batches_per_epoch * args.irn_num_epoches
+    model = build_model(args, trainer.group)
     optimizer = PolyOptimizer(
         irn_param_groups(model, args.irn_learning_rate, args.irn_weight_decay),
         lr=args.irn_learning_rate,
         weight_decay=args.irn_weight_decay,
-        max_step=total_steps,
+        max_step=loader.sampler.batches_per_epoch * args.irn_num_epoches,
         momentum=momentum_of(args),
     )
-    model.to(device, memory_format=options.memory_format)
 
-    # ---- resume ----
-    checkpoints = Checkpoints(out_dir / f"{args.session_name}_checkpoints", every=args.save_every)
-    resume_path = checkpoints.find(args.resume)
-    state = checkpoints.load(resume_path, model, optimizer) if resume_path else TrainState()
+    # ---- loop, then the MeanShift calibration and save, by the main process ----
     # Only the heads require gradients, so DDP averages theirs; every head parameter is used by the loss.
-    trained = distributed_model(model, device, group)
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
-
-    # ---- loop ----
-    log = RunLog(
-        out_dir, args.session_name, enabled=group.is_main, log_every=args.log_every, tensorboard_dir=args.tensorboard
+    trainer.run(
+        loader,
+        args.irn_num_epoches,
+        model,
+        optimizer,
+        train_step,
+        options,
+        notes=[f"crop {args.irn_crop_size}", source.spec.title],
+        after_training=lambda log: calibrate_and_save(args, model, calibration, short_calibration, options, log),
     )
-    if group.is_main:
-        write_run_record(out_dir / f"{args.session_name}.json", vars(args), device, group)
-    log.line(
-        f"{args.train_list}: {len(loader.dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
-        f"{args.irn_num_epoches} epochs = {total_steps} steps, batch {sampler.batch_size}×{group.world_size}, "
-        f"crop {args.irn_crop_size}, {device}, {precision}, "
-        f"{loader.num_workers} loader workers, {source.spec.title}"
-        + (f"; resumed from {resume_path} at step {state.step}" if resume_path else "")
-    )
-    last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
-    timer = StepTimer(state.step, last_step, args.irn_batch_size)
-    with log, resume_hint_on_interrupt(log, state, checkpoints):
-        run_steps(
-            lambda batch: train_step(trained, optimizer, scaler, batch, options),
-            loader,
-            state,
-            last_step,
-            args.irn_num_epoches,
-            model=model,
-            optimizer=optimizer,
-            group=group,
-            log=log,
-            checkpoints=checkpoints,
-            timer=timer,
-            run_args=vars(args),
-        )
-
-        # ---- MeanShift calibration and save (SPEC-IRN §7), by the main process ----
-        if group.is_main:
-            if short_calibration:
-                log.line(
-                    f"{args.infer_list} has {len(calibration.dataset)} images, fewer than one batch of "
-                    f"{args.irn_batch_size}: the displacement mean uses them all as one batch (IRN would fail)"
-                )
-            running_mean = mean_displacement(model, calibration, options)
-            model.displacement_branch.mean_shift.running_mean.copy_(running_mean)
-            save_irn_weights(model, args.irn_weights_name)
-            log.line(f"displacement mean {running_mean.tolist()}; weights: {args.irn_weights_name}")
-    if group.distributed:
-        dist.barrier()
-        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,10 +1,18 @@
-"""What every trainer shares, whatever its network (MAE's util/misc.py role): the resumable sampler
-and its loader, the counters saved as one `TrainState`, checkpoints, the run log and the run record.
+"""What every trainer shares, whatever its network (MAE's util/misc.py role): the flags, the resumable
+sampler and its loader, the counters saved as one `TrainState`, checkpoints, the run log, the run record,
+and `Trainer`, which owns one process's run from its seed to its teardown.
 
-Nothing here knows a network or a data set: a trainer passes its folder, session name and arguments."""
+Nothing here knows a network or a data set: a trainer passes its arguments, loader, model, optimiser and step.
+A trainer's main() reads:
+
+    trainer = Trainer.start(args)        # process group, device, precision, seed: before data and model
+    loader = ...; model = ...; optimizer = ...
+    trainer.run(loader, num_epochs, model, optimizer, train_step, options, notes=[...], after_training=...)
+"""
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import dataclasses
 import json
@@ -26,13 +34,56 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 from engine.cores import default_num_workers
+from engine.datasets import list_default_help
 from engine.errors import UserError
 from engine.fileio import atomic_path
 from engine.manifest import git_commit
-from engine.runtime import ProcessGroup
+from engine.runtime import (
+    ProcessGroup,
+    add_runtime_arguments,
+    apply_precision,
+    init_process_group,
+    memory_format_for,
+    resolve_device,
+)
 
 CHECKPOINTS_KEPT = 2
 CHECKPOINT_PATTERN = "step_*.pt"
+
+
+def add_training_arguments(
+    parser: argparse.ArgumentParser,
+    *,
+    weights_help: str,
+    momentum: float | None,
+    momentum_help: str,
+    save_every: int,
+    out_dir: Path,
+    session_name: str,
+) -> None:
+    """The flags every trainer shares, `add_runtime_arguments`' --device, --amp and --no_tf32 among them;
+    the keywords are what differs per trainer (what --weights takes, the momentum's default and its story,
+    the checkpoint interval, where and under which name the run's files go)."""
+    add_runtime_arguments(parser)
+    parser.add_argument("--train_list", help=list_default_help("train"))
+    parser.add_argument("--weights", required=True, help=weights_help)
+    parser.add_argument(
+        "--num_workers",
+        type=int,
+        default=None,
+        help="loader workers per process (default: the cores shared among the processes)",
+    )
+    parser.add_argument("--momentum", type=float, default=momentum, help=momentum_help)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max_steps", type=int, default=None, help="stop after this many steps in all")
+    parser.add_argument("--resume", default=None, help="a checkpoint path, or 'auto' for the newest one")
+    parser.add_argument(
+        "--save_every", type=int, default=save_every, help="also checkpoint every N steps (0: per epoch only)"
+    )
+    parser.add_argument("--log_every", type=int, default=20, help="write a log line every N steps")
+    parser.add_argument("--out_dir", default=str(out_dir), help="log, run record and checkpoints")
+    parser.add_argument("--session_name", default=session_name, help="the name of the run's files in --out_dir")
+    parser.add_argument("--tensorboard", default=None, metavar="DIR", help="also write TensorBoard scalars here")
 
 
 @dataclasses.dataclass
@@ -75,6 +126,15 @@ class ResumableSampler(Sampler):
         mine = used[self.group.rank :: self.group.world_size]
         for index in mine[self.start_batch * self.batch_size :].tolist():
             yield (self.epoch, index)
+
+
+def per_process_batch(batch_size: int, group: ProcessGroup, flag: str) -> int:
+    """A batch of `batch_size` images over all processes (the `flag` that sets it), split over them."""
+    if batch_size % group.world_size:
+        raise UserError(
+            f"{flag} {batch_size} does not split over {group.world_size} processes; use a multiple of the process count"
+        )
+    return batch_size // group.world_size
 
 
 def training_loader(
@@ -350,3 +410,103 @@ def write_run_record(path: Path, args: dict, device: torch.device, group: Proces
     }
     with atomic_path(path) as tmp_path:
         tmp_path.write_text(json.dumps(record, indent=2, default=str))
+
+
+@dataclasses.dataclass(frozen=True)
+class Trainer:
+    """One training process: its arguments (those of `add_training_arguments` and the runtime flags), its
+    place among the torchrun processes, its device and precision (decided once, STYLE 7). `start` comes
+    before the data and the model, which draw from the RNG it seeds; `run` trains and tears down."""
+
+    args: argparse.Namespace
+    group: ProcessGroup
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    precision: str  # its name in logs
+
+    @classmethod
+    def start(cls, args: argparse.Namespace) -> Trainer:
+        """Join the torchrun job, pick the device and precision, seed torch's RNG with seed + rank (each
+        process draws its own dropout masks), let cuDNN choose its kernels."""
+        group = init_process_group(args.device)
+        device = resolve_device(args.device, group.local_rank)
+        amp_dtype, precision = apply_precision(args, device)
+        torch.manual_seed(args.seed + group.rank)
+        if device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
+        return cls(args, group, device, amp_dtype, precision)
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return memory_format_for(self.device)
+
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.args.out_dir)
+
+    def run(
+        self,
+        loader: DataLoader,
+        num_epochs: int,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        train_step: Callable[..., dict[str, torch.Tensor]],
+        options: object,
+        *,
+        notes: Iterable[str] = (),
+        after_training: Callable[[RunLog], None] | None = None,
+    ) -> None:
+        """`num_epochs` of the ResumableSampler-driven `loader` (or up to --max_steps) through `model` (as
+        built, on the CPU) and `optimizer`: the model moved to the device, resumed from --resume, wrapped for
+        the processes; the run record, the log (its first line ends with `notes`), one
+        `train_step(model, optimizer, scaler, batch, options)` → loss terms per batch, checkpoints. Then
+        `after_training(log)` on the main process while the log is open, and under torchrun a barrier and
+        the process group's end."""
+        args, group, device = self.args, self.group, self.device
+        sampler = loader.sampler
+        model.to(device, memory_format=self.memory_format)
+        checkpoints = Checkpoints(self.out_dir / f"{args.session_name}_checkpoints", every=args.save_every)
+        resume_path = checkpoints.find(args.resume)
+        state = checkpoints.load(resume_path, model, optimizer) if resume_path else TrainState()
+        trained = distributed_model(model, device, group)
+        scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+
+        log = RunLog(
+            self.out_dir,
+            args.session_name,
+            enabled=group.is_main,
+            log_every=args.log_every,
+            tensorboard_dir=args.tensorboard,
+        )
+        if group.is_main:
+            write_run_record(self.out_dir / f"{args.session_name}.json", vars(args), device, group)
+        total_steps = sampler.batches_per_epoch * num_epochs
+        log.line(
+            f"{args.train_list}: {len(loader.dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
+            f"{num_epochs} epochs = {total_steps} steps, batch {sampler.batch_size}×{group.world_size}, {device}, "
+            f"{self.precision}, {loader.num_workers} loader workers"
+            + "".join(f", {note}" for note in notes)
+            + (f"; resumed from {resume_path} at step {state.step}" if resume_path else "")
+        )
+        last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
+        timer = StepTimer(state.step, last_step, sampler.batch_size * group.world_size)
+        with log, resume_hint_on_interrupt(log, state, checkpoints):
+            run_steps(
+                lambda batch: train_step(trained, optimizer, scaler, batch, options),
+                loader,
+                state,
+                last_step,
+                num_epochs,
+                model=model,
+                optimizer=optimizer,
+                group=group,
+                log=log,
+                checkpoints=checkpoints,
+                timer=timer,
+                run_args=vars(args),
+            )
+            if group.is_main and after_training is not None:
+                after_training(log)
+        if group.distributed:
+            dist.barrier()
+            dist.destroy_process_group()

@@ -264,6 +264,31 @@ def test_irn_loss_terms_displacement_hand_checked():
     assert float(terms["dp_bg"]) == pytest.approx(expected_bg, rel=1e-12)
 
 
+def test_irn_loss_of_bf16_outputs_is_the_loop_on_sigmoid_edges_in_float32():
+    """SPEC-IRN §6 from IRNet's outputs: boundary = sigmoid(edge logits), §4's affinities, the terms; in
+    float32 when the network ran in bf16, and the gradient reaches both outputs."""
+    generator = torch.Generator().manual_seed(2)
+    path_index = irn.PathIndex(SMALL_RADIUS, SMALL_SIZE)
+    _, _, label_maps, _ = loss_inputs(seed=2)
+    labels = {name: value.float() for name, value in label_maps.items()}
+    edge = (2 * torch.randn(2, 1, *SMALL_SIZE, generator=generator)).bfloat16().requires_grad_()
+    disp = (3 * torch.randn(2, 2, *SMALL_SIZE, generator=generator)).bfloat16().requires_grad_()
+    losses = irn.irn_loss(edge, disp, labels["bg_pos"], labels["fg_pos"], labels["neg"], path_index)
+
+    assert tuple(losses) == ("loss", "pos_aff", "neg_aff", "dp_fg", "dp_bg")
+    assert all(value.dtype == torch.float32 and value.dim() == 0 for value in losses.values())
+    boundary = torch.sigmoid(edge.detach().double()[:, 0])
+    expected = loss_terms_loop(
+        affinity_loop(boundary, SMALL_RADIUS), disp.detach().double(), **label_maps, radius=SMALL_RADIUS
+    )
+    values = {name: float(value.detach()) for name, value in losses.items()}
+    assert values["loss"] == pytest.approx(expected["total"], rel=1e-5)
+    for name in ("pos_aff", "neg_aff", "dp_fg", "dp_bg"):
+        assert values[name] == pytest.approx(expected[name], rel=1e-5), name
+    losses["loss"].backward()
+    assert edge.grad.abs().sum() > 0 and disp.grad.abs().sum() > 0
+
+
 # ---------------------------------------------------------------- §9 random walk
 
 

@@ -1,15 +1,23 @@
-"""engine/training.py: the sampler's order, sharding and mid-epoch start, TrainState, checkpoints,
-the run log's JSON lines and the Ctrl-C hint — what every trainer shares."""
+"""engine/training.py: the shared flags, the sampler's order, sharding and mid-epoch start, TrainState,
+checkpoints, the run log's JSON lines, the Ctrl-C hint, and `Trainer`'s run of a toy model (seed, resume,
+the after-training hook, the teardown of two processes) — what every trainer shares."""
 
 from __future__ import annotations
 
+import argparse
 import json
+import os
+import socket
+import time
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing
 from torch import nn
 from torch.utils.data import Dataset
 
+from engine import training
 from engine.errors import UserError
 from engine.runtime import ProcessGroup
 from engine.training import (
@@ -17,13 +25,82 @@ from engine.training import (
     ResumableSampler,
     RunLog,
     StepTimer,
+    Trainer,
     TrainState,
+    add_training_arguments,
     check_finite,
     mean_over_processes,
+    per_process_batch,
     resume_hint_on_interrupt,
     training_loader,
     write_run_record,
 )
+
+# ---------------------------------------------------------------- the shared flags
+
+
+def toy_parser(tmp_path) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser()
+    add_training_arguments(
+        parser,
+        weights_help="the start",
+        momentum=0.9,
+        momentum_help="SGD momentum",
+        save_every=3,
+        out_dir=tmp_path / "TOY",
+        session_name="toy",
+    )
+    return parser
+
+
+def test_shared_flags_take_the_trainers_defaults(tmp_path):
+    args = toy_parser(tmp_path).parse_args(["--weights", "none"])
+    assert vars(args) == {
+        "device": None,
+        "amp": "off",
+        "no_tf32": False,
+        "train_list": None,
+        "weights": "none",
+        "num_workers": None,
+        "momentum": 0.9,
+        "seed": 0,
+        "max_steps": None,
+        "resume": None,
+        "save_every": 3,
+        "log_every": 20,
+        "out_dir": str(tmp_path / "TOY"),
+        "session_name": "toy",
+        "tensorboard": None,
+    }
+    other = argparse.ArgumentParser()
+    add_training_arguments(
+        other, weights_help="", momentum=None, momentum_help="", save_every=200, out_dir=tmp_path, session_name="s"
+    )
+    assert vars(other.parse_args(["--weights", "w.pth"])) == {
+        **vars(args),
+        "weights": "w.pth",
+        "momentum": None,
+        "save_every": 200,
+        "out_dir": str(tmp_path),
+        "session_name": "s",
+    }
+
+
+def test_weights_are_required_and_the_help_says_what_each_trainer_passed(tmp_path, capsys):
+    parser = toy_parser(tmp_path)
+    with pytest.raises(SystemExit):
+        parser.parse_args([])
+    assert "--weights" in capsys.readouterr().err
+    help_text = " ".join(parser.format_help().split())
+    assert "--weights WEIGHTS the start" in help_text and "--momentum MOMENTUM SGD momentum" in help_text
+
+
+def test_a_global_batch_splits_over_the_processes_or_says_which_flag_to_change():
+    assert per_process_batch(32, ProcessGroup(rank=1, world_size=4), "--irn_batch_size") == 8
+    assert per_process_batch(6, ProcessGroup(), "--batch_size") == 6
+    with pytest.raises(UserError, match="--batch_size 10 does not split over 4 processes; use a multiple"):
+        per_process_batch(10, ProcessGroup(world_size=4), "--batch_size")
+
 
 # ---------------------------------------------------------------- ResumableSampler
 
@@ -235,3 +312,127 @@ def test_run_record_holds_the_arguments_versions_and_device(tmp_path):
     assert record["args"] == {"lr": 0.01, "out_dir": str(tmp_path)}
     assert record["versions"]["torch"] == torch.__version__ and record["world_size"] == 1
     assert set(record) == {"args", "versions", "git_commit", "device", "world_size", "command"}
+
+
+# ---------------------------------------------------------------- Trainer on a toy model
+
+
+class Numbers(Dataset):
+    """Item (epoch, index) → x = (index, epoch), the target 1."""
+
+    def __len__(self):
+        return 8
+
+    def __getitem__(self, key):
+        epoch, index = key
+        return {"x": torch.tensor([float(index), float(epoch)]), "target": torch.tensor(1.0)}
+
+
+def toy_step(model, optimizer, scaler, batch, options) -> dict[str, torch.Tensor]:
+    """A trainer's step: forward, loss, update; `options` is the loss's scale."""
+    loss = options * (model(batch["x"]).squeeze(1) - batch["target"]).pow(2).mean()
+    optimizer.zero_grad()
+    scaler.scale(loss).backward()
+    scaler.step(optimizer)
+    scaler.update()
+    return {"loss": loss.detach()}
+
+
+def toy_args(out_dir, *extra) -> argparse.Namespace:
+    return toy_parser(out_dir).parse_args(
+        ["--weights", "none", "--device", "cpu", "--out_dir", str(out_dir), "--log_every", "1", *extra]
+    )
+
+
+def toy_run(args, after_training=None) -> nn.Module:
+    """A trainer's main(): start, data, model (with dropout: it draws from the seeded RNG), optimiser, run."""
+    trainer = Trainer.start(args)
+    sampler = ResumableSampler(len(Numbers()), 2, args.seed, trainer.group)
+    loader = training_loader(Numbers(), sampler, num_workers=0, device=trainer.device)
+    model = nn.Sequential(nn.Linear(2, 4), nn.Dropout(0.5), nn.Linear(4, 1))
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=args.momentum)
+    trainer.run(loader, 2, model, optimizer, toy_step, 0.5, notes=["toy", "a note"], after_training=after_training)
+    return model
+
+
+def toy_logged(out_dir) -> list[dict]:
+    records = [json.loads(line) for line in (out_dir / "toy.jsonl").read_text().splitlines()]
+    return [{key: value for key, value in record.items() if key != "images_per_s"} for record in records]
+
+
+def test_start_seeds_torch_with_the_seed_plus_the_rank(tmp_path, monkeypatch):
+    trainer = Trainer.start(toy_args(tmp_path, "--seed", "3"))
+    assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(3)))
+    assert trainer.device == torch.device("cpu") and trainer.precision == "fp32" and trainer.amp_dtype is None
+    assert trainer.memory_format == torch.contiguous_format and trainer.out_dir == tmp_path
+    third_of_four = ProcessGroup(rank=2, world_size=4, local_rank=2)
+    monkeypatch.setattr(training, "init_process_group", lambda device: third_of_four)
+    assert Trainer.start(toy_args(tmp_path, "--seed", "3")).group == third_of_four
+    assert torch.equal(torch.rand(4), torch.rand(4, generator=torch.Generator().manual_seed(3 + 2)))
+
+
+def test_run_logs_checkpoints_and_hands_the_open_log_to_after_training(tmp_path):
+    seen = []
+
+    def after_training(log):
+        seen.append(log)
+        log.line("after training")
+
+    model = toy_run(toy_args(tmp_path), after_training)
+    assert len(seen) == 1 and seen[0].text.closed  # called once, with the log that run() then closed
+    assert [(record["step"], record["epoch"]) for record in toy_logged(tmp_path)] == [
+        (step, 1 + (step - 1) // 4) for step in range(1, 9)
+    ]
+    lines = (tmp_path / "toy.log").read_text().splitlines()
+    assert (
+        lines[0]
+        == "None: 8 images, 4 steps/epoch × 2 epochs = 8 steps, batch 2×1, cpu, fp32, 0 loader workers, toy, a note"
+    )
+    assert lines[-2].startswith("step 8/8 epoch 2 loss ") and lines[-1] == "after training"
+    assert json.loads((tmp_path / "toy.json").read_text())["args"]["save_every"] == 3
+    checkpoints = sorted(path.name for path in (tmp_path / "toy_checkpoints").iterdir())
+    assert checkpoints == ["step_0000006.pt", "step_0000008.pt"]  # every 3 steps, each epoch, the last; 2 kept
+    saved = torch.load(tmp_path / "toy_checkpoints" / "step_0000008.pt", weights_only=True)
+    assert all(torch.equal(saved["model"][key], value) for key, value in model.state_dict().items())
+
+
+def test_max_steps_stops_early_and_a_resumed_run_matches_an_uninterrupted_one(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    expected = toy_run(toy_args(straight, "--max_steps", "6", "--save_every", "0"))
+    toy_run(toy_args(split, "--max_steps", "3"))
+    resumed = toy_run(toy_args(split, "--max_steps", "6", "--resume", "auto"))
+    assert toy_logged(split) == toy_logged(straight) and len(toy_logged(straight)) == 6
+    for key, value in expected.state_dict().items():
+        assert torch.equal(resumed.state_dict()[key], value), key
+    second_start = [line for line in (split / "toy.log").read_text().splitlines() if line.startswith("None:")][1]
+    assert second_start.endswith(f"; resumed from {split / 'toy_checkpoints' / 'step_0000003.pt'} at step 3")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def two_process_run(rank: int, out_dir, port: int) -> None:
+    """One of two torchrun-like processes: the main one's after_training is slow and leaves a file; the
+    other must not leave run() before it (the barrier), and both end their process group."""
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
+    os.environ["MASTER_PORT"] = str(port)
+    torch.set_num_threads(1)
+    finished = out_dir / "after_training_finished"
+
+    def after_training(log):
+        time.sleep(1)
+        finished.write_text(str(rank))
+
+    toy_run(toy_args(out_dir, "--max_steps", "2"), after_training)
+    assert finished.read_text() == "0", "only the main process runs after_training, before the others leave"
+    assert not dist.is_initialized()
+    (out_dir / f"rank{rank}_done").write_text("")
+
+
+def test_two_processes_wait_for_the_main_one_and_end_their_group(tmp_path):
+    torch.multiprocessing.spawn(two_process_run, args=(tmp_path, free_port()), nprocs=2)
+    assert (tmp_path / "rank0_done").exists() and (tmp_path / "rank1_done").exists()
+    assert [record["step"] for record in toy_logged(tmp_path)] == [1, 2]  # written by the main process alone

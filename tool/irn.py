@@ -1,5 +1,6 @@
 """IRN's inter-pixel relations (SPEC-IRN §3–6, §9): the path index, affinities from class boundaries,
-affinity labels and loss terms for training, and the random walk that turns CAMs into pseudo labels.
+affinity labels, loss terms and the loss of IRNet's outputs for training, and the random walk that turns
+CAMs into pseudo labels.
 
 Pure functions of tensors: each runs on the device its inputs are on (a `PathIndex` is built on the
 CPU; `PathIndex.to` moves it once, where a caller reuses it on an accelerator).
@@ -180,6 +181,18 @@ def irn_loss_terms(
     dp_bg = torch.sum(pair.abs() * bg_pos.unsqueeze(1)) / (2 * torch.sum(bg_pos) + SUM_EPSILON)
     total = (pos_aff + neg_aff) / 2 + (dp_fg + dp_bg) / 2
     return {"pos_aff": pos_aff, "neg_aff": neg_aff, "dp_fg": dp_fg, "dp_bg": dp_bg, "total": total}
+
+
+def irn_loss(
+    edge: Tensor, disp: Tensor, bg_pos: Tensor, fg_pos: Tensor, neg: Tensor, path_index: PathIndex
+) -> dict[str, Tensor]:
+    """SPEC-IRN §6 training loss of one batch from IRNet's outputs, as IRN's loop computes it: edge N×1×Hp×Wp
+    (logits), disp N×2×Hp×Wp; boundary = sigmoid(edge), affinities on `path_index` (§4: radius 10 on the
+    crop/4 grid), the terms against the §5 labels (N×D×M, 0/1). The terms are computed in float32 whatever
+    precision the network ran in. → dict(loss, pos_aff, neg_aff, dp_fg, dp_bg) of scalars."""
+    aff = edge_to_affinity(torch.sigmoid(edge.float()[:, 0]), path_index)
+    terms = irn_loss_terms(aff, disp.float(), bg_pos, fg_pos, neg, path_index)
+    return {"loss": terms["total"], **{name: terms[name] for name in ("pos_aff", "neg_aff", "dp_fg", "dp_bg")}}
 
 
 # ---------------------------------------------------------------- §9 random walk

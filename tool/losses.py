@@ -1,5 +1,4 @@
-"""CPN training loss (SPEC §4) as pure functions of tensors; IRN's (SPEC-IRN §6) as one function of the
-model and the batch, over the terms of tool/irn.py.
+"""CPN training loss (SPEC §4) as pure functions of tensors (IRN's, SPEC-IRN §6, is in tool/irn.py).
 
 Shapes: N images, C = 21 channels (0 = background), H×W the maps' size (the input size:
 the network returns its maps resized to the input). `label` is the N×20 multi-hot class
@@ -14,9 +13,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
-
-from tool.irn import PathIndex, edge_to_affinity, irn_loss_terms
+from torch import Tensor
 
 MAX_NORM_EPSILON = 1e-5  # SPEC §4: max_norm's ε
 OHEM_RATIO = 0.2  # SPEC §4: L_cpcr averages the hardest 20% of the entries per image
@@ -171,16 +168,3 @@ def cpn_loss(
     else:
         loss_cpcr = zero
     return {"loss": loss_cls + loss_tcp + loss_cpcr, "loss_cls": loss_cls, "loss_tcp": loss_tcp, "loss_cpcr": loss_cpcr}
-
-
-def irn_loss(
-    model: nn.Module, img: Tensor, bg_pos_label: Tensor, fg_pos_label: Tensor, neg_label: Tensor, path_index: PathIndex
-) -> dict[str, Tensor]:
-    """SPEC-IRN §6 training loss of one batch, as IRN's loop computes it: the model's (edge N×1×h×w,
-    disp N×2×h×w) on img N×3×C×C, boundary = sigmoid(edge), affinities on `path_index` (radius 10 on the
-    C/4 grid, SPEC-IRN §4), the terms against the §5 labels (N×D×M, 0/1). The terms are computed in
-    float32 whatever precision the network ran in. → dict(loss, pos_aff, neg_aff, dp_fg, dp_bg) of scalars."""
-    edge, disp = model(img)
-    aff = edge_to_affinity(torch.sigmoid(edge.float()[:, 0]), path_index)
-    terms = irn_loss_terms(aff, disp.float(), bg_pos_label, fg_pos_label, neg_label, path_index)
-    return {"loss": terms["total"], **{name: terms[name] for name in ("pos_aff", "neg_aff", "dp_fg", "dp_bg")}}
