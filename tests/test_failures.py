@@ -281,6 +281,7 @@ def assert_interrupted(result: subprocess.CompletedProcess) -> str:
     return result.stderr.strip().splitlines()[-1]
 
 
+@pytest.mark.slow  # a training process, interrupted
 def test_ctrl_c_during_training_keeps_a_valid_checkpoint(toy_voc, toy_lists, tmp_path):
     out = tmp_path / "out"
     checkpoints = out / "run_checkpoints"
@@ -296,6 +297,7 @@ def test_ctrl_c_during_training_keeps_a_valid_checkpoint(toy_voc, toy_lists, tmp
     assert last_line in (out / "run.log").read_text()  # the log file records it too
 
 
+@pytest.mark.slow  # an inference process, interrupted
 def test_ctrl_c_during_inference_leaves_whole_files(toy_voc, toy_lists, weights, tmp_path):
     cam_dir, pred_dir = tmp_path / "cam", tmp_path / "pred"
     args = infer_args(toy_voc, toy_lists, weights, "--out_cam", str(cam_dir), "--out_cam_pred", str(pred_dir))

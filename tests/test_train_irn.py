@@ -223,6 +223,7 @@ def test_bad_inputs_fail_with_one_line(toy_voc, toy_lists, ir_labels, infer_list
     assert "w.pth" in one_line_error(run_cli(*missing_weights))
 
 
+@pytest.mark.slow  # two processes
 def test_two_gloo_processes_under_torchrun(toy_voc, toy_lists, ir_labels, infer_list, tmp_path):
     result = subprocess.run(
         [

@@ -396,16 +396,18 @@ def test_run_logs_checkpoints_and_hands_the_open_log_to_after_training(tmp_path)
     assert all(torch.equal(saved["model"][key], value) for key, value in model.state_dict().items())
 
 
-def test_max_steps_stops_early_and_a_resumed_run_matches_an_uninterrupted_one(tmp_path):
+@pytest.mark.parametrize("stop_step", [3, 4])  # within the first epoch, at its end (4 steps per epoch)
+def test_max_steps_stops_early_and_a_resumed_run_matches_an_uninterrupted_one(tmp_path, stop_step):
     straight, split = tmp_path / "straight", tmp_path / "split"
     expected = toy_run(toy_args(straight, "--max_steps", "6", "--save_every", "0"))
-    toy_run(toy_args(split, "--max_steps", "3"))
+    toy_run(toy_args(split, "--max_steps", str(stop_step)))
     resumed = toy_run(toy_args(split, "--max_steps", "6", "--resume", "auto"))
     assert toy_logged(split) == toy_logged(straight) and len(toy_logged(straight)) == 6
     for key, value in expected.state_dict().items():
         assert torch.equal(resumed.state_dict()[key], value), key
     second_start = [line for line in (split / "toy.log").read_text().splitlines() if line.startswith("None:")][1]
-    assert second_start.endswith(f"; resumed from {split / 'toy_checkpoints' / 'step_0000003.pt'} at step 3")
+    checkpoint = split / "toy_checkpoints" / f"step_{stop_step:07d}.pt"
+    assert second_start.endswith(f"; resumed from {checkpoint} at step {stop_step}")
 
 
 def free_port() -> int:
@@ -432,6 +434,7 @@ def two_process_run(rank: int, out_dir, port: int) -> None:
     (out_dir / f"rank{rank}_done").write_text("")
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_wait_for_the_main_one_and_end_their_group(tmp_path):
     torch.multiprocessing.spawn(two_process_run, args=(tmp_path, free_port()), nprocs=2)
     assert (tmp_path / "rank0_done").exists() and (tmp_path / "rank1_done").exists()
