@@ -18,6 +18,7 @@ from torch.utils.data import default_collate
 from engine.datasets import SBD_AUG_LABELS, VOC12, VOC_TRAIN_AUG_IMAGES, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
 from engine.errors import UserError, run_main
 from engine.fileio import read_label_png, read_rgb
+from tests.tiny import write_label_pngs
 from tool.constants import IMAGENET_MEAN, IMAGENET_STD
 from tool.irn import quarter_label, search_dst
 from voc12.data import (
@@ -397,19 +398,10 @@ def test_truncated_jpeg_is_a_user_error(tmp_path):
 IRN_CROP = 96  # the smallest sizes the radius-10 path index fits are multiples of 4 from 76
 
 
-def write_ir_labels(voc_root: Path, names, folder: Path) -> Path:
-    """Confident labels as cam_to_ir_label.py writes them (single-channel 0/1–20/255), here the toy set's
-    ground truth."""
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in names:
-        label = read_label_png(voc_root / "SegmentationClass" / f"{name}.png")
-        Image.fromarray(label, mode="L").save(folder / f"{name}.png")
-    return folder
-
-
 @pytest.fixture(scope="module")
-def ir_labels(toy_voc, train_names, tmp_path_factory):
-    return write_ir_labels(toy_voc, train_names, tmp_path_factory.mktemp("ir_label"))
+def ir_labels(toy_label_pngs):
+    """Confident labels as cam_to_ir_label.py writes them, here the toy ground truth."""
+    return toy_label_pngs
 
 
 def slow_affinity_labels(quarter: np.ndarray, radius: int = 10) -> dict[str, np.ndarray]:
@@ -501,7 +493,7 @@ def test_irn_dataset_errors(toy_voc, train_names, ir_labels, tmp_path):
         IrnTrainDataset(toy_voc, train_names, ir_labels, crop_size=64)
     with pytest.raises(UserError, match="--irn_crop_size 98"):
         IrnTrainDataset(toy_voc, train_names, ir_labels, crop_size=98)
-    bad = write_ir_labels(toy_voc, train_names[:1], tmp_path / "bad")
+    bad = write_label_pngs(toy_voc, train_names[:1], tmp_path / "bad")
     label = read_label_png(bad / f"{train_names[0]}.png").copy()
     label[0, :3] = (21, 37, 254)
     Image.fromarray(label, mode="L").save(bad / f"{train_names[0]}.png")

@@ -25,7 +25,6 @@ import train_cpn
 from engine.errors import UserError, run_main
 from engine.fileio import check_writable_dir, read_rgb, save_npy
 from engine.manifest import MANIFEST_NAME
-from network import build_network
 from tests.tiny import TINY_TRAIN_ARGS
 from voc12 import make_cls_labels
 from voc12.data import load_cls_labels, load_image_list
@@ -45,16 +44,13 @@ def one_line_error(main, args: list[str], capsys) -> str:
 
 
 @pytest.fixture(scope="module")
-def weights(tmp_path_factory) -> Path:
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("weights") / "cpn.pth"
-    torch.save(build_network("resnet38_CPN").state_dict(), path)
-    return path
+def weights(cpn_weights) -> Path:
+    return cpn_weights
 
 
 @pytest.fixture(scope="module")
-def truncated_weights(weights) -> Path:
-    path = weights.with_name("cut.pth")
+def truncated_weights(weights, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("weights") / "cut.pth"
     path.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     return path
 

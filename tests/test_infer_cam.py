@@ -60,16 +60,16 @@ def irn_prediction(cam_dict: dict, threshold: float) -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def model():
-    torch.manual_seed(0)
-    return build_network("network.resnet38_CPN").eval()
+def weights(cpn_weights) -> Path:
+    return cpn_weights
 
 
 @pytest.fixture(scope="module")
-def weights(model, tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("weights") / "random_cpn.pth"
-    torch.save(model.state_dict(), path)
-    return path
+def model(weights):
+    """The network `weights` holds."""
+    net = build_network("network.resnet38_CPN")
+    net.load_state_dict(torch.load(weights, weights_only=True))
+    return net.eval()
 
 
 @pytest.fixture(scope="module")

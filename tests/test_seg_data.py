@@ -138,13 +138,9 @@ def train_names(toy_lists) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def pseudo_labels(toy_voc, train_names, tmp_path_factory):
+def pseudo_labels(toy_label_pngs):
     """The toy ground truth as pseudo labels (0…20 and 255)."""
-    folder = tmp_path_factory.mktemp("sem_seg")
-    for name in train_names:
-        label = read_label_png(toy_voc / "SegmentationClass" / f"{name}.png")
-        Image.fromarray(label, mode="L").save(folder / f"{name}.png")
-    return folder
+    return toy_label_pngs
 
 
 def test_train_dataset_is_a_function_of_seed_epoch_and_index(toy_voc, train_names, pseudo_labels):

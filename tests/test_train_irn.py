@@ -10,11 +10,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 
 import train_irn
 from engine.datasets import VOC12
-from engine.fileio import read_label_png
 from network.resnet50_irn import Net, irn_state_dict
 from network.weights import load_weights
 from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, irn_loss
@@ -27,12 +25,9 @@ LOSS_NAMES = ("loss", "pos_aff", "neg_aff", "dp_fg", "dp_bg")
 
 
 @pytest.fixture(scope="module")
-def ir_labels(toy_voc, tmp_path_factory) -> Path:
-    """Confident labels in cam_to_ir_label.py's format (single-channel 0/1–20/255): the toy ground truth."""
-    folder = tmp_path_factory.mktemp("ir_label")
-    for path in (toy_voc / "SegmentationClass").glob("*.png"):
-        Image.fromarray(read_label_png(path), mode="L").save(folder / path.name)
-    return folder
+def ir_labels(toy_label_pngs) -> Path:
+    """Confident labels in cam_to_ir_label.py's format: the toy ground truth."""
+    return toy_label_pngs
 
 
 @pytest.fixture(scope="module")
