@@ -41,8 +41,10 @@ from tqdm import tqdm
 
 from engine.cores import default_num_workers
 from engine.datasets import (
+    CAM_STAGE,
     DATASETS,
     SEGMENTATION_FOLDER,
+    SEGMENTATION_STAGE,
     DatasetSpec,
     add_dataset_arguments,
     get_dataset,
@@ -50,6 +52,7 @@ from engine.datasets import (
 )
 from engine.errors import UserError, and_more, run_main
 from engine.fileio import atomic_path, load_npy_dict, read_label_png
+from engine.manifest import InputManifest
 from engine.parallel import map_unordered
 from tool.metrics import (
     InvalidLabelsError,
@@ -76,6 +79,7 @@ NO_THRESHOLD = "none (png labels)"
 # What a 255 in a png prediction counts as (tool.metrics.label_counts' void_label): no class, as
 # CPN's reference evaluation counts it, or background, as IRN's eval_sem_seg does (SPEC-IRN §10).
 PREDICTION_VOID = {"no_class": None, "background": 0}
+SEGMENTATION_OUTPUT = "out_seg"  # infer_seg.py's label folder, as its manifest's "output" names it
 
 
 def cam_format(spec: DatasetSpec) -> str:
@@ -221,10 +225,17 @@ def threshold_choice(thresholds: tuple[float, ...] | None) -> str:
     return FIXED_THRESHOLD if len(thresholds) == 1 else BEST_ON_GROUND_TRUTH
 
 
+def is_segmentation(predict_dir: Path) -> bool:
+    """Whether the label PNGs are the segmentation network's (SPEC_SEG §4): infer_seg.py's --out_seg folder,
+    by its manifest. Its score is the reference's do_python_eval, the same counts as the CAMs' (SPEC §6)."""
+    manifest = InputManifest.read(predict_dir, "rewrite the predictions or remove the manifest", warn=False)
+    return manifest is not None and manifest.settings.get("output") == SEGMENTATION_OUTPUT
+
+
 def evaluation_protocol(args: argparse.Namespace, num_images: int, thresholds: tuple[float, ...] | None) -> dict:
     """What is scored against what, stated by every output: list, folders (absolute), prediction
     type, how the background score is chosen, for label PNGs what a 255 in them counts as, the
-    data set and, for a sweep, its range."""
+    data set, for a sweep its range, and for infer_seg.py's labels the segmentation stage."""
     protocol = {
         "list": os.path.abspath(args.list),
         "num_images": num_images,
@@ -238,14 +249,16 @@ def evaluation_protocol(args: argparse.Namespace, num_images: int, thresholds: t
     protocol["dataset"] = args.dataset
     if thresholds is not None and len(thresholds) > 1:
         protocol["sweep"] = sweep_range(thresholds)
+    if args.type == "png" and is_segmentation(Path(args.predict_dir)):
+        protocol["stage"] = SEGMENTATION_STAGE
     return protocol
 
 
 def protocol_warnings(protocol: dict) -> list[str]:
-    """One line for each way this protocol departs from the data set's published CAM figures
-    (VOC, SPEC §6: SegmentationClass ground truth, train; COCO: none)."""
+    """One line for each way this protocol departs from the data set's published figures of its stage
+    (VOC, SPEC §6: CAMs on train, SPEC_SEG §4: segmentation on val, both against SegmentationClass; COCO: none)."""
     spec = get_dataset(protocol["dataset"])
-    return spec.protocol_warnings(Path(protocol["gt_dir"]), protocol["num_images"])
+    return spec.protocol_warnings(Path(protocol["gt_dir"]), protocol["num_images"], protocol.get("stage", CAM_STAGE))
 
 
 def protocol_lines(protocol: dict) -> list[str]:
@@ -264,6 +277,9 @@ def protocol_lines(protocol: dict) -> list[str]:
     if "sweep" in protocol:
         sweep = protocol["sweep"]
         lines.append(f"sweep: {sweep['start']:g} to {sweep['stop']:g} in steps of {sweep['step']:g}")
+    if "stage" in protocol:
+        split, ground_truth = Path(protocol["list"]).stem, Path(protocol["gt_dir"]).name
+        lines.append(f"stage: {protocol['stage']} (infer_seg.py's labels), {spec.title} {split}, {ground_truth}")
     return lines
 
 

@@ -47,7 +47,13 @@ def sweep_thresholds(start: float, stop: float, step: float = 0.01) -> tuple[flo
     return tuple(round(start + step * i, 6) for i in range(count))
 
 
-def _no_protocol_warnings(gt_dir: Path, num_images: int) -> list[str]:
+# What evaluation_cam.py scores: CAMs (or labels made from them), or the segmentation network's labels
+# (infer_seg.py's, as the folder's manifest says); the published figures differ by stage.
+CAM_STAGE = "CAMs"
+SEGMENTATION_STAGE = "segmentation"
+
+
+def _no_protocol_warnings(gt_dir: Path, num_images: int, stage: str) -> list[str]:
     return []
 
 
@@ -63,9 +69,9 @@ class DatasetSpec:
     list_files: dict[str, str]  # the scripts' default files in lists_dir: "train", "infer", "val", "cls_labels"
     make_labels_command: str
     sweep: tuple[float, ...]  # evaluation_cam.py's default background scores
-    # (gt_dir, number of listed images) → one line per way an evaluation departs from the figures
-    # published for this data set; evaluation_cam.py prints them.
-    protocol_warnings: Callable[[Path, int], list[str]] = _no_protocol_warnings
+    # (gt_dir, number of listed images, CAM_STAGE or SEGMENTATION_STAGE) → one line per way an evaluation
+    # departs from the figures published for this data set; evaluation_cam.py prints them.
+    protocol_warnings: Callable[[Path, int, str], list[str]] = _no_protocol_warnings
 
     def __reduce__(self):
         """Sent to worker processes by name: one instance per data set in every process."""
@@ -117,16 +123,17 @@ VOC_AUG_FOLDER = "SegmentationClassAug"  # SBD's coarser masks, for the train_au
 PAPER_CAM_MIOU = 57.4  # the paper's CAM mIoU, on VOC train (VOC_TRAIN_IMAGES images)
 
 
-def _voc_protocol_warnings(gt_dir: Path, num_images: int) -> list[str]:
-    """SPEC §6: the paper scores CAMs against VOC's SegmentationClass, on train."""
+def _voc_protocol_warnings(gt_dir: Path, num_images: int, stage: str) -> list[str]:
+    """SPEC §6: the paper scores CAMs against VOC's SegmentationClass, on train; SPEC_SEG §4: the segmentation
+    network against the same ground truth, on val (and test, on the server)."""
     warnings = []
     if Path(gt_dir).name == VOC_AUG_FOLDER:
         warnings.append(
             f"--gt_dir {gt_dir} holds SBD's {VOC_AUG_FOLDER} masks, coarser than VOC's; the "
-            f"paper scores CAMs against VOC2012/{SEGMENTATION_FOLDER}, so this mIoU is not comparable "
+            f"paper scores {stage} against VOC2012/{SEGMENTATION_FOLDER}, so this mIoU is not comparable "
             "with its figures"
         )
-    if num_images == VOC_VAL_IMAGES:
+    if stage == CAM_STAGE and num_images == VOC_VAL_IMAGES:
         warnings.append(
             f"the list has {VOC_VAL_IMAGES:,} images, as VOC2012 val does; the paper's CAM mIoU "
             f"({PAPER_CAM_MIOU} %) is on train ({VOC_TRAIN_IMAGES:,} images): pass --list "

@@ -7,8 +7,9 @@ rerun with other weights. Each output folder holds `manifest.json`:
 
 `weights_sha256` and `settings` (network, scales, precision, the format's own parameters)
 determine the files' contents: a run whose differ is refused before any work. `weights` (the
-path), `version` and `lists` are a record only, so the same file moved, a newer checkout or
-another image list (val after train) resumes; each new list is added to `lists`.
+path), `version`, `lists` and a stage's `provenance` (what made its weights, where known) are a
+record only, so the same file moved, a newer checkout or another image list (val after train)
+resumes; each new list is added to `lists`.
 
 A folder that holds files but no manifest (an older version's, the reference's) is refused:
 which weights made them is unknown. `--overwrite` (the scripts' flag) skips every check.
@@ -127,12 +128,15 @@ class FolderManifest:
         settings: dict,
         input_list: str | os.PathLike,
         version: str | None,
+        provenance: dict | None = None,
     ):
         self.folder = Path(folder)
         self.path = self.folder / MANIFEST_NAME
         # Through JSON once, so that it compares equal to what is read back (tuples become lists).
         self.expected = json.loads(json.dumps({"weights_sha256": weights_sha256, "settings": settings}))
         self.record = {"weights": str(Path(weights).resolve()), "version": version}
+        if provenance is not None:
+            self.record["provenance"] = provenance
         self.input_list = str(Path(input_list).resolve())
         self.existing: dict | None = None
 

@@ -102,11 +102,12 @@ class Outputs:
         run_settings: dict,
         input_list: str | os.PathLike,
         checksum: str | None = None,
+        provenance: dict | None = None,
     ) -> list[FolderManifest]:
         """Each folder's manifest: the weights' checksum (hashed once, unless given: a stage that runs no
         network records the weights that made its inputs, from their manifest) and every setting that
-        changes the folder's files, the run's and its format's. The list, the weights' path and the
-        code version are recorded, not compared."""
+        changes the folder's files, the run's and its format's. The list, the weights' path, the code
+        version and `provenance` (what made the weights, where known) are recorded, not compared."""
         if checksum is None:
             checksum = weights_sha256(weights)
         version = git_commit()
@@ -118,6 +119,7 @@ class Outputs:
                 settings={"output": folder.output.flag, **run_settings, **folder.settings},
                 input_list=input_list,
                 version=version,
+                provenance=provenance,
             )
             for folder in self.folders
         ]

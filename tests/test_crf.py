@@ -102,6 +102,10 @@ def test_named_settings_are_the_specs():
     )
     assert crf.IRN_LABEL_GT_PROB == 0.7
     assert crf.SEAM_CRF_ALPHAS == (4, 24)
+    # SPEC_SEG §4 (the segmentation reference's DenseCRF.py and test.py's inference(1))
+    assert crf.DEEPLAB_CRF == crf.CrfSettings(
+        gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=32, bilateral_srgb=13, bilateral_compat=10, iterations=1
+    )
 
 
 def test_crf_inference_runs_the_settings_it_is_given(recording_pydensecrf):
@@ -118,6 +122,28 @@ def test_crf_inference_runs_the_settings_it_is_given(recording_pydensecrf):
     assert calls["gaussian"] == ({"sxy": 1, "compat": 2},)
     assert calls["bilateral"] == ({"sxy": 32, "srgb": 4, "compat": 6},)
     assert calls["inference"] == (1,)
+
+
+def test_deeplab_crf_is_one_iteration_of_the_test_time_terms(recording_pydensecrf):
+    probs = np.full((21, 4, 6), 1 / 21, np.float32)
+    crf.crf_inference(np.zeros((4, 6, 3), np.uint8), probs, crf.DEEPLAB_CRF)
+    calls = recorded(recording_pydensecrf)
+    assert calls["DenseCRF2D"] == (6, 4, 21)
+    np.testing.assert_allclose(calls["unary"][0], -np.log(1 / 21), rtol=1e-6)  # SPEC_SEG §4: -log(p)
+    assert calls["gaussian"] == ({"sxy": 3, "compat": 3},)
+    assert calls["bilateral"] == ({"sxy": 32, "srgb": 13, "compat": 10},)
+    assert calls["inference"] == (1,)
+
+
+@needs_pydensecrf
+def test_deeplab_crf_cleans_a_noisy_labelling_in_its_one_iteration():
+    image, truth = two_region_image()
+    rng = np.random.default_rng(1)
+    noisy = np.where(rng.random(truth.shape) < 0.25, 1 - truth, truth)
+    probs = np.stack([np.where(noisy == 0, 0.6, 0.4), np.where(noisy == 1, 0.6, 0.4)]).astype(np.float32)
+    refined = crf.crf_inference(image, probs, crf.DEEPLAB_CRF)
+    np.testing.assert_allclose(refined.sum(axis=0), 1.0, atol=1e-5)
+    assert (noisy != truth).mean() > 0.2 and (refined.argmax(axis=0) != truth).mean() < 0.02
 
 
 def test_missing_pydensecrf_is_a_user_error(monkeypatch):

@@ -20,6 +20,7 @@ import evaluation_cam
 from engine.datasets import COCO14, IGNORE_INDEX, PALETTE, VOC12, VOC_TRAIN_IMAGES, VOC_VAL_IMAGES
 from engine.errors import UserError
 from engine.fileio import save_npy
+from engine.manifest import FolderManifest
 from tool.metrics import GROUND_TRUTH, PREDICTED, TRUE_POSITIVE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -250,6 +251,69 @@ def test_png_void_as_background_is_irns_rule(dataset, capsys):
     assert "(png labels, 255 counts as background)" in capsys.readouterr().out
 
 
+def do_python_eval(predictions: dict, ground_truths: dict, num_classes: int = NUM_CLASSES) -> float:
+    """SPEC_SEG §4: the segmentation reference's VOCDataset.do_python_eval, retyped: per class P, T, TP over the
+    pixels whose ground truth is not 255, IoU = TP / (T + P - TP + 1e-10), the mean over all classes × 100."""
+    P, T, TP = np.zeros(num_classes), np.zeros(num_classes), np.zeros(num_classes)
+    for name, predict in predictions.items():
+        gt = ground_truths[name]
+        cal = gt < 255
+        mask = (predict == gt) * cal
+        for i in range(num_classes):
+            P[i] += np.sum((predict == i) * cal)
+            T[i] += np.sum((gt == i) * cal)
+            TP[i] += np.sum((gt == i) * mask)
+    return float(np.mean(TP / (T + P - TP + 1e-10)) * 100)
+
+
+def segmentation_folder(root: Path, cases: dict, output: str = "out_seg") -> Path:
+    """Random label PNGs 0..20 in a folder whose manifest names `output` (infer_seg.py's --out_seg); the
+    ground truth renamed SegmentationClass and the list val.txt, as VOC's."""
+    rng = np.random.default_rng(7)
+    folder = root / "out_seg"
+    FolderManifest(
+        folder,
+        weights=root / "deeplab.pth",
+        weights_sha256="0" * 64,
+        settings={"output": output},
+        input_list=root / "val.txt",
+        version=None,
+    ).write()
+    predictions = {}
+    for name, (_, ground_truth) in cases.items():
+        predictions[name] = rng.integers(0, NUM_CLASSES, ground_truth.shape).astype(np.uint8)
+        save_label_png(folder / f"{name}.png", predictions[name])
+    (root / "gt").rename(root / "SegmentationClass")
+    (root / "list.txt").rename(root / "val.txt")
+    return folder
+
+
+def test_segmentation_labels_score_as_do_python_eval_and_say_so(dataset, capsys):
+    root, cases = dataset
+    folder = segmentation_folder(root, cases)
+    extra = ("--list", str(root / "val.txt"), "--gt_dir", str(root / "SegmentationClass"), "--type", "png")
+    result = evaluation_cam.main(arguments(root, *extra, "--predict_dir", str(folder)))
+    expected = do_python_eval(
+        {name: read_png(folder / f"{name}.png") for name in cases}, {name: gt for name, (_, gt) in cases.items()}
+    )
+    assert result["best_miou"] == pytest.approx(expected, abs=1e-9)
+    assert result["protocol"]["stage"] == "segmentation" and result["warnings"] == []
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-2] == "stage: segmentation (infer_seg.py's labels), VOC2012 val, SegmentationClass"
+
+
+def test_other_label_folders_are_not_the_segmentation_stage(dataset):
+    root, cases = dataset
+    folder = segmentation_folder(root, cases, output="sem_seg_out_dir")  # make_sem_seg_labels.py's pseudo labels
+    extra = ("--list", str(root / "val.txt"), "--gt_dir", str(root / "SegmentationClass"), "--type", "png")
+    assert "stage" not in evaluation_cam.main(arguments(root, *extra, "--predict_dir", str(folder)))["protocol"]
+
+
+def read_png(path: Path) -> np.ndarray:
+    with Image.open(path) as image:
+        return np.asarray(image)
+
+
 def test_undefined_precision_and_recall_are_null_and_n_a(tmp_path, capsys):
     # ground truth holds background and aeroplane only; the prediction adds bicycle, never cat
     (tmp_path / "gt").mkdir()
@@ -333,6 +397,19 @@ def test_protocol_warnings_are_the_vocs_word_for_word():
         "the list has 1,449 images, as VOC2012 val does; the paper's CAM mIoU (57.4 %) is on train "
         "(1,464 images): pass --list .../ImageSets/Segmentation/train.txt to compare with it",
     ]
+
+
+@pytest.mark.parametrize(
+    "gt_dir, expected",
+    [("VOCdevkit/VOC2012/SegmentationClass", []), ("VOCdevkit/VOC2012/SegmentationClassAug", ["SegmentationClassAug"])],
+)
+def test_segmentation_on_val_has_no_cam_list_warning(gt_dir, expected):
+    """SPEC_SEG §4: the segmentation network is scored on val (the paper's 67.8 %), so its 1,449 images are
+    the protocol, not the CAM figure's departure; coarse ground truth still warns."""
+    protocol = {**protocol_of(VOC_VAL_IMAGES, gt_dir), "stage": "segmentation"}
+    warnings = evaluation_cam.protocol_warnings(protocol)
+    assert len(warnings) == len(expected)
+    assert all("the paper scores segmentation against VOC2012/SegmentationClass" in warning for warning in warnings)
 
 
 def test_coco_has_no_protocol_warnings():

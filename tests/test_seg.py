@@ -213,6 +213,22 @@ def test_multiscale_probabilities_match_a_slow_loop():
     np.testing.assert_allclose(probabilities.numpy(), expected, rtol=1e-5, atol=1e-6)
 
 
+def test_multiscale_probabilities_without_flips_is_one_forward_per_scale():
+    torch.manual_seed(4)
+    model = TinySegNet().eval()
+    batches = []
+    model.register_forward_pre_hook(lambda module, inputs: batches.append(inputs[0].shape[0]))
+    height, width = 9, 11
+    scaled = [torch.randn(3, 5, 6), torch.randn(3, 9, 11)]
+    probabilities = multiscale_probabilities(model, scaled, (height, width), flip=False)
+    assert batches == [1, 1]
+    with torch.no_grad():
+        logit_maps = [bilinear_align_corners(model(image[None])[0].double().numpy(), height, width) for image in scaled]
+    mean = np.mean(logit_maps, axis=0)
+    expected = np.exp(mean) / np.exp(mean).sum(axis=0, keepdims=True)
+    np.testing.assert_allclose(probabilities.numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
 def test_seg_normalize_is_the_reference_s_float32_image_norm():
     image = np.random.default_rng(5).integers(0, 256, (4, 5, 3), dtype=np.uint8)
     expected = image.astype(np.float32)

@@ -1,6 +1,6 @@
 """Dense CRF refinement (SPEC §7) and the SEAM-style pseudo labels built on it; IRN's CRF of label
-maps (SPEC-IRN §8). Each CRF's pairwise terms and iterations are one named `CrfSettings`, and
-`dense_crf` builds a pydensecrf CRF from any of them.
+maps (SPEC-IRN §8); the segmentation stage's test-time CRF (SPEC_SEG §4). Each CRF's pairwise terms
+and iterations are one named `CrfSettings`, and `dense_crf` builds a pydensecrf CRF from any of them.
 
 The reference kept two copies of `crf_inference` with different bilateral ranges
 (50 in tool/imutils.py, 80 in tool/visualization.py); SPEC §7 is the first, and this is
@@ -41,6 +41,11 @@ IRN_LABEL_CRF = CrfSettings(
     gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10, iterations=10
 )
 IRN_LABEL_GT_PROB = 0.7
+# SPEC_SEG §4: the segmentation stage's test-time CRF (the reference's DenseCRF.py): SEAM_CRF's terms but
+# bilateral range 32, one mean-field iteration.
+DEEPLAB_CRF = CrfSettings(
+    gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=32, bilateral_srgb=13, bilateral_compat=10, iterations=1
+)
 
 
 def require_pydensecrf():

@@ -1,7 +1,8 @@
 """The segmentation stage's method (SPEC_SEG §2-4), as pure functions of tensors and modules: the optimiser's
 groups and schedule, the forward with BatchNorm statistics per group of images ("ghost BN", §3), the
 cross-entropy normalised by a global pixel count, and the test-time multi-scale probabilities with the
-image the CRF sees. No I/O, no device logic; the CRF itself is tool/crf.py's."""
+image the CRF sees. No I/O, no device decisions (the caller's model and precision are used); the CRF itself is
+tool/crf.py's."""
 
 from __future__ import annotations
 
@@ -14,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.datasets import IGNORE_INDEX
+from engine.runtime import autocast
 from tool.constants import IMAGENET_MEAN, IMAGENET_STD
 from tool.optim import PolyOptimizer, cpn_param_groups
 
@@ -103,16 +105,29 @@ def seg_loss(
 
 
 @torch.no_grad()
-def multiscale_probabilities(model: nn.Module, scaled_images: Sequence[torch.Tensor], size) -> torch.Tensor:
-    """SPEC_SEG §4: K×H×W class probabilities of one image from its scaled, normalised 3×h×w inputs: each
-    input and its horizontal flip through `model` (in the mode the caller set: eval for the reference), each
-    output resized bilinearly to `size` = (H, W) with align_corners=True, the flip undone, then the mean of the
-    2·S logit maps, then softmax. The pair goes through as one batch of 2 (eval-mode BN treats images alone)."""
+def multiscale_probabilities(
+    model: nn.Module,
+    scaled_images: Sequence[torch.Tensor],
+    size,
+    *,
+    flip: bool = True,
+    amp_dtype: torch.dtype | None = None,
+    memory_format: torch.memory_format = torch.contiguous_format,
+) -> torch.Tensor:
+    """SPEC_SEG §4: K×H×W float32 class probabilities of one image, on the model's device, from its scaled,
+    normalised 3×h×w inputs: each input and (with `flip`, the reference's) its horizontal flip through `model` (in
+    the mode the caller set: eval for the reference; under autocast with `amp_dtype`), each output resized
+    bilinearly to `size` = (H, W) with align_corners=True, the flip undone, then the mean of the 2·S (or S) logit
+    maps, then softmax, in float32. The pair goes through as one batch of 2 (eval-mode BN treats images alone)."""
+    device = next(model.parameters()).device
     logit_maps = []
     for image in scaled_images:
-        outputs = model(torch.stack([image, image.flip(-1)])).float()
-        outputs = F.interpolate(outputs, size, mode="bilinear", align_corners=True)
-        logit_maps += [outputs[:1], outputs[1:].flip(-1)]
+        image = image.to(device, non_blocking=True)
+        batch = (torch.stack([image, image.flip(-1)]) if flip else image[None]).contiguous(memory_format=memory_format)
+        with autocast(device, amp_dtype):
+            outputs = model(batch)
+        outputs = F.interpolate(outputs.float(), size, mode="bilinear", align_corners=True)
+        logit_maps += [outputs[:1], outputs[1:].flip(-1)] if flip else [outputs]
     return F.softmax(torch.cat(logit_maps).mean(dim=0, keepdim=True), dim=1)[0]
 
 
