@@ -5,10 +5,11 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.requirements-installed
 DEV_STAMP := $(VENV)/.requirements-dev-installed
 
-DEMO_DIR ?= demo_out
-DEMO_STEPS ?=
-DEMO_DEVICE ?= auto
 DEMO_COCO ?= 0
+DEMO_DIR ?= $(if $(filter 1,$(DEMO_COCO)),demo_out_coco14,demo_out)
+DEMO_DEVICE ?= auto
+DEMO_ARGS ?=
+DEMO_DATASET := $(if $(filter 1,$(DEMO_COCO)),--dataset coco14,)
 
 .PHONY: install install-dev lint test test-fast demo clean
 
@@ -37,8 +38,9 @@ test: lint
 test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow" tests
 
+# The whole pipeline on the toy set (DEMO_COCO=1: the toy COCO set), report in $(DEMO_DIR)/report.md.
 demo: install
-	DEMO_COCO=$(DEMO_COCO) bash scripts/demo.sh $(PY) $(DEMO_DIR) "$(DEMO_STEPS)" $(DEMO_DEVICE)
+	$(PY) run_pipeline.py --toy $(DEMO_DATASET) --work_dir $(DEMO_DIR) --device $(DEMO_DEVICE) $(DEMO_ARGS)
 
 clean:
-	rm -rf $(VENV) demo_out .pytest_cache .ruff_cache
+	rm -rf $(VENV) demo_out demo_out_coco14 .pytest_cache .ruff_cache

@@ -121,6 +121,8 @@ VOC_TRAIN_AUG_IMAGES = 10582  # the paper's training list: (SBD ∪ train) − v
 SBD_AUG_LABELS = 12031  # PNGs in the usual SegmentationClassAug download (train_aug + val)
 VOC_AUG_FOLDER = "SegmentationClassAug"  # SBD's coarser masks, for the train_aug class labels
 PAPER_CAM_MIOU = 57.4  # the paper's CAM mIoU, on VOC train (VOC_TRAIN_IMAGES images)
+PAPER_SEG_VAL_MIOU = 67.8  # the paper's segmentation mIoU (IRN pseudo masks → DeepLab-v1), VOC val
+PAPER_SEG_TEST_MIOU = 68.5  # the same on VOC test (the evaluation server)
 
 
 def _voc_protocol_warnings(gt_dir: Path, num_images: int, stage: str) -> list[str]:

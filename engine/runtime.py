@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -69,6 +70,11 @@ def resolve_device(requested: str | None, local_rank: int = 0) -> torch.device:
     elif device.type != "cpu":
         raise UserError(f"unsupported --device {requested!r}; use cuda, cuda:N or cpu")
     return device
+
+
+def device_name(device: torch.device) -> str:
+    """What run records say the device is: the GPU's name, else the processor's."""
+    return torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
 
 
 def resolve_amp(requested: str, device: torch.device) -> torch.dtype | None:

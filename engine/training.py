@@ -42,6 +42,7 @@ from engine.runtime import (
     ProcessGroup,
     add_runtime_arguments,
     apply_precision,
+    device_name,
     init_process_group,
     memory_format_for,
     resolve_device,
@@ -404,7 +405,7 @@ def write_run_record(path: Path, args: dict, device: torch.device, group: Proces
             "numpy": np.__version__,
         },
         "git_commit": git_commit(),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
+        "device": device_name(device),
         "world_size": group.world_size,
         "command": " ".join(sys.argv),
     }

@@ -25,6 +25,7 @@ SCRIPT_MODULES = {
     "train_irn.py": "train_irn",
     "make_sem_seg_labels.py": "make_sem_seg_labels",
     "infer_seg.py": "infer_seg",
+    "run_pipeline.py": "run_pipeline",
 }
 
 

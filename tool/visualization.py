@@ -4,6 +4,8 @@ images; nothing here opens a window (matplotlib is used for its colour map only)
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
+
 import matplotlib
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -59,6 +61,26 @@ def _legend(labels: list[int], class_names: tuple[str, ...], font: ImageFont.Ima
     return strip
 
 
+def picture_panel(
+    pictures: Sequence[tuple[str, np.ndarray]], labels: Iterable[int], class_names: tuple[str, ...]
+) -> Image.Image:
+    """Side by side: each (title, uint8 H×W×3 picture, all of one height) titled, with a colour legend of
+    `labels` (class indices) underneath. Returns a PIL RGB image."""
+    font = ImageFont.load_default()
+    tiles = [_titled_tile(picture, title, font) for title, picture in pictures]
+    legend = _legend([int(value) for value in labels], class_names, font)
+
+    tiles_width = sum(tile.width for tile in tiles) + TILE_GAP * (len(tiles) - 1)
+    height = tiles[0].height
+    panel = Image.new("RGB", (max(tiles_width, legend.width), height + legend.height), "white")
+    left = 0
+    for tile in tiles:
+        panel.paste(tile, (left, 0))
+        left += tile.width + TILE_GAP
+    panel.paste(legend, (0, height))
+    return panel
+
+
 def cam_panel(
     image: np.ndarray,
     cams: dict[int, np.ndarray],
@@ -71,22 +93,9 @@ def cam_panel(
 
     image: uint8 H×W×3; cams: {foreground class index: H×W map in 0..1}; label: uint8 H×W class
     indices (0 = background); class_names: the data set's, background first. Returns a PIL RGB image."""
-    font = ImageFont.load_default()
-    tiles = [_titled_tile(image, "image", font)]
-    tiles += [
-        _titled_tile(heatmap_overlay(image, cam), _class_name(fg_class + 1, class_names), font)
-        for fg_class, cam in sorted(cams.items())
+    pictures = [("image", image)]
+    pictures += [
+        (_class_name(fg_class + 1, class_names), heatmap_overlay(image, cam)) for fg_class, cam in sorted(cams.items())
     ]
-    tiles.append(_titled_tile(colorize_label(label), label_title, font))
-
-    legend = _legend([int(value) for value in np.unique(label)], class_names, font)
-
-    tiles_width = sum(tile.width for tile in tiles) + TILE_GAP * (len(tiles) - 1)
-    height = tiles[0].height
-    panel = Image.new("RGB", (max(tiles_width, legend.width), height + legend.height), "white")
-    left = 0
-    for tile in tiles:
-        panel.paste(tile, (left, 0))
-        left += tile.width + TILE_GAP
-    panel.paste(legend, (0, height))
-    return panel
+    pictures.append((label_title, colorize_label(label)))
+    return picture_panel(pictures, np.unique(label), class_names)

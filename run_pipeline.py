@@ -1,0 +1,502 @@
+"""From the data to the paper's table in one command: class lists → CPN → CAMs → sweep → IRN's confident labels →
+IRNet → pseudo masks → DeepLab-v1 → val predictions, each stage calls of its scripts' main(argv), each scored
+where the paper scores it, then W/report.md and W/report.json for a person to read.
+
+    python run_pipeline.py --voc12_root VOCdevkit/VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.pth \\
+        --r50_weights resnet50-19c8e357.pth --work_dir runs/voc
+    python run_pipeline.py --toy --work_dir demo_out      # make demo: the toy set and the demo's settings
+    python run_pipeline.py ... --from irn --until sem_seg_score
+
+Each stage writes under W/<stage>/; a finished stage whose settings and inputs are unchanged is skipped, a
+changed one reruns with every stage after it (engine/pipeline.py). Without --toy the scripts' defaults
+(the paper's recipe) apply; --cpn_steps, --irn_steps and --seg_steps cut a schedule short.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import math
+import platform
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from engine.datasets import (
+    COCO14,
+    DATASETS,
+    PAPER_CAM_MIOU,
+    PAPER_SEG_TEST_MIOU,
+    PAPER_SEG_VAL_MIOU,
+    SEGMENTATION_FOLDER,
+    VOC12,
+    DatasetSpec,
+    add_dataset_arguments,
+)
+from engine.errors import UserError, run_main
+from engine.fileio import load_npy_dict, read_label_png, read_rgb
+from engine.manifest import git_commit
+from engine.pipeline import Call, Stage, run_stages, write_if_changed
+from engine.runtime import device_name, resolve_device
+from evaluation_cam import protocol_lines
+from tool.visualization import colorize_label, heatmap_overlay, picture_panel
+from voc12.lists import load_image_list
+
+TOY_IMAGES = (48, 16)  # train, val: the demo's toy set
+TOY_SEG_SCALES = ("0.5", "1.0")  # the demo's DeepLab test scales (the paper's are in infer_seg.py)
+PICTURED_IMAGES = 3  # the report's side-by-side pictures, the first images of the scored list
+CPN_WEIGHTS, IRN_WEIGHTS, SEG_WEIGHTS = "resnet38_CPN.pth", "res50_irn.pth", "deeplab.pth"
+
+
+# ---- settings: the paper's recipe (the scripts' defaults) or the demo's ----
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """What the run adds to the stages' calls, by stage name; its name says which recipe it is."""
+
+    name: str
+    flags: dict[str, list[str]]
+
+    def of(self, stage: str) -> list[str]:
+        return self.flags.get(stage, [])
+
+
+def steps_flags(steps: int | None) -> list[str]:
+    return [] if steps is None else ["--max_steps", str(steps)]
+
+
+def paper_recipe(args: argparse.Namespace) -> Recipe:
+    steps = {"cpn": args.cpn_steps, "irn": args.irn_steps, "seg": args.seg_steps}
+    return Recipe("the paper's (the scripts' defaults)", {stage: steps_flags(count) for stage, count in steps.items()})
+
+
+def toy_recipe(args: argparse.Namespace, device: str) -> Recipe:
+    """`make demo`'s settings: crop 64 from a random start, few steps, one loader worker. On the CPU the CPN
+    head alone with the reference's lr and momentum; on a GPU the whole network, momentum 0.9 (a random start
+    needs it). Each poly schedule ends with the last step."""
+    on_cpu = device == "cpu"
+    num_train = args.toy_images[0]
+    cpn_steps = args.cpn_steps or (600 if on_cpu else 1500)
+    irn_steps = args.irn_steps or (150 if on_cpu else 600)
+    seg_steps = args.seg_steps or (40 if on_cpu else 200)
+    cpn_batch, irn_batch, seg_batch = min(num_train, 4), min(num_train, 8), min(num_train, 4)
+    cpn = ["--crop_size", "64", "--resize_long", "64", "96", "--batch_size", str(cpn_batch), "--lr", "0.01"]
+    cpn += ["--max_epoches", str(math.ceil(cpn_steps * cpn_batch / num_train)), "--max_steps", str(cpn_steps)]
+    cpn += ["--freeze_backbone"] if on_cpu else ["--momentum", "0.9"]
+    irn = ["--irn_crop_size", "96", "--irn_batch_size", str(irn_batch), "--max_steps", str(irn_steps)]
+    irn += ["--irn_num_epoches", str(math.ceil(irn_steps * irn_batch / num_train))]
+    seg = ["--crop_size", "64", "--batch_size", str(seg_batch), "--num_iters", str(seg_steps)]
+    quiet = ["--num_workers", "1", "--log_every", "50"]
+    recipe = "CPU" if on_cpu else "GPU"
+    return Recipe(
+        f"the demo's {recipe} recipe (toy set, random start, {cpn_steps} CPN, {irn_steps} IRNet and "
+        f"{seg_steps} DeepLab steps at crop 64–96)",
+        {
+            "cpn": cpn + quiet,
+            "cam": ["--num_workers", "1"],
+            "ir_label": ["--num_workers", "2"],
+            "irn": irn + quiet,
+            "sem_seg": ["--num_workers", "1"],
+            "seg": seg + quiet,
+            "seg_pred": ["--scales", *TOY_SEG_SCALES],
+        },
+    )
+
+
+@dataclass(frozen=True)
+class Run:
+    """One pipeline run: its arguments, data set and root, device, recipe and where each stage writes."""
+
+    args: argparse.Namespace
+    spec: DatasetSpec
+    data_root: Path
+    device: str
+    recipe: Recipe
+
+    def path(self, stage: str, *parts: str) -> Path:
+        return Path(self.args.work_dir) / stage / Path(*parts)
+
+    def list_path(self, kind: str) -> Path:
+        """The lists stage's file of `kind` ("train": what the networks train on, "infer": the list the
+        paper scores CAMs and pseudo masks on, "val", "cls_labels")."""
+        return self.path("lists", self.spec.list_files[kind])
+
+    @property
+    def gt_dir(self) -> Path:
+        """VOC's own label PNGs; COCO's, painted by the lists stage."""
+        return self.data_root / SEGMENTATION_FOLDER if self.spec is VOC12 else self.path("lists", SEGMENTATION_FOLDER)
+
+    @property
+    def data_flags(self) -> list[str]:
+        return ["--dataset", self.spec.name, "--data_root", str(self.data_root), "--device", self.device]
+
+    @property
+    def test_list(self) -> Path | None:
+        """VOC's test list, when the data set has one (the submission's images)."""
+        path = self.data_root / "ImageSets" / "Segmentation" / "test.txt"
+        return path if self.spec is VOC12 and path.is_file() else None
+
+    def weights(self, path: str | None) -> str:
+        return "none" if self.args.toy else path
+
+    def weight_inputs(self, path: str | None) -> list[Path]:
+        return [] if self.args.toy else [Path(path)]
+
+
+# ---- the stages: each a few calls of the scripts, in order ----
+
+
+def toy_set(run: Run) -> Stage:
+    module = "voc12.toy" if run.spec is VOC12 else "coco14.toy"
+    num_train, num_val = run.args.toy_images
+    argv = [str(run.data_root), "--num_train", str(num_train), "--num_val", str(num_val)]
+    return Stage("toy", [Call(module, argv)], outputs=[run.data_root])
+
+
+def class_lists(run: Run) -> Stage:
+    out = ["--out_dir", str(run.path("lists"))]
+    if run.spec is VOC12:
+        call = Call("voc12.make_cls_labels", ["--voc12_root", str(run.data_root), *out])
+        inputs = [run.data_root / "ImageSets" / "Segmentation" / f"{split}.txt" for split in ("train", "val")]
+    else:
+        call = Call("coco14.make_cls_labels", ["--coco_root", str(run.data_root), "--seg_dir", str(run.gt_dir), *out])
+        inputs = [run.data_root / "annotations" / f"instances_{split}2014.json" for split in ("train", "val")]
+    lists = [run.list_path(kind) for kind in ("cls_labels", "train", "infer", "val")]
+    return Stage("lists", [call], outputs=lists, inputs=[] if run.args.toy else inputs)
+
+
+def train_cpn(run: Run) -> Stage:
+    argv = run.data_flags + [
+        "--cls_labels",
+        str(run.list_path("cls_labels")),
+        "--train_list",
+        str(run.list_path("train")),
+    ]
+    argv += ["--weights", run.weights(run.args.weights), "--out_dir", str(run.path("cpn")), "--resume", "auto"]
+    argv += ["--session_name", Path(CPN_WEIGHTS).stem, *run.recipe.of("cpn")]
+    weights = run.path("cpn", CPN_WEIGHTS)
+    return Stage("cpn", [Call("train_cpn", argv)], outputs=[weights], inputs=run.weight_inputs(run.args.weights))
+
+
+def cams(run: Run) -> Stage:
+    """Reference-format CAMs of the scored list (for the sweep and the pictures), IRN-format CAMs of it and
+    of the training list (for IRN's labels and walk)."""
+    argv = run.data_flags + [
+        "--cls_labels",
+        str(run.list_path("cls_labels")),
+        "--weights",
+        str(run.path("cpn", CPN_WEIGHTS)),
+    ]
+    argv += ["--out_cam_irn", str(run.path("cam", "cam_irn")), *run.recipe.of("cam")]
+    calls = [
+        Call(
+            "infer_cam", argv + ["--infer_list", str(run.list_path("infer")), "--out_cam", str(run.path("cam", "cam"))]
+        )
+    ]
+    if run.list_path("train") != run.list_path("infer"):
+        calls.append(Call("infer_cam", argv + ["--infer_list", str(run.list_path("train"))]))
+    return Stage("cam", calls, outputs=[run.path("cam", "cam"), run.path("cam", "cam_irn")])
+
+
+def score_call(run: Run, stage: str, name: str, predict_dir: Path, image_list: Path, labels: list[str]) -> Call:
+    """evaluation_cam.py of `predict_dir` on `image_list`, its JSON and log as W/<stage>/<name>.{json,txt}."""
+    argv = ["--dataset", run.spec.name, "--list", str(image_list), "--predict_dir", str(predict_dir)]
+    argv += ["--gt_dir", str(run.gt_dir), "--json", str(run.path(stage, f"{name}.json")), "--comment", name]
+    return Call("evaluation_cam", argv + ["--logfile", str(run.path(stage, f"{name}.txt")), *labels])
+
+
+def sweep(run: Run) -> Stage:
+    plot = run.path("sweep", "sweep.png")
+    call = score_call(run, "sweep", "cam", run.path("cam", "cam"), run.list_path("infer"), ["--plot", str(plot)])
+    return Stage("sweep", [call], outputs=[plot], score_json=run.path("sweep", "cam.json"))
+
+
+def ir_labels(run: Run) -> Stage:
+    argv = run.data_flags + [
+        "--cls_labels",
+        str(run.list_path("cls_labels")),
+        "--train_list",
+        str(run.list_path("train")),
+    ]
+    argv += [
+        "--cam_out_dir",
+        str(run.path("cam", "cam_irn")),
+        "--ir_label_out_dir",
+        str(run.path("ir_label", "ir_label")),
+    ]
+    return Stage(
+        "ir_label", [Call("cam_to_ir_label", argv + run.recipe.of("ir_label"))], [run.path("ir_label", "ir_label")]
+    )
+
+
+def train_irnet(run: Run) -> Stage:
+    argv = run.data_flags + ["--train_list", str(run.list_path("train")), "--infer_list", str(run.list_path("infer"))]
+    argv += [
+        "--ir_label_out_dir",
+        str(run.path("ir_label", "ir_label")),
+        "--weights",
+        run.weights(run.args.r50_weights),
+    ]
+    argv += [
+        "--irn_weights_name",
+        str(run.path("irn", IRN_WEIGHTS)),
+        "--out_dir",
+        str(run.path("irn")),
+        "--resume",
+        "auto",
+    ]
+    return Stage(
+        "irn",
+        [Call("train_irn", argv + run.recipe.of("irn"))],
+        outputs=[run.path("irn", IRN_WEIGHTS)],
+        inputs=run.weight_inputs(run.args.r50_weights),
+    )
+
+
+def pseudo_masks(run: Run) -> Stage:
+    """For the training list (DeepLab's labels), which holds the scored one."""
+    argv = run.data_flags + [
+        "--cls_labels",
+        str(run.list_path("cls_labels")),
+        "--infer_list",
+        str(run.list_path("train")),
+    ]
+    argv += ["--cam_out_dir", str(run.path("cam", "cam_irn")), "--irn_weights_name", str(run.path("irn", IRN_WEIGHTS))]
+    argv += ["--sem_seg_out_dir", str(run.path("sem_seg", "sem_seg")), *run.recipe.of("sem_seg")]
+    return Stage("sem_seg", [Call("make_sem_seg_labels", argv)], outputs=[run.path("sem_seg", "sem_seg")])
+
+
+def pseudo_mask_score(run: Run) -> Stage:
+    labels = ["--type", "png", "--prediction_void", "background"]  # IRN's rule (SPEC-IRN §10)
+    call = score_call(run, "sem_seg_score", "sem_seg", run.path("sem_seg", "sem_seg"), run.list_path("infer"), labels)
+    return Stage("sem_seg_score", [call], outputs=[], score_json=run.path("sem_seg_score", "sem_seg.json"))
+
+
+def train_deeplab(run: Run) -> Stage:
+    argv = run.data_flags + [
+        "--train_list",
+        str(run.list_path("train")),
+        "--sem_seg_out_dir",
+        str(run.path("sem_seg", "sem_seg")),
+    ]
+    argv += ["--weights", run.weights(run.args.weights), "--out_dir", str(run.path("seg")), "--resume", "auto"]
+    argv += ["--session_name", Path(SEG_WEIGHTS).stem, *run.recipe.of("seg")]
+    return Stage(
+        "seg",
+        [Call("train_seg", argv)],
+        outputs=[run.path("seg", SEG_WEIGHTS)],
+        inputs=run.weight_inputs(run.args.weights),
+    )
+
+
+def deeplab_predictions(run: Run) -> Stage:
+    """Val (the paper's protocol), the scored training list (the chain's last link, and the pictures) and,
+    when the data set has one, the test list as a submission."""
+    argv = run.data_flags + ["--weights", str(run.path("seg", SEG_WEIGHTS)), *run.recipe.of("seg_pred")]
+    lists = {"val": run.list_path("val"), "train": run.list_path("infer")}
+    calls = [
+        Call("infer_seg", argv + ["--infer_list", str(path), "--out_seg", str(run.path("seg_pred", split))])
+        for split, path in lists.items()
+    ]
+    outputs = [run.path("seg_pred", split) for split in lists]
+    if run.test_list is not None:
+        calls.append(
+            Call(
+                "infer_seg",
+                argv
+                + ["--infer_list", str(run.test_list), "--out_submission", str(run.path("seg_pred", "submission"))],
+            )
+        )
+        outputs.append(run.path("seg_pred", "submission"))
+    return Stage("seg_pred", calls, outputs=outputs, inputs=[run.test_list] if run.test_list else [])
+
+
+def deeplab_score(run: Run) -> Stage:
+    calls = [
+        score_call(run, "seg_score", split, run.path("seg_pred", split), run.list_path(kind), ["--type", "png"])
+        for split, kind in (("val", "val"), ("train", "infer"))
+    ]
+    return Stage(
+        "seg_score", calls, outputs=[run.path("seg_score", "train.json")], score_json=run.path("seg_score", "val.json")
+    )
+
+
+STAGES = {
+    "toy": toy_set,
+    "lists": class_lists,
+    "cpn": train_cpn,
+    "cam": cams,
+    "sweep": sweep,
+    "ir_label": ir_labels,
+    "irn": train_irnet,
+    "sem_seg": pseudo_masks,
+    "sem_seg_score": pseudo_mask_score,
+    "seg": train_deeplab,
+    "seg_pred": deeplab_predictions,
+    "seg_score": deeplab_score,
+}
+
+
+# ---- the report ----
+
+# Scored stages: what is scored, and the paper's figure where it publishes one (VOC only).
+SCORED = {
+    "sweep": ("CAMs", f"{PAPER_CAM_MIOU} % (VOC train)"),
+    "sem_seg_score": ("pseudo masks (IRN's random walk)", "not published (IRN: 66.5 % from its own 48.3 % CAMs)"),
+    "seg_score": ("DeepLab-v1 predictions, val", f"{PAPER_SEG_VAL_MIOU} % (VOC val); test {PAPER_SEG_TEST_MIOU} %"),
+}
+# The chain on the scored training list: each link should beat the one before.
+CHAIN = (("CAMs", "sweep", "cam"), ("pseudo masks", "sem_seg_score", "sem_seg"), ("DeepLab", "seg_score", "train"))
+
+
+def score_of(run: Run, stage: str, name: str) -> dict | None:
+    path = run.path(stage, f"{name}.json")
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def chain_verdicts(run: Run) -> list[str]:
+    """One line per link of the chain that does not improve on the one before, with the likely reason."""
+    scores = [(what, score_of(run, stage, name)) for what, stage, name in CHAIN]
+    scores = [(what, score["best_miou"]) for what, score in scores if score is not None]
+    reason = (
+        "the toy run starts from random weights (no ImageNet weights can be shipped) and trains a few steps "
+        "(demo settings), so every network is weak and each stage passes on its predecessor's errors"
+        if run.args.toy
+        else "check that stage's settings and log under the work folder"
+    )
+    return [
+        f"- **{later} ({later_miou:.2f} %) do not improve on {earlier} ({earlier_miou:.2f} %)**: {reason}."
+        for (earlier, earlier_miou), (later, later_miou) in zip(scores, scores[1:])
+        if later_miou <= earlier_miou
+    ]
+
+
+def picture(run: Run, name: str) -> bytes | None:
+    """Photo, CAM (the highest class score), pseudo mask, DeepLab's prediction and ground truth of one
+    image side by side, as PNG bytes; the pieces not made yet are left out."""
+    photo = np.asarray(read_rgb(run.spec.image_path(run.data_root, name)))
+    pictures, labels = [("image", photo)], set()
+    cam_path = run.path("cam", "cam", f"{name}.npy")
+    if cam_path.is_file():
+        maps = list(load_npy_dict(cam_path, "CAM", "rerun the cam stage").values())
+        highest = np.max(maps, axis=0) if maps else np.zeros(photo.shape[:2], np.float32)
+        pictures.append(("CAM", heatmap_overlay(photo, highest / max(float(highest.max()), 1e-5))))
+    for title, path in (
+        ("pseudo mask", run.path("sem_seg", "sem_seg", f"{name}.png")),
+        ("DeepLab", run.path("seg_pred", "train", f"{name}.png")),
+        ("ground truth", run.gt_dir / f"{name}.png"),
+    ):
+        if path.is_file():
+            label = read_label_png(path)
+            pictures.append((title, colorize_label(label)))
+            labels |= set(np.unique(label).tolist())
+    buffer = io.BytesIO()
+    picture_panel(pictures, sorted(labels), run.spec.class_names).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def report_markdown(run: Run, records: list[dict], settings: dict) -> str:
+    title = f"{run.spec.title} at {run.data_root}"
+    lines = ["# CPN pipeline report", "", f"Data: {title}. Recipe: {run.recipe.name}. Device: {settings['device']}."]
+    if run.args.toy:
+        lines += [
+            "",
+            "**Demo settings, not the paper's**: the mIoUs below show that the chain runs, not CPN's quality.",
+        ]
+    lines += ["", "## mIoU", "", "| stage | what | mIoU | paper | protocol |", "|---|---|---|---|---|"]
+    for record in records:
+        if record["score_json"] is not None:
+            what, paper = SCORED[record["name"]]
+            protocol = json.loads(Path(record["score_json"]).read_text(encoding="utf-8"))["protocol"]
+            protocol_text = "<br>".join(protocol_lines(protocol))
+            paper = paper if run.spec is VOC12 else "none published"
+            lines.append(f"| {record['name']} | {what} | {record['miou']:.2f} % | {paper} | {protocol_text} |")
+    chain = [(what, score_of(run, stage, name)) for what, stage, name in CHAIN]
+    shown = " → ".join(f"{what} {score['best_miou']:.2f} %" for what, score in chain if score is not None)
+    lines += ["", f"The chain on the scored training list ({run.list_path('infer')}): {shown}.", ""]
+    lines += chain_verdicts(run) or ["Each stage improves on the one before."]
+    lines += ["", "## Time per stage", "", "| stage | seconds |", "|---|---|"]
+    lines += [f"| {record['name']} | {record['seconds']:.0f} |" for record in records]
+    lines += [f"| all | {sum(record['seconds'] for record in records):.0f} |", "", "## Pictures", ""]
+    if run.path("sweep", "sweep.png").is_file():
+        lines += ["The background sweep of the CAMs:", "", "![sweep](sweep/sweep.png)", ""]
+    lines += [f"![{name}](report/{name}.png)" for name in pictured_names(run)]
+    return "\n".join(lines) + "\n"
+
+
+def pictured_names(run: Run) -> list[str]:
+    path = run.list_path("infer")
+    return load_image_list(path)[:PICTURED_IMAGES] if path.is_file() else []
+
+
+def write_report(run: Run, records: list[dict]) -> None:
+    """W/report.md, W/report.json and W/report/<name>.png, each rewritten only when its content changes."""
+    work_dir = Path(run.args.work_dir)
+    stages = [
+        {"name": record["name"], "seconds": record["seconds"], "miou": record["miou"], "outputs": record["outputs"]}
+        for record in records
+    ]
+    versions = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__}
+    settings = {
+        **{key: value for key, value in vars(run.args).items() if key not in ("from_stage", "until")},
+        "data_root": str(run.data_root),
+        "recipe": run.recipe.name,
+        "device": device_name(torch.device(run.device)),
+    }
+    report = {"stages": stages, "settings": settings, "versions": {**versions, "git_commit": git_commit()}}
+    report["device"] = settings["device"]
+    write_if_changed(work_dir / "report.json", (json.dumps(report, indent=1) + "\n").encode())
+    for name in pictured_names(run):
+        write_if_changed(work_dir / "report" / f"{name}.png", picture(run, name))
+    write_if_changed(work_dir / "report.md", report_markdown(run, records, settings).encode())
+    print(f"report: {work_dir / 'report.md'}")
+
+
+# ---- script ----
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_dataset_arguments(parser)  # --dataset, --data_root and VOC's --voc12_root
+    parser.add_argument("--weights", help="ImageNet ResNet-38 (.params or .pth), for CPN and DeepLab")
+    parser.add_argument("--r50_weights", help="ImageNet ResNet-50 for IRNet (resnet50-19c8e357.pth or 'torchvision')")
+    parser.add_argument("--work_dir", required=True, help="every stage's files, W/<stage>/, and the report")
+    parser.add_argument("--from", dest="from_stage", choices=tuple(STAGES), help="rerun this stage and the ones after")
+    parser.add_argument("--until", choices=tuple(STAGES), help="stop after this stage")
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cuda:N or cpu")
+    parser.add_argument("--toy", action="store_true", help="make the toy set in W/toy and use the demo's settings")
+    parser.add_argument("--toy_images", type=int, nargs=2, default=TOY_IMAGES, metavar=("TRAIN", "VAL"))
+    for stage in ("cpn", "irn", "seg"):
+        parser.add_argument(f"--{stage}_steps", type=int, default=None, help=f"stop the {stage} training after N steps")
+    args = parser.parse_args(argv)
+    root = args.data_root or args.voc12_root
+    if args.toy and (root or args.weights or args.r50_weights):
+        parser.error("--toy makes its own data set and starts from random weights; drop the data and weights flags")
+    if not args.toy and not (root and args.weights and args.r50_weights):
+        parser.error("pass the data set's folder (--voc12_root or --data_root), --weights and --r50_weights, or --toy")
+    return args
+
+
+def main(argv=None) -> None:
+    args = parse_args(argv)
+    device = str(resolve_device(None if args.device == "auto" else args.device))
+    spec = DATASETS[args.dataset]
+    if args.toy:
+        data_root = Path(args.work_dir) / "toy" / ("VOC2012" if spec is VOC12 else "coco")
+    else:
+        data_root = Path(args.data_root or args.voc12_root)
+    if args.voc12_root and spec is COCO14:
+        raise UserError("--voc12_root names a VOC folder but --dataset is coco14; pass --data_root")
+    recipe = toy_recipe(args, device) if args.toy else paper_recipe(args)
+    run = Run(args, spec, data_root, device, recipe)
+    stages = [build(run) for name, build in STAGES.items() if args.toy or name != "toy"]
+    records = run_stages(stages, Path(args.work_dir), first=args.from_stage, last=args.until)
+    write_report(run, records)
+
+
+if __name__ == "__main__":
+    run_main(main)

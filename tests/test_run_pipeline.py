@@ -1,0 +1,153 @@
+"""run_pipeline.py and engine/pipeline.py: which stages a run skips and which it reruns (fake stages that count
+their calls), --from / --until, and one real run of the first stages on a tiny toy set: the report's keys,
+and a rerun that does no work and rewrites nothing."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import run_pipeline
+from engine.errors import UserError
+from engine.pipeline import Call, Stage, run_stages
+
+
+def fake_stages(work_dir: Path, settings: dict[str, str]) -> list[Stage]:
+    """Three stages, each writing one file; `settings` holds each stage's one flag."""
+    return [
+        Stage(name, [Call("fake", [str(work_dir / name / "out.txt"), settings[name]])], [work_dir / name / "out.txt"])
+        for name in ("a", "b", "c")
+    ]
+
+
+def fake_call(calls: list[str]):
+    def call(each: Call) -> None:
+        path, setting = each.argv
+        calls.append(Path(path).parent.name)
+        Path(path).write_text(setting)
+
+    return call
+
+
+SETTINGS = {"a": "1", "b": "1", "c": "1"}
+
+
+def test_a_rerun_skips_every_finished_stage(tmp_path):
+    calls = []
+    run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, call=fake_call(calls))
+    assert calls == ["a", "b", "c"]
+    records = run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, call=fake_call(calls))
+    assert calls == ["a", "b", "c"]
+    assert [record["name"] for record in records] == ["a", "b", "c"] and all(r["complete"] for r in records)
+
+
+def test_a_changed_setting_reruns_its_stage_and_every_later_one(tmp_path):
+    calls = []
+    run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, call=fake_call(calls))
+    (tmp_path / "b" / "stale.txt").write_text("from the old run")
+    run_stages(fake_stages(tmp_path, {**SETTINGS, "b": "2"}), tmp_path, call=fake_call(calls))
+    assert calls == ["a", "b", "c", "b", "c"]
+    assert not (tmp_path / "b" / "stale.txt").exists()  # the stage's folder starts empty
+    assert (tmp_path / "b" / "out.txt").read_text() == "2"
+
+
+def test_a_missing_output_reruns_the_stage_and_the_later_ones(tmp_path):
+    calls = []
+    run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, call=fake_call(calls))
+    (tmp_path / "b" / "out.txt").unlink()
+    run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, call=fake_call(calls))
+    assert calls == ["a", "b", "c", "b", "c"]
+
+
+def test_an_interrupted_stage_resumes_in_place_and_the_later_ones_rerun(tmp_path):
+    calls = []
+    run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, call=fake_call(calls))
+
+    def interrupted(each: Call) -> None:
+        (tmp_path / "b" / "partial.txt").write_text("half done")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, first="b", last="b", call=interrupted)
+    run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, call=fake_call(calls))
+    assert calls == ["a", "b", "c", "b", "c"]
+    assert (tmp_path / "b" / "partial.txt").exists()  # kept for the stage to resume from
+
+
+def test_from_and_until(tmp_path):
+    calls = []
+    records = run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, last="b", call=fake_call(calls))
+    assert calls == ["a", "b"] and [record["name"] for record in records] == ["a", "b"]
+    run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, first="b", call=fake_call(calls))
+    assert calls == ["a", "b", "b", "c"]
+    with pytest.raises(UserError, match="no such stage"):
+        run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, first="x", call=fake_call(calls))
+    with pytest.raises(UserError, match="comes after"):
+        run_stages(fake_stages(tmp_path, SETTINGS), tmp_path, first="c", last="a", call=fake_call(calls))
+
+
+def test_a_changed_input_file_reruns_the_stage(tmp_path):
+    weights = tmp_path / "weights.pth"
+    weights.write_text("one")
+    calls = []
+
+    def stages() -> list[Stage]:
+        stage = fake_stages(tmp_path, SETTINGS)[0]
+        return [Stage(stage.name, stage.calls, stage.outputs, inputs=[weights])]
+
+    run_stages(stages(), tmp_path, call=fake_call(calls))
+    run_stages(stages(), tmp_path, call=fake_call(calls))
+    weights.write_text("other weights")
+    run_stages(stages(), tmp_path, call=fake_call(calls))
+    assert calls == ["a", "a"]
+
+
+def test_the_paper_run_needs_data_and_weights():
+    with pytest.raises(SystemExit):
+        run_pipeline.parse_args(["--work_dir", "w", "--voc12_root", "VOC2012"])
+    with pytest.raises(SystemExit):
+        run_pipeline.parse_args(["--work_dir", "w", "--toy", "--weights", "a.pth"])
+    args = run_pipeline.parse_args(["--work_dir", "w", "--voc12_root", "V", "--weights", "a", "--r50_weights", "b"])
+    assert run_pipeline.paper_recipe(args).of("cpn") == []
+
+
+def file_states(folder: Path) -> dict[str, tuple[int, bytes]]:
+    return {str(path): (path.stat().st_mtime_ns, path.read_bytes()) for path in folder.rglob("*") if path.is_file()}
+
+
+def tiny(work_dir: Path, until: str, cpn_steps: int = 2) -> list[str]:
+    """The toy pipeline on 4 + 2 images, `cpn_steps` CPN steps, on the CPU, up to `until`."""
+    steps = ["--cpn_steps", str(cpn_steps)]
+    return ["--toy", "--toy_images", "4", "2", *steps, "--device", "cpu", "--work_dir", str(work_dir), "--until", until]
+
+
+def test_the_first_stages_on_a_tiny_toy_set_then_a_rerun_rewrites_nothing(tmp_path, capsys):
+    work_dir = tmp_path / "w"
+    run_pipeline.main(tiny(work_dir, "sweep"))
+    report = json.loads((work_dir / "report.json").read_text())
+    assert set(report) == {"stages", "settings", "versions", "device"}
+    assert [stage["name"] for stage in report["stages"]] == ["toy", "lists", "cpn", "cam", "sweep"]
+    assert all(set(stage) == {"name", "seconds", "miou", "outputs"} for stage in report["stages"])
+    sweep = report["stages"][-1]
+    assert 0 <= sweep["miou"] <= 100
+    markdown = (work_dir / "report.md").read_text()
+    assert "57.4 %" in markdown and "Demo settings" in markdown and "(sweep/sweep.png)" in markdown
+    pictures = sorted((work_dir / "report").glob("*.png"))
+    assert len(pictures) == 3 and f"(report/{pictures[0].name})" in markdown
+    assert (work_dir / "sweep" / "sweep.png").is_file()
+
+    before = file_states(work_dir)
+    capsys.readouterr()
+    run_pipeline.main(tiny(work_dir, "sweep"))
+    assert "skipped" in capsys.readouterr().out
+    assert file_states(work_dir) == before
+    assert json.loads((work_dir / "report.json").read_text())["stages"][-1]["seconds"] == sweep["seconds"]
+
+    # another CPN setting: CPN and everything after it run again, the toy set and the lists do not
+    run_pipeline.main(tiny(work_dir, "cam", cpn_steps=1))
+    after = file_states(work_dir)
+    assert after[str(work_dir / "lists" / "stage.json")] == before[str(work_dir / "lists" / "stage.json")]
+    assert after[str(work_dir / "cpn" / "stage.json")] != before[str(work_dir / "cpn" / "stage.json")]
+    assert "step 1/1" in (work_dir / "cpn" / "resnet38_CPN.log").read_text()
