@@ -123,6 +123,7 @@ def tiny(work_dir: Path, until: str, cpn_steps: int = 2) -> list[str]:
     return ["--toy", "--toy_images", "4", "2", *steps, "--device", "cpu", "--work_dir", str(work_dir), "--until", until]
 
 
+@pytest.mark.slow  # the real stages, end to end
 def test_the_first_stages_on_a_tiny_toy_set_then_a_rerun_rewrites_nothing(tmp_path, capsys):
     work_dir = tmp_path / "w"
     run_pipeline.main(tiny(work_dir, "sweep"))
