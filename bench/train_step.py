@@ -76,15 +76,16 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def time_steps(model, optimizer, batches, count: int, options: StepOptions, warmup: int) -> float:
-    """Seconds per `train_step` over `count` batches drawn from `batches` after `warmup` more."""
+def time_steps(model, optimizer, batches, count: int, options, warmup: int, step=train_step) -> float:
+    """Seconds per `step` (train_cpn's `train_step`, or another trainer's step of the same form) over `count`
+    batches drawn from `batches` after `warmup` more."""
     scaler = torch.amp.GradScaler(options.device.type, enabled=False)  # fp32 and bf16 need no loss scaling
     started = None
     for index, batch in zip(range(warmup + count), batches):
         if index == warmup:
             synchronize(options.device)
             started = time.perf_counter()
-        train_step(model, optimizer, scaler, batch, options)
+        step(model, optimizer, scaler, batch, options)
     synchronize(options.device)
     return (time.perf_counter() - started) / count
 
@@ -99,15 +100,20 @@ def loader_rate(loader, batches: int) -> float:
     return batches * loader.batch_size / (time.perf_counter() - started)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def step_bench_parser(description: str) -> argparse.ArgumentParser:
+    """The flags of a training-step benchmark (this one's and bench/seg_train_step.py's); None: the device's default."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default=None)
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--crop", type=int, default=None)
     parser.add_argument("--steps", type=int, default=None, help="timed steps per configuration")
     parser.add_argument("--workers", type=int, default=None, help="our loader workers (default: the core count)")
     parser.add_argument("--images", type=int, default=64)
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> None:
+    args = step_bench_parser(__doc__).parse_args()
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     batch = args.batch or (4 if on_gpu else 2)

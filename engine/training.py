@@ -139,10 +139,15 @@ def per_process_batch(batch_size: int, group: ProcessGroup, flag: str) -> int:
 
 
 def training_loader(
-    dataset: Dataset, sampler: ResumableSampler, num_workers: int | None, device: torch.device
+    dataset: Dataset,
+    sampler: ResumableSampler,
+    num_workers: int | None,
+    device: torch.device,
+    worker_init_fn: Callable[[int], None] | None = None,
 ) -> DataLoader:
     """Batches of `dataset` in `sampler`'s order. `num_workers` None: the cores shared among this node's
-    processes. PyTorch runs each worker on one torch thread, so workers never oversubscribe the cores."""
+    processes. PyTorch runs each worker on one torch thread, so workers never oversubscribe the cores;
+    `worker_init_fn` does the same for another library the data set uses (OpenCV)."""
     if num_workers is None:
         num_workers = default_num_workers()
     return DataLoader(
@@ -155,6 +160,7 @@ def training_loader(
         persistent_workers=num_workers > 0,
         prefetch_factor=4 if num_workers > 0 else None,
         generator=torch.Generator(),  # keep the loader off the global RNG (dropout's)
+        worker_init_fn=worker_init_fn,
     )
 
 
@@ -394,8 +400,11 @@ def resume_hint_on_interrupt(log: RunLog, state: TrainState, checkpoints: Checkp
         raise KeyboardInterrupt(message) from None
 
 
-def write_run_record(path: Path, args: dict, device: torch.device, group: ProcessGroup) -> None:
-    """What made a run, as JSON: its arguments, library versions, git commit, device, process count, command."""
+def write_run_record(
+    path: Path, args: dict, device: torch.device, group: ProcessGroup, inputs: dict | None = None
+) -> None:
+    """What made a run, as JSON: its arguments, library versions, git commit, device, process count, command,
+    and what the trainer adds about its `inputs` (e.g. the manifest of a folder it reads)."""
     record = {
         "args": args,
         "versions": {
@@ -408,6 +417,7 @@ def write_run_record(path: Path, args: dict, device: torch.device, group: Proces
         "device": device_name(device),
         "world_size": group.world_size,
         "command": " ".join(sys.argv),
+        **({"inputs": inputs} if inputs else {}),
     }
     with atomic_path(path) as tmp_path:
         tmp_path.write_text(json.dumps(record, indent=2, default=str))
@@ -456,10 +466,13 @@ class Trainer:
         *,
         notes: Iterable[str] = (),
         after_training: Callable[[RunLog], None] | None = None,
+        total_steps: int | None = None,
+        inputs: dict | None = None,
     ) -> None:
-        """`num_epochs` of the ResumableSampler-driven `loader` (or up to --max_steps) through `model` (as
-        built, on the CPU) and `optimizer`: the model moved to the device, resumed from --resume, wrapped for
-        the processes; the run record, the log (its first line ends with `notes`), one
+        """`num_epochs` of the ResumableSampler-driven `loader` (or up to `total_steps`, where a schedule ends
+        inside the last epoch, and --max_steps) through `model` (as built, on the CPU) and `optimizer`: the
+        model moved to the device, resumed from --resume, wrapped for the processes; the run record (with
+        `inputs`), the log (its first line ends with `notes`), one
         `train_step(model, optimizer, scaler, batch, options)` → loss terms per batch, checkpoints. Then
         `after_training(log)` on the main process while the log is open, and under torchrun a barrier and
         the process group's end."""
@@ -480,11 +493,14 @@ class Trainer:
             tensorboard_dir=args.tensorboard,
         )
         if group.is_main:
-            write_run_record(self.out_dir / f"{args.session_name}.json", vars(args), device, group)
-        total_steps = sampler.batches_per_epoch * num_epochs
+            write_run_record(self.out_dir / f"{args.session_name}.json", vars(args), device, group, inputs)
+        epoch_steps = sampler.batches_per_epoch * num_epochs
+        total_steps = epoch_steps if total_steps is None else min(total_steps, epoch_steps)
         log.line(
             f"{args.train_list}: {len(loader.dataset)} images, {sampler.batches_per_epoch} steps/epoch × "
-            f"{num_epochs} epochs = {total_steps} steps, batch {sampler.batch_size}×{group.world_size}, {device}, "
+            f"{num_epochs} epochs = {epoch_steps} steps"
+            + (f", stopping at {total_steps}" if total_steps < epoch_steps else "")
+            + f", batch {sampler.batch_size}×{group.world_size}, {device}, "
             f"{self.precision}, {loader.num_workers} loader workers"
             + "".join(f", {note}" for note in notes)
             + (f"; resumed from {resume_path} at step {state.step}" if resume_path else "")

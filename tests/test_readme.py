@@ -26,6 +26,7 @@ SCRIPT_MODULES = {
     "make_sem_seg_labels.py": "make_sem_seg_labels",
     "infer_seg.py": "infer_seg",
     "run_pipeline.py": "run_pipeline",
+    "train_seg.py": "train_seg",
 }
 
 

@@ -344,14 +344,16 @@ def toy_args(out_dir, *extra) -> argparse.Namespace:
     )
 
 
-def toy_run(args, after_training=None) -> nn.Module:
-    """A trainer's main(): start, data, model (with dropout: it draws from the seeded RNG), optimiser, run."""
+def toy_run(args, after_training=None, **run_options) -> nn.Module:
+    """A trainer's main(): start, data, model (with dropout: it draws from the seeded RNG), optimiser, run (with
+    `run_options`, Trainer.run's keywords)."""
     trainer = Trainer.start(args)
     sampler = ResumableSampler(len(Numbers()), 2, args.seed, trainer.group)
     loader = training_loader(Numbers(), sampler, num_workers=0, device=trainer.device)
     model = nn.Sequential(nn.Linear(2, 4), nn.Dropout(0.5), nn.Linear(4, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=args.momentum)
-    trainer.run(loader, 2, model, optimizer, toy_step, 0.5, notes=["toy", "a note"], after_training=after_training)
+    notes = ["toy", "a note"]
+    trainer.run(loader, 2, model, optimizer, toy_step, 0.5, notes=notes, after_training=after_training, **run_options)
     return model
 
 
@@ -408,6 +410,14 @@ def test_max_steps_stops_early_and_a_resumed_run_matches_an_uninterrupted_one(tm
     second_start = [line for line in (split / "toy.log").read_text().splitlines() if line.startswith("None:")][1]
     checkpoint = split / "toy_checkpoints" / f"step_{stop_step:07d}.pt"
     assert second_start.endswith(f"; resumed from {checkpoint} at step {stop_step}")
+
+
+def test_total_steps_cut_the_last_epoch_and_inputs_reach_the_run_record(tmp_path):
+    toy_run(toy_args(tmp_path), total_steps=6, inputs={"labels": {"folder": "x", "manifest": None}})
+    assert [record["step"] for record in toy_logged(tmp_path)] == list(range(1, 7))
+    first_line = (tmp_path / "toy.log").read_text().splitlines()[0]
+    assert "4 steps/epoch × 2 epochs = 8 steps, stopping at 6, batch 2×1" in first_line
+    assert json.loads((tmp_path / "toy.json").read_text())["inputs"] == {"labels": {"folder": "x", "manifest": None}}
 
 
 def free_port() -> int:
