@@ -1,7 +1,7 @@
 """Segmentation inference (SPEC_SEG §4): the DeepLab network's multi-scale, flipped class probabilities, the
 dense CRF, one label PNG per image; on VOC 2012 test, the evaluation server's submission (SPEC_SEG §6).
 
-One GPU:   python infer_seg.py --weights SEG/deeplabv1_resnet38.pth --voc12_root VOC2012 --out_seg out_seg  (voc12/val.txt)
+One GPU:   python infer_seg.py --weights SEG/deeplabv1_resnet38.pth --voc12_root VOC2012 --out_seg out_seg
 VOC test:  python infer_seg.py --weights SEG/deeplabv1_resnet38.pth --voc12_root VOC2012 \\
                --infer_list VOC2012/ImageSets/Segmentation/test.txt --out_submission submission
 COCO 2014: python infer_seg.py --dataset coco14 --data_root COCO --weights SEG/coco.pth --out_seg out_seg
