@@ -45,7 +45,8 @@ from evaluation_cam import protocol_lines
 from tool.visualization import colorize_label, heatmap_overlay, picture_panel
 from voc12.lists import load_image_list
 
-TOY_IMAGES = (48, 16)  # train, val: the demo's toy set
+TOY_IMAGES = (32, 12)  # train, val: the demo's toy set (its CPU run fits in 15 minutes on 2 cores)
+TOY_CAM_SCALES = "0.5,1.0"  # the demo's CAM scales, each flipped (the paper's are in infer_cam.py)
 TOY_SEG_SCALES = ("0.5", "1.0")  # the demo's DeepLab test scales (the paper's are in infer_seg.py)
 PICTURED_IMAGES = 3  # the report's side-by-side pictures, the first images of the scored list
 CPN_WEIGHTS, IRN_WEIGHTS, SEG_WEIGHTS = "resnet38_CPN.pth", "res50_irn.pth", "deeplab.pth"
@@ -80,8 +81,8 @@ def toy_recipe(args: argparse.Namespace, device: str) -> Recipe:
     needs it). Each poly schedule ends with the last step."""
     on_cpu = device == "cpu"
     num_train = args.toy_images[0]
-    cpn_steps = args.cpn_steps or (600 if on_cpu else 1500)
-    irn_steps = args.irn_steps or (150 if on_cpu else 600)
+    cpn_steps = args.cpn_steps or (300 if on_cpu else 1500)
+    irn_steps = args.irn_steps or (100 if on_cpu else 600)
     seg_steps = args.seg_steps or (40 if on_cpu else 200)
     cpn_batch, irn_batch, seg_batch = min(num_train, 4), min(num_train, 8), min(num_train, 4)
     cpn = ["--crop_size", "64", "--resize_long", "64", "96", "--batch_size", str(cpn_batch), "--lr", "0.01"]
@@ -97,7 +98,7 @@ def toy_recipe(args: argparse.Namespace, device: str) -> Recipe:
         f"{seg_steps} DeepLab steps at crop 64–96)",
         {
             "cpn": cpn + quiet,
-            "cam": ["--num_workers", "1"],
+            "cam": ["--num_workers", "1", "--scales", TOY_CAM_SCALES],
             "ir_label": ["--num_workers", "2"],
             "irn": irn + quiet,
             "sem_seg": ["--num_workers", "1"],
