@@ -34,7 +34,7 @@ lint: install-dev
 test: lint
 	$(PY) -m pytest -q tests
 
-# The inner loop: everything but the end-to-end runs marked slow (under a minute).
+# The inner loop: everything but the end-to-end and multi-process runs marked slow (under 90 s on 2 cores).
 test-fast: install-dev
 	$(PY) -m pytest -q -m "not slow" tests
 

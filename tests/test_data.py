@@ -190,6 +190,7 @@ def test_make_cls_labels_warns_on_the_official_lists_without_sbd(tmp_path, capsy
     assert captured.err.strip() == ("warning: " + train_aug_warning(official_splits(VOC_TRAIN_IMAGES), None))
 
 
+@pytest.mark.slow  # the script in a new process
 def test_make_cls_labels_as_a_script(toy_voc, tmp_path):
     result = subprocess.run(
         [sys.executable, "voc12/make_cls_labels.py", "--voc12_root", str(toy_voc), "--out_dir", str(tmp_path)],

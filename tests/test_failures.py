@@ -195,6 +195,7 @@ def test_cmyk_and_16_bit_images_read_as_8_bit_rgb(tmp_path):
     np.testing.assert_array_equal(rgb, np.repeat(expected[..., None], 3, axis=2))
 
 
+@pytest.mark.slow  # a run of the training script
 def test_training_on_odd_images_smaller_than_the_crop(tmp_path):
     """CMYK, 16-bit, RGBA, grayscale images and ones smaller than the crop train without error."""
     rng = np.random.default_rng(0)

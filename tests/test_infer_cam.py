@@ -351,6 +351,7 @@ def test_each_folder_has_the_manifest_of_its_run(run_dir, weights, tiny):
         assert manifest["version"] is None or re.fullmatch("[0-9a-f]{40}", manifest["version"])
 
 
+@pytest.mark.slow  # the script in a new process
 def test_other_weights_stop_before_any_work(run_dir, toy_voc, toy_lists, weights, other_weights, tiny):
     before = file_times(run_dir)
     result = run_cli(*cli_args(toy_voc, toy_lists, other_weights, tiny, run_dir))
@@ -477,6 +478,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # the script in a new process, with a worker pool
 def test_cli_writes_cams_with_a_worker_pool(toy_voc, toy_lists, weights, tiny, tmp_path):
     result = run_cli(
         "--weights",
@@ -503,6 +505,7 @@ def test_cli_writes_cams_with_a_worker_pool(toy_voc, toy_lists, weights, tiny, t
     assert sorted(path.stem for path in (tmp_path / "pred").glob("*.png")) == sorted(tiny["names"])
 
 
+@pytest.mark.slow  # the script in a new process
 def test_cli_image_missing_from_labels(toy_voc, toy_lists, weights, tiny, tmp_path):
     bad_list = tmp_path / "bad.txt"
     bad_list.write_text(tiny["list"].read_text() + "not_an_image\n")

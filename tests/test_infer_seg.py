@@ -310,6 +310,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # the script in a new process
 def test_cli_missing_image_is_one_line_and_nonzero(voc, tmp_path):
     (tmp_path / "list.txt").write_text(voc["names"][0] + "\n2008_999999\n")
     weights = tmp_path / "unread.pth"  # the images are checked before the network is loaded

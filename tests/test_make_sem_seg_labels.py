@@ -300,6 +300,7 @@ def test_weights_that_are_not_irnet_are_refused(toy_voc, toy_lists, toy, tmp_pat
         make_sem_seg_labels.main(cli_args(toy_voc, toy_lists, other, toy, tmp_path / "out"))
 
 
+@pytest.mark.slow  # the script in a new process
 def test_cli_error_is_one_line(toy_voc, toy_lists, weights, toy, tmp_path):
     empty = tmp_path / "cam"
     empty.mkdir()

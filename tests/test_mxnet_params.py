@@ -273,6 +273,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.slow  # the script in a new process
 def test_cli_converts_a_file(tmp_path):
     gamma = np.arange(4096, dtype=np.float32)
     weight = np.ones((64, 3, 3, 3), np.float32)
@@ -292,6 +293,7 @@ def test_cli_converts_a_file(tmp_path):
     assert [path.name for path in output.parent.iterdir()] == ["out.pth"]  # no temp file left
 
 
+@pytest.mark.slow  # the script in a new process
 def test_cli_error_is_one_line(tmp_path):
     result = run_cli(str(tmp_path / "absent.params"), str(tmp_path / "out.pth"))
     assert result.returncode == 1

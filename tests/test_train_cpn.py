@@ -63,11 +63,11 @@ def run_cli(*args, env=None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "extra",
-    [
-        ("--patch_strategy", "superpixel"),
-        ("--patch_strategy", "grid"),
-        ("--no_tcp",),
-        ("--no_cpcr",),
+    [  # one run of the script each: the first four are slow
+        pytest.param(("--patch_strategy", "superpixel"), marks=pytest.mark.slow),
+        pytest.param(("--patch_strategy", "grid"), marks=pytest.mark.slow),
+        pytest.param(("--no_tcp",), marks=pytest.mark.slow),
+        pytest.param(("--no_cpcr",), marks=pytest.mark.slow),
         ("--ohem", "0.5", "--three_pass"),
     ],
 )
@@ -89,6 +89,7 @@ def test_few_steps_write_every_output(toy_voc, toy_lists, tmp_path, extra):
     assert (tmp_path / "run.log").read_text().splitlines()[-1].startswith("step 2/2 epoch 1 loss ")
 
 
+@pytest.mark.slow  # a run of the script
 def test_freeze_backbone_trains_the_head_alone(toy_voc, toy_lists, tmp_path):
     train_cpn.main(run_args(toy_voc, toy_lists, tmp_path / "untrained", "--max_steps", "0"))
     train_cpn.main(run_args(toy_voc, toy_lists, tmp_path / "frozen", "--max_steps", "2", "--freeze_backbone"))
@@ -103,6 +104,7 @@ def test_freeze_backbone_trains_the_head_alone(toy_voc, toy_lists, tmp_path):
     assert first_line.endswith("backbone frozen")
 
 
+@pytest.mark.slow  # three runs of the script
 def test_resumed_run_matches_uninterrupted_run(toy_voc, toy_lists, tmp_path):
     """CPN's own state (poly schedule, patch RNG) survives a resume; the floor's epoch rollover is
     tested on a toy model in test_training.py, CPN's across an epoch in the slow test below."""
@@ -257,6 +259,7 @@ def test_missing_weights_file_fails_with_one_line(toy_voc, toy_lists, tmp_path):
     assert "absent.pth" in one_line_error(run_cli(*args))
 
 
+@pytest.mark.slow  # the script in a new process
 def test_weights_of_another_network_fail_with_one_line(toy_voc, toy_lists, tmp_path):
     baseline = tmp_path / "baseline.pth"
     torch.save(build_network("resnet38_cls").state_dict(), baseline)
@@ -265,6 +268,7 @@ def test_weights_of_another_network_fail_with_one_line(toy_voc, toy_lists, tmp_p
     assert "baseline.pth" in one_line_error(run_cli(*args))
 
 
+@pytest.mark.slow  # the script in a new process
 def test_voc_root_without_images_fails_with_one_line(toy_lists, tmp_path):
     empty_root = tmp_path / "VOC2012"
     empty_root.mkdir()

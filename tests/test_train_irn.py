@@ -207,6 +207,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # the script in a new process, three times
 def test_bad_inputs_fail_with_one_line(toy_voc, toy_lists, ir_labels, infer_list, tmp_path):
     common = (toy_voc, toy_lists)
     no_labels = run_args(*common, tmp_path / "absent", infer_list, tmp_path / "out", "--max_steps", "1")
@@ -257,6 +258,7 @@ def test_torchvision_layout_weights_start_the_backbone(toy_voc, toy_lists, ir_la
             assert torch.equal(weights[f"resnet50.{key}"], value), key
 
 
+@pytest.mark.slow  # the script in a new process
 def test_a_bad_infer_list_stops_before_training(toy_voc, toy_lists, ir_labels, tmp_path):
     ghost = tmp_path / "ghost.txt"
     ghost.write_text("ghost_image\n")

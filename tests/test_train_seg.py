@@ -136,6 +136,7 @@ def ddp_rank(rank: int, folder: Path) -> None:
     dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two processes
 def test_two_processes_step_as_one_process_with_bn_groups(tmp_path):
     torch.multiprocessing.start_processes(ddp_rank, (tmp_path,), nprocs=2, start_method="spawn")
     torch.manual_seed(0)
