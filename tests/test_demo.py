@@ -25,8 +25,6 @@ def run_demo(work_dir: Path, *flags: str, images: tuple[str, str] = ("4", "2")) 
 
 @pytest.mark.slow
 def test_demo_runs_every_stage_and_a_rerun_skips_them(tmp_path):
-    for module in ("train_seg", "infer_seg"):  # issue 16's DeepLab scripts; drop once merged
-        pytest.importorskip(module)
     work_dir = tmp_path / "demo"
     first = run_demo(work_dir)
     assert first.returncode == 0, first.stderr[-2000:]
