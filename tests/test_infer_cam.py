@@ -280,6 +280,7 @@ def test_resume_skips_done_images(run_dir, toy_voc, toy_lists, weights, tiny, ca
     assert changed and all(tiny["names"][1] in path.name for path in changed)
 
 
+@pytest.mark.slow  # two runs of the script (make_sem_seg_labels' twin test stays in the inner loop)
 def test_torchrun_rank_takes_its_share(toy_voc, toy_lists, weights, tiny, tmp_path, monkeypatch):
     args = [
         "--weights",
@@ -384,6 +385,7 @@ def test_other_settings_stop_before_any_work(
     assert file_times(run_dir) == before
 
 
+@pytest.mark.slow  # three runs of the script, two weights files
 def test_overwrite_rewrites_outputs_and_manifest(toy_voc, toy_lists, weights, other_weights, tiny, tmp_path, capsys):
     name = tiny["names"][0]
     (tmp_path / "one.txt").write_text(name + "\n")

@@ -253,6 +253,7 @@ def one_line_error(result: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
+@pytest.mark.slow  # the script in a new process
 def test_missing_weights_file_fails_with_one_line(toy_voc, toy_lists, tmp_path):
     args = run_args(toy_voc, toy_lists, tmp_path, "--max_steps", "1")
     args[args.index("--weights") + 1] = str(tmp_path / "absent.pth")

@@ -172,6 +172,7 @@ def test_an_infer_list_shorter_than_a_batch_is_one_batch(toy_voc, toy_lists, ir_
     assert "fewer than one batch of 2: the displacement mean uses them all" in (tmp_path / "run.log").read_text()
 
 
+@pytest.mark.slow  # three runs of the script
 def test_resumed_run_matches_uninterrupted_run(toy_voc, toy_lists, ir_labels, infer_list, tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = (toy_voc, toy_lists, ir_labels, infer_list)

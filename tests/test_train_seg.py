@@ -248,6 +248,7 @@ def label_folder(toy_voc, folder: Path, change) -> Path:
     return folder
 
 
+@pytest.mark.slow  # the script in a new process
 def test_a_pseudo_label_folder_missing_images_fails_with_one_line(toy_voc, toy_lists, tmp_path):
     partial = label_folder(toy_voc, tmp_path / "partial", lambda label: label)
     (partial / f"{load_image_list(toy_lists['train'])[0]}.png").unlink()
