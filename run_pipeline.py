@@ -84,7 +84,8 @@ def toy_recipe(args: argparse.Namespace, device: str) -> Recipe:
     cpn_steps = args.cpn_steps or (300 if on_cpu else 1500)
     irn_steps = args.irn_steps or (100 if on_cpu else 600)
     seg_steps = args.seg_steps or (40 if on_cpu else 200)
-    cpn_batch, irn_batch, seg_batch = min(num_train, 4), min(num_train, 8), min(num_train, 4)
+    # IRNet drops the last partial batch and COCO the images without objects: half the list at most.
+    cpn_batch, irn_batch, seg_batch = min(num_train, 4), max(1, min(num_train // 2, 8)), min(num_train, 4)
     cpn = ["--crop_size", "64", "--resize_long", "64", "96", "--batch_size", str(cpn_batch), "--lr", "0.01"]
     cpn += ["--max_epoches", str(math.ceil(cpn_steps * cpn_batch / num_train)), "--max_steps", str(cpn_steps)]
     cpn += ["--freeze_backbone"] if on_cpu else ["--momentum", "0.9"]

@@ -63,8 +63,7 @@ def run_cli(*args, env=None) -> subprocess.CompletedProcess:
 
 @pytest.mark.parametrize(
     "extra",
-    [  # one run of the script each: the first four are slow
-        pytest.param(("--patch_strategy", "superpixel"), marks=pytest.mark.slow),
+    [  # one run of the script each: the first three are slow; the last uses the default superpixel patches
         pytest.param(("--patch_strategy", "grid"), marks=pytest.mark.slow),
         pytest.param(("--no_tcp",), marks=pytest.mark.slow),
         pytest.param(("--no_cpcr",), marks=pytest.mark.slow),
@@ -104,46 +103,36 @@ def test_freeze_backbone_trains_the_head_alone(toy_voc, toy_lists, tmp_path):
     assert first_line.endswith("backbone frozen")
 
 
-@pytest.mark.slow  # three runs of the script
-def test_resumed_run_matches_uninterrupted_run(toy_voc, toy_lists, tmp_path):
-    """CPN's own state (poly schedule, patch RNG) survives a resume; the floor's epoch rollover is
-    tested on a toy model in test_training.py, CPN's across an epoch in the slow test below."""
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    train_cpn.main(run_args(toy_voc, toy_lists, straight, "--max_steps", "2", "--save_every", "0"))
-    train_cpn.main(run_args(toy_voc, toy_lists, split, "--max_steps", "1"))
-    train_cpn.main(run_args(toy_voc, toy_lists, split, "--max_steps", "2", "--resume", "auto"))
-    assert without_timing(logged(split)) == without_timing(logged(straight))
-    expected = torch.load(straight / "run.pth", weights_only=True)
-    resumed = torch.load(split / "run.pth", weights_only=True)
-    for key, value in expected.items():
-        assert torch.equal(resumed[key], value), key
-    assert sorted(p.name for p in (split / "run_checkpoints").iterdir()) == ["step_0000001.pt", "step_0000002.pt"]
-
-
-@pytest.mark.slow  # three whole runs of the script, twice
-@pytest.mark.parametrize("stop_step", ["1", "2"])  # in the first epoch, at its end (2 steps per epoch)
-def test_resume_crosses_an_epoch_boundary(toy_voc, toy_lists, tmp_path, stop_step):
+@pytest.mark.slow  # three whole runs of the script
+def test_resumed_run_crosses_an_epoch_boundary_as_an_uninterrupted_run(toy_voc, toy_lists, tmp_path):
+    """CPN's own state (poly schedule, patch RNG) survives a resume at the end of an epoch (2 steps an
+    epoch); a resume within an epoch is tested on a toy model in test_training.py."""
     four_images = tmp_path / "four.txt"
     four_images.write_text("\n".join(toy_lists["train"].read_text().split()[:4]) + "\n")
     straight, split = tmp_path / "straight", tmp_path / "split"
     common = ("--max_epoches", "2", "--save_every", "0")
     train_cpn.main(run_args(toy_voc, toy_lists, straight, *common, train_list=four_images))
-    train_cpn.main(run_args(toy_voc, toy_lists, split, *common, "--max_steps", stop_step, train_list=four_images))
+    train_cpn.main(run_args(toy_voc, toy_lists, split, *common, "--max_steps", "2", train_list=four_images))
     train_cpn.main(run_args(toy_voc, toy_lists, split, *common, "--resume", "auto", train_list=four_images))
     assert without_timing(logged(split)) == without_timing(logged(straight))
     assert [record["epoch"] for record in logged(straight)] == [1, 1, 2, 2]
+    expected = torch.load(straight / "run.pth", weights_only=True)
+    resumed = torch.load(split / "run.pth", weights_only=True)
+    for key, value in expected.items():
+        assert torch.equal(resumed[key], value), key
+    assert sorted(p.name for p in (split / "run_checkpoints").iterdir()) == ["step_0000002.pt", "step_0000004.pt"]
 
 
-@pytest.mark.slow  # 30 steps of the whole network
+@pytest.mark.slow  # 15 steps of the whole network
 def test_overfitting_two_images_lowers_the_loss(toy_voc, toy_lists, tmp_path):
     two_images = tmp_path / "two.txt"
     two_images.write_text("\n".join(toy_lists["train"].read_text().split()[:2]) + "\n")
     train_cpn.main(
-        run_args(toy_voc, toy_lists, tmp_path, "--max_epoches", "30", "--lr", "0.005", train_list=two_images)
+        run_args(toy_voc, toy_lists, tmp_path, "--max_epoches", "15", "--lr", "0.005", train_list=two_images)
     )
     for name, factor in (("loss", 0.8), ("loss_cls", 0.7)):
         losses = logged_losses(tmp_path, name)
-        assert len(losses) == 30
+        assert len(losses) == 15
         first, last = sum(losses[:5]) / 5, sum(losses[-5:]) / 5
         assert last < factor * first, (name, first, last)
 

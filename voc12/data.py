@@ -306,25 +306,26 @@ def label_paths(label_dir: Path, names: Sequence[str], kind: LabelKind) -> list[
     return paths
 
 
-def read_class_map(path: Path, num_classes: int, kind: LabelKind) -> np.ndarray:
-    """A label PNG of class indices: H×W uint8, 0 background, 1…num_classes−1, 255 ignored; else UserError."""
-    label = read_label_png(path)
+def read_labelled_image(
+    image_path: Path, label_path: Path, num_classes: int, kind: LabelKind
+) -> tuple[Image.Image, np.ndarray]:
+    """The image and its label PNG of class indices (H×W uint8: 0 background, 1…num_classes−1, 255
+    ignored, the image's size); else a UserError naming the label file and `kind`'s remedy."""
+    image = read_rgb(image_path)
+    label = read_label_png(label_path)
     values = np.unique(label)
     wrong = values[(values >= num_classes) & (values != IGNORE_INDEX)]
     if len(wrong):
         raise UserError(
-            f"{kind.description} {path} holds values outside 0–{num_classes - 1}/{IGNORE_INDEX} "
+            f"{kind.description} {label_path} holds values outside 0–{num_classes - 1}/{IGNORE_INDEX} "
             f"({and_more(wrong.tolist(), 3)}); {kind.hint}"
         )
-    return label
-
-
-def check_label_size(label: np.ndarray, image: Image.Image, path: Path, kind: LabelKind) -> None:
     if label.shape != (image.height, image.width):
         raise UserError(
-            f"{kind.description} {path} is {label.shape[1]}×{label.shape[0]}, its image "
+            f"{kind.description} {label_path} is {label.shape[1]}×{label.shape[0]}, its image "
             f"{image.width}×{image.height}; {kind.hint}"
         )
+    return image, label
 
 
 class IrnTrainDataset(Dataset):
@@ -358,9 +359,9 @@ class IrnTrainDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         index = checked_index(index, len(self))
-        image = read_rgb(self.image_paths[index])
-        label = read_class_map(self.label_paths[index], self.source.spec.num_classes, IR_LABELS)
-        check_label_size(label, image, self.label_paths[index], IR_LABELS)
+        image, label = read_labelled_image(
+            self.image_paths[index], self.label_paths[index], self.source.spec.num_classes, IR_LABELS
+        )
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(sample_seed(self.seed, epoch, index))
             img, label = irn_augment(image, label, self.crop_size)

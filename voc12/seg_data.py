@@ -27,12 +27,11 @@ from tool.seg import seg_normalize
 from voc12.data import (
     LabelKind,
     as_source,
-    check_label_size,
     checked_index,
     crop_with_label,
     image_paths,
     label_paths,
-    read_class_map,
+    read_labelled_image,
     sample_seed,
 )
 
@@ -120,9 +119,9 @@ class SegTrainDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         epoch, index = key if isinstance(key, tuple) else (0, key)
         index = checked_index(index, len(self))
-        image = read_rgb(self.image_paths[index])
-        label = read_class_map(self.label_paths[index], self.source.spec.num_classes, PSEUDO_LABELS)
-        check_label_size(label, image, self.label_paths[index], PSEUDO_LABELS)
+        image, label = read_labelled_image(
+            self.image_paths[index], self.label_paths[index], self.source.spec.num_classes, PSEUDO_LABELS
+        )
         rng = random.Random(sample_seed(self.seed, epoch, index))
         img, label = seg_augment(np.asarray(image), label, rng, self.crop_size, self.scale_range)
         return {"name": self.names[index], "img": img, "label": label}
