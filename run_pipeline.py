@@ -142,6 +142,11 @@ class Run:
         path = self.data_root / "ImageSets" / "Segmentation" / "test.txt"
         return path if self.spec is VOC12 and path.is_file() else None
 
+    @property
+    def labelled_flags(self) -> list[str]:
+        """`data_flags` and the lists stage's class labels, which the CPN and IRN scripts read."""
+        return self.data_flags + ["--cls_labels", str(self.list_path("cls_labels"))]
+
     def weights(self, path: str | None) -> str:
         return "none" if self.args.toy else path
 
@@ -172,9 +177,7 @@ def class_lists(run: Run) -> Stage:
 
 
 def train_cpn(run: Run) -> Stage:
-    argv = run.data_flags + [
-        "--cls_labels",
-        str(run.list_path("cls_labels")),
+    argv = run.labelled_flags + [
         "--train_list",
         str(run.list_path("train")),
     ]
@@ -187,9 +190,7 @@ def train_cpn(run: Run) -> Stage:
 def cams(run: Run) -> Stage:
     """Reference-format CAMs of the scored list (for the sweep and the pictures), IRN-format CAMs of it and
     of the training list (for IRN's labels and walk)."""
-    argv = run.data_flags + [
-        "--cls_labels",
-        str(run.list_path("cls_labels")),
+    argv = run.labelled_flags + [
         "--weights",
         str(run.path("cpn", CPN_WEIGHTS)),
     ]
@@ -218,9 +219,7 @@ def sweep(run: Run) -> Stage:
 
 
 def ir_labels(run: Run) -> Stage:
-    argv = run.data_flags + [
-        "--cls_labels",
-        str(run.list_path("cls_labels")),
+    argv = run.labelled_flags + [
         "--train_list",
         str(run.list_path("train")),
     ]
@@ -261,9 +260,7 @@ def train_irnet(run: Run) -> Stage:
 
 def pseudo_masks(run: Run) -> Stage:
     """For the training list (DeepLab's labels), which holds the scored one."""
-    argv = run.data_flags + [
-        "--cls_labels",
-        str(run.list_path("cls_labels")),
+    argv = run.labelled_flags + [
         "--infer_list",
         str(run.list_path("train")),
     ]
