@@ -76,3 +76,18 @@ def write_ndarray_list(
     path = Path(path)
     path.write_bytes(ndarray_list_bytes(arrays, names, headers, storage_type))
     return path
+
+
+def write_imagenet_ends(path: Path) -> tuple[Path, dict[str, np.ndarray]]:
+    """A legacy-header `.params` holding the ends of an ImageNet ResNet-38 (conv1a, bn7 with its moving
+    statistics, the 1000-class linear layer the CAM networks leave out): the file and its arrays by name."""
+    rng = np.random.default_rng(0)
+    arrays = {
+        "arg:conv1a_weight": rng.standard_normal((64, 3, 3, 3)).astype(np.float32),
+        "arg:bn7_gamma": rng.standard_normal(4096).astype(np.float32),
+        "arg:bn7_beta": rng.standard_normal(4096).astype(np.float32),
+        "aux:bn7_moving_mean": rng.standard_normal(4096).astype(np.float32),
+        "aux:bn7_moving_var": rng.random(4096).astype(np.float32),
+        "arg:linear1000_weight": np.zeros((1000, 4096), np.float32),
+    }
+    return write_ndarray_list(path, list(arrays.values()), list(arrays), headers="legacy"), arrays

@@ -13,7 +13,7 @@ from engine.datasets import COCO14, VOC12
 from engine.errors import UserError
 from network import build_network, resnet38_CPN, resnet38_deeplab, resnet38d
 from network.weights import load_weights
-from tests.mxnet_writer import write_ndarray_list
+from tests.mxnet_writer import write_imagenet_ends
 from tests.test_weights import assert_model_holds, constant_state
 
 # SPEC_SEG §1: the head's tensors under the reference's names.
@@ -208,16 +208,7 @@ class TinyDeepLab(resnet38_deeplab.Net):
 
 
 def test_imagenet_params_file_fills_the_backbone(tmp_path):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "arg:conv1a_weight": rng.standard_normal((64, 3, 3, 3)).astype(np.float32),
-        "arg:bn7_gamma": rng.standard_normal(4096).astype(np.float32),
-        "arg:bn7_beta": rng.standard_normal(4096).astype(np.float32),
-        "aux:bn7_moving_mean": rng.standard_normal(4096).astype(np.float32),
-        "aux:bn7_moving_var": rng.random(4096).astype(np.float32),
-        "arg:linear1000_weight": np.zeros((1000, 4096), np.float32),
-    }
-    path = write_ndarray_list(tmp_path / "imagenet.params", list(arrays.values()), list(arrays), headers="legacy")
+    path, arrays = write_imagenet_ends(tmp_path / "imagenet.params")
     model = TinyDeepLab()
     report = load_weights(model, path)
     assert sorted(report.loaded) == [f"backbone.bn7.{name}" for name in ("bias", "running_mean", "running_var")] + [

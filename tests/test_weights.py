@@ -12,7 +12,7 @@ from torch import nn
 from engine.errors import UserError
 from network import resnet38_cls, resnet38_CPN
 from network.weights import WeightsReport, load_weights
-from tests.mxnet_writer import write_ndarray_list
+from tests.mxnet_writer import write_imagenet_ends
 
 HEAD_LAYERS = {"fc8", "f8_3", "f8_4", "f9", "f10"}  # SPEC §2's new layers
 
@@ -235,16 +235,7 @@ class TinyResNetEnds(nn.Module):
 
 
 def test_mxnet_params_file_loads_end_to_end(tmp_path):
-    rng = np.random.default_rng(0)
-    arrays = {
-        "arg:conv1a_weight": rng.standard_normal((64, 3, 3, 3)).astype(np.float32),
-        "arg:bn7_gamma": rng.standard_normal(4096).astype(np.float32),
-        "arg:bn7_beta": rng.standard_normal(4096).astype(np.float32),
-        "aux:bn7_moving_mean": rng.standard_normal(4096).astype(np.float32),
-        "aux:bn7_moving_var": rng.random(4096).astype(np.float32),
-        "arg:linear1000_weight": np.zeros((1000, 4096), np.float32),
-    }
-    path = write_ndarray_list(tmp_path / "imagenet.params", list(arrays.values()), list(arrays), headers="legacy")
+    path, arrays = write_imagenet_ends(tmp_path / "imagenet.params")
     model = TinyResNetEnds()
     report = load_weights(model, path)
     assert sorted(report.loaded) == ["bn7.bias", "bn7.running_mean", "bn7.running_var", "bn7.weight", "conv1a.weight"]
