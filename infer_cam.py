@@ -37,10 +37,9 @@ from engine.outputs import OutputFolder, OutputFormat, Outputs, add_output_argum
 from engine.parallel import WorkerPool, default_pool_workers
 from engine.runtime import (
     ProcessGroup,
+    Runtime,
     add_runtime_arguments,
-    apply_precision,
     memory_format_for,
-    resolve_device,
 )
 from engine.stage import Share
 from network import build_network
@@ -275,8 +274,8 @@ def main(argv=None) -> None:
     outputs = Outputs.from_args(OUTPUT_FORMATS, args)
     outputs.check()
     group = ProcessGroup.from_env()
-    device = resolve_device(args.device, group.local_rank)
-    amp_dtype, precision = apply_precision(args, device)
+    runtime = Runtime.decide(args, group, fixed_input_size=False)  # images of many sizes: no autotuning
+    device, amp_dtype, precision = runtime.device, runtime.amp_dtype, runtime.precision
     source = data_source(args)
     all_names, cls_labels = load_labelled_list(args.infer_list, args.cls_labels, source.spec)
     if outputs.writes("out_crf"):

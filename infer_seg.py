@@ -49,7 +49,7 @@ from engine.fileio import atomic_path, save_label_png
 from engine.manifest import FolderManifest
 from engine.outputs import OutputFolder, OutputFormat, Outputs, add_output_arguments, add_overwrite_argument
 from engine.parallel import WorkerPool, default_pool_workers
-from engine.runtime import ProcessGroup, add_runtime_arguments, apply_precision, memory_format_for, resolve_device
+from engine.runtime import ProcessGroup, Runtime, add_runtime_arguments, memory_format_for
 from engine.stage import Share
 from network import build_network
 from network.weights import load_weights
@@ -252,8 +252,8 @@ def main(argv=None) -> None:
     if crf is not None:
         require_pydensecrf()  # fail now, not in a worker after the first image
     group = ProcessGroup.from_env()
-    device = resolve_device(args.device, group.local_rank)
-    amp_dtype, precision = apply_precision(args, device)
+    runtime = Runtime.decide(args, group, fixed_input_size=False)  # images of many sizes: no autotuning
+    device, amp_dtype, precision = runtime.device, runtime.amp_dtype, runtime.precision
     run_settings = {
         "dataset": source.spec.name,
         "network": SEG_NETWORK,

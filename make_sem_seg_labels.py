@@ -37,11 +37,10 @@ from engine.manifest import InputManifest
 from engine.outputs import OutputFormat, Outputs, add_overwrite_argument
 from engine.runtime import (
     ProcessGroup,
+    Runtime,
     add_runtime_arguments,
-    apply_precision,
     autocast,
     memory_format_for,
-    resolve_device,
 )
 from engine.stage import Share, require_files
 from network import build_network
@@ -212,8 +211,8 @@ def main(argv=None) -> None:
     cam_dir = Path(args.cam_out_dir)
     require_files(cam_dir, share.todo, IRN_CAM_SUFFIX, "CAM", IRN_CAM_HINT)
     cam_manifest = InputManifest.read(cam_dir, IRN_CAM_HINT, warn=group.is_main)
-    device = resolve_device(args.device, group.local_rank)
-    amp_dtype, precision = apply_precision(args, device)
+    runtime = Runtime.decide(args, group, fixed_input_size=False)  # images of many sizes: no autotuning
+    device, amp_dtype, precision = runtime.device, runtime.amp_dtype, runtime.precision
     run_settings = {
         "dataset": source.spec.name,
         "precision": precision,

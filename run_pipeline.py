@@ -134,7 +134,8 @@ class Run:
 
     @property
     def data_flags(self) -> list[str]:
-        return ["--dataset", self.spec.name, "--data_root", str(self.data_root), "--device", self.device]
+        deterministic = ["--deterministic"] if self.args.deterministic else []
+        return ["--dataset", self.spec.name, "--data_root", str(self.data_root), "--device", self.device, *deterministic]
 
     @property
     def test_list(self) -> Path | None:
@@ -467,6 +468,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--from", dest="from_stage", choices=tuple(STAGES), help="rerun this stage and the ones after")
     parser.add_argument("--until", choices=tuple(STAGES), help="stop after this stage")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cuda:N or cpu")
+    parser.add_argument(
+        "--deterministic", action="store_true", help="every stage with deterministic kernels (see the stages' --help)"
+    )
     parser.add_argument("--toy", action="store_true", help="make the toy set in W/toy and use the demo's settings")
     parser.add_argument("--toy_images", type=int, nargs=2, default=TOY_IMAGES, metavar=("TRAIN", "VAL"))
     for stage in ("cpn", "irn", "seg"):
@@ -482,7 +486,9 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
-    device = str(resolve_device(None if args.device == "auto" else args.device))
+    requested = None if args.device == "auto" else args.device
+    # Each stage's call names the device kind, not its index: under torchrun every process takes its own GPU.
+    device = resolve_device(requested).type if requested in (None, "cuda") else requested
     spec = DATASETS[args.dataset]
     if args.toy:
         data_root = Path(args.work_dir) / "toy" / ("VOC2012" if spec is VOC12 else "coco")

@@ -40,12 +40,12 @@ from engine.fileio import atomic_path
 from engine.manifest import git_commit
 from engine.runtime import (
     ProcessGroup,
+    Runtime,
     add_runtime_arguments,
-    apply_precision,
     device_name,
     init_process_group,
     memory_format_for,
-    resolve_device,
+    on_cpu,
 )
 
 CHECKPOINTS_KEPT = 2
@@ -164,12 +164,45 @@ def training_loader(
     )
 
 
-class Checkpoints:
-    """`step_<N>.pt` files in one folder, the newest `keep` kept: model, optimiser, `TrainState`, the
-    RNG states and the run's arguments. `last` is the newest one written or resumed from (or None)."""
+def rng_states(group: ProcessGroup, device: torch.device) -> list[dict]:
+    """Every process's RNG states in rank order, gathered to all of them (a collective under torchrun): its
+    CPU generator and, on CUDA, its own GPU's generator."""
+    own = {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+    }
+    if not group.distributed:
+        return [own]
+    gathered = [None] * group.world_size
+    dist.all_gather_object(gathered, own)
+    return gathered
 
-    def __init__(self, folder: Path, every: int = 0, keep: int = CHECKPOINTS_KEPT):
-        self.folder, self.every, self.keep = folder, every, keep
+
+def restore_rng_states(states: list[dict], group: ProcessGroup, device: torch.device) -> str | None:
+    """This process's own states of `rng_states`' list, when the checkpoint's process count is this run's;
+    else the streams stay as `Trainer.start` seeded them and the returned note says so."""
+    if len(states) != group.world_size:
+        return (
+            f"the checkpoint was written by {len(states)} processes, this run has {group.world_size}: each "
+            "process's RNG (dropout) starts afresh from --seed + rank; the data order and augmentation, which "
+            "depend on (seed, epoch, index) alone, are an uninterrupted run's"
+        )
+    own = states[group.rank]
+    torch.set_rng_state(own["torch"])
+    if device.type == "cuda" and own["cuda"] is not None:
+        torch.cuda.set_rng_state(own["cuda"], device)
+    return None
+
+
+class Checkpoints:
+    """`step_<N>.pt` files in one folder, the newest `keep` kept: model, optimiser, loss scaler, `TrainState`,
+    every process's RNG states and the run's arguments, all on the CPU (a checkpoint resumes on any device
+    and GPU count). `last` is the newest one written or resumed from (or None)."""
+
+    def __init__(
+        self, folder: Path, group: ProcessGroup, device: torch.device, every: int = 0, keep: int = CHECKPOINTS_KEPT
+    ):
+        self.folder, self.group, self.device, self.every, self.keep = folder, group, device, every, keep
         self.last: Path | None = None
 
     def due(self, state: TrainState, last_step: int) -> bool:
@@ -188,30 +221,47 @@ class Checkpoints:
         candidates = sorted(self.folder.glob(CHECKPOINT_PATTERN))
         return candidates[-1] if candidates else None
 
-    def save(self, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, args: dict) -> Path:
+    def save(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler,
+        state: TrainState,
+        args: dict,
+    ) -> Path | None:
+        """Called by every process (the RNG states are gathered); the main one writes. → the path written."""
+        rng = rng_states(self.group, self.device)
+        if not self.group.is_main:
+            return None
         path = self.folder / f"step_{state.step:07d}.pt"
         content = {
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
+            "scaler": scaler.state_dict(),
             "train_state": dataclasses.asdict(state),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "rng": rng,
             "args": args,
         }
         with atomic_path(path) as tmp_path:
-            torch.save(content, tmp_path)
+            torch.save(on_cpu(content), tmp_path)
         for old in sorted(self.folder.glob(CHECKPOINT_PATTERN))[: -self.keep]:
             old.unlink()
         self.last = path
         return path
 
-    def load(self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> TrainState:
-        """Restore the model, the optimiser and the RNG states; → the state training continues from."""
+    def load(
+        self, path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler
+    ) -> tuple[TrainState, str | None]:
+        """Restore the model, the optimiser, the loss scaler and this process's RNG states; → the state
+        training continues from and a note when the RNG states could not be this process's own."""
         try:
             content = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(content["model"])
             optimizer.load_state_dict(content["optimizer"])
+            if scaler.is_enabled() and content.get("scaler"):  # saved by an fp16 run
+                scaler.load_state_dict(content["scaler"])
             state = TrainState(**content["train_state"])
+            rng = content.get("rng") or [{"torch": content["torch_rng"], "cuda": None}]  # before per-process states
         except pickle.UnpicklingError:
             raise UserError(
                 f"cannot resume from {path}: not a checkpoint; pass a step_*.pt file or --resume auto"
@@ -221,11 +271,9 @@ class Checkpoints:
                 f"cannot resume from {path}: {str(error).splitlines()[0]}; "
                 "delete it to fall back to the previous checkpoint"
             ) from None
-        torch.set_rng_state(content["torch_rng"])
-        if torch.cuda.is_available() and content["cuda_rng"]:
-            torch.cuda.set_rng_state_all(content["cuda_rng"])
+        note = restore_rng_states(rng, self.group, self.device)
         self.last = path
-        return state
+        return state, note
 
 
 def distributed_model(model: nn.Module, device: torch.device, group: ProcessGroup) -> nn.Module:
@@ -236,26 +284,45 @@ def distributed_model(model: nn.Module, device: torch.device, group: ProcessGrou
 
 
 def save_weights(model: nn.Module, path: Path) -> Path:
-    """The trained state dict, written atomically."""
+    """The trained state dict, written atomically, its tensors on the CPU (a plain `torch.load` reads it anywhere)."""
     with atomic_path(path) as tmp_path:
-        torch.save(model.state_dict(), tmp_path)
+        torch.save(on_cpu(model.state_dict()), tmp_path)
     return path
 
 
-def mean_over_processes(values: dict[str, torch.Tensor], group: ProcessGroup) -> dict[str, float]:
-    """Scalar tensors averaged over the torchrun processes, as floats (in the dict's order)."""
-    stacked = torch.stack([value.detach().float() for value in values.values()])
-    if group.distributed:
-        dist.all_reduce(stacked)
-        stacked /= group.world_size
-    return dict(zip(values, stacked.tolist()))
+class LossWatch:
+    """Each step's loss terms, kept on the device until the log or a checkpoint needs them: then one host sync
+    (and under torchrun one all_reduce) gives the last step's terms averaged over the processes, as floats,
+    and stops the run if any step since the last look had a non-finite term."""
 
+    def __init__(self, group: ProcessGroup):
+        self.group = group
+        self.names: tuple[str, ...] = ()
+        self.last: torch.Tensor | None = None
+        self.any_non_finite: torch.Tensor | None = None
+        self.first_unseen: int | None = None
 
-def check_finite(losses: dict[str, float], step: int, last_checkpoint: Path | None) -> None:
-    """Stop at the first non-finite loss, saying where to resume from."""
-    if not all(math.isfinite(value) for value in losses.values()):
-        hint = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
-        raise UserError(f"non-finite loss at step {step} ({losses}); {hint} with a lower --lr or --amp off")
+    def add(self, losses: dict[str, torch.Tensor], step: int) -> None:
+        self.names = tuple(losses)
+        self.last = torch.stack([value.detach().float() for value in losses.values()])
+        non_finite = ~self.last.isfinite().all()
+        self.any_non_finite = non_finite if self.any_non_finite is None else self.any_non_finite | non_finite
+        self.first_unseen = step if self.first_unseen is None else self.first_unseen
+
+    def look(self, step: int, last_checkpoint: Path | None) -> dict[str, float]:
+        """The terms of `step`, the last one added; a UserError (where to resume from) if a step since the
+        last look had a non-finite term."""
+        packed = torch.cat([self.last, self.any_non_finite.float()[None]])
+        if self.group.distributed:
+            dist.all_reduce(packed)
+        *sums, non_finite = packed.tolist()
+        losses = {name: value / self.group.world_size for name, value in zip(self.names, sums)}
+        first, self.first_unseen, self.any_non_finite = self.first_unseen, None, None
+        if non_finite or not all(math.isfinite(value) for value in losses.values()):
+            where = f"at step {step}" if first == step else f"between steps {first} and {step}"
+            hint = f"resume from {last_checkpoint}" if last_checkpoint else "no checkpoint yet"
+            raise UserError(f"non-finite loss {where} (step {step}: {losses}); {hint} with a lower --lr or --amp off")
+        return losses
 
 
 class StepTimer:
@@ -315,8 +382,13 @@ class RunLog:
         ) as self.bar:
             yield from self.bar
 
+    def due(self, step: int, last_step: int) -> bool:
+        """Whether `step` gets a log line: every `log_every` steps and the last (the same on every process)."""
+        return step % self.log_every == 0 or step == last_step
+
     def step(self, step: int, epoch: int, losses: dict[str, float], lr: float, timer: StepTimer) -> None:
-        """After each step (`epoch` counted from 0, as in `TrainState`)."""
+        """After a step whose losses were looked at (`epoch` counted from 0, as in `TrainState`): the
+        progress bar's figures, and the log line when due."""
         if not self.enabled:
             return
         images_per_s = timer.images_per_s(step)
@@ -327,7 +399,7 @@ class RunLog:
                 "img/s": f"{images_per_s:.1f}",
             }
         )
-        if step % self.log_every != 0 and step != timer.last_step:
+        if not self.due(step, timer.last_step):
             return
         eta_s = (timer.last_step - step) * timer.images_per_step / max(images_per_s, 1e-9)
         self.line(
@@ -363,6 +435,7 @@ def run_steps(
     *,
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
     group: ProcessGroup,
     log: RunLog,
     checkpoints: Checkpoints,
@@ -370,20 +443,25 @@ def run_steps(
     run_args: dict,
 ) -> None:
     """The loop every trainer shares: from `state` up to `last_step`, one `step(batch)` per batch of the
-    ResumableSampler-driven `loader`; losses averaged over the processes, checked, logged; checkpoints
-    (of the unwrapped `model`) when due. `state` advances in place."""
+    ResumableSampler-driven `loader`; the losses looked at (averaged over the processes, checked) only when
+    the log or a checkpoint (of the unwrapped `model`) is due, so the device runs ahead of the host between.
+    `state` advances in place."""
     sampler = loader.sampler
+    watch = LossWatch(group)
     while state.step < last_step:
         epoch = state.epoch
         sampler.set_epoch(epoch, state.batch_in_epoch)
         for batch in log.progress(loader, state, sampler.batches_per_epoch, num_epochs):
             losses = step(batch)
             state.advance(sampler.batches_per_epoch)
-            losses = mean_over_processes(losses, group)
-            check_finite(losses, state.step, checkpoints.last)
-            log.step(state.step, epoch, losses, optimizer.param_groups[0]["lr"], timer)
-            if group.is_main and checkpoints.due(state, last_step):
-                checkpoints.save(model, optimizer, state, run_args)
+            watch.add(losses, state.step)
+            save = checkpoints.due(state, last_step)
+            if save or log.due(state.step, last_step):
+                log.step(
+                    state.step, epoch, watch.look(state.step, checkpoints.last), optimizer.param_groups[0]["lr"], timer
+                )
+            if save:
+                checkpoints.save(model, optimizer, scaler, state, run_args)
             if state.step == last_step:
                 break
 
@@ -437,15 +515,12 @@ class Trainer:
 
     @classmethod
     def start(cls, args: argparse.Namespace) -> Trainer:
-        """Join the torchrun job, pick the device and precision, seed torch's RNG with seed + rank (each
-        process draws its own dropout masks), let cuDNN choose its kernels."""
+        """Join the torchrun job, pick the device, precision and kernel policy (`Runtime`: cuDNN autotunes
+        the fixed crop size), seed torch's RNG with seed + rank (each process draws its own dropout masks)."""
         group = init_process_group(args.device)
-        device = resolve_device(args.device, group.local_rank)
-        amp_dtype, precision = apply_precision(args, device)
+        runtime = Runtime.decide(args, group, fixed_input_size=True)
         torch.manual_seed(args.seed + group.rank)
-        if device.type == "cuda":
-            torch.backends.cudnn.benchmark = True  # fixed crop size: pick the fastest kernels once
-        return cls(args, group, device, amp_dtype, precision)
+        return cls(args, group, runtime.device, runtime.amp_dtype, runtime.precision)
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -479,11 +554,15 @@ class Trainer:
         args, group, device = self.args, self.group, self.device
         sampler = loader.sampler
         model.to(device, memory_format=self.memory_format)
-        checkpoints = Checkpoints(self.out_dir / f"{args.session_name}_checkpoints", every=args.save_every)
-        resume_path = checkpoints.find(args.resume)
-        state = checkpoints.load(resume_path, model, optimizer) if resume_path else TrainState()
-        trained = distributed_model(model, device, group)
         scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype == torch.float16)
+        checkpoints = Checkpoints(
+            self.out_dir / f"{args.session_name}_checkpoints", group, device, every=args.save_every
+        )
+        resume_path = checkpoints.find(args.resume)
+        state, rng_note = (
+            checkpoints.load(resume_path, model, optimizer, scaler) if resume_path else (TrainState(), None)
+        )
+        trained = distributed_model(model, device, group)
 
         log = RunLog(
             self.out_dir,
@@ -504,6 +583,7 @@ class Trainer:
             f"{self.precision}, {loader.num_workers} loader workers"
             + "".join(f", {note}" for note in notes)
             + (f"; resumed from {resume_path} at step {state.step}" if resume_path else "")
+            + (f"; {rng_note}" if rng_note else "")
         )
         last_step = total_steps if args.max_steps is None else min(total_steps, args.max_steps)
         timer = StepTimer(state.step, last_step, sampler.batch_size * group.world_size)
@@ -516,6 +596,7 @@ class Trainer:
                 num_epochs,
                 model=model,
                 optimizer=optimizer,
+                scaler=scaler,
                 group=group,
                 log=log,
                 checkpoints=checkpoints,

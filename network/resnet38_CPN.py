@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.datasets import VOC12
+from engine.kernels import resize_bilinear
 from network import resnet38d
 
 NORMALISATION_EPSILON = 1e-5  # SPEC §2 step 2: the class probability map's per-channel max normalisation
@@ -75,7 +76,7 @@ def pcm(probability: torch.Tensor, affinity_features: torch.Tensor) -> torch.Ten
 
 
 def resize(x: torch.Tensor, size) -> torch.Tensor:
-    return F.interpolate(x, size, mode="bilinear", align_corners=True)
+    return resize_bilinear(x, size, align_corners=True)
 
 
 class Net(resnet38d.Net):

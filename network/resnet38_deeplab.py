@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.datasets import VOC12
+from engine.kernels import resize_bilinear
 from network import resnet38d
 
 BN_MOMENTUM = 0.0003  # SPEC_SEG §1: every BatchNorm of the DeepLab net, backbone and head
@@ -67,7 +68,7 @@ class Net(nn.Module):
         features = F.relu(self.bn_fov(self.conv_fov(self.backbone(x))))
         features = self.dropout(F.relu(self.bn_fov2(self.conv_fov2(features))))
         logits = self.cls_conv(features)
-        return F.interpolate(logits, x.shape[2:], mode="bilinear", align_corners=True)
+        return resize_bilinear(logits, x.shape[2:], align_corners=True)
 
     def get_parameter_groups(self) -> resnet38d.ParameterGroups:
         """SPEC_SEG §2: every convolution, backbone ones pretrained, `new_layers` new; no BatchNorm parameter."""

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from engine.kernels import resize_bilinear
+
 STRIDE = 4  # SPEC-IRN §2: both heads' outputs
 # SPEC-IRN §7: lr multiplier of each group of `Net.trainable_parameter_groups`.
 LR_MULTIPLIERS = {"edge": 1.0, "displacement": 10.0}
@@ -108,7 +110,7 @@ class ConvGroupNorm(nn.Module):
 def upsample_relu_crop(x: torch.Tensor, scale: int, like: torch.Tensor) -> torch.Tensor:
     """SPEC-IRN §2: ReLU(up×scale(x)), bilinear with align_corners=False, keeping the top-left part of
     `like`'s size (the upsampled map is at least as large: sides ceil(H / s) vs ceil(H / (s·scale))·scale)."""
-    upsampled = F.relu(F.interpolate(x, scale_factor=scale, mode="bilinear", align_corners=False))
+    upsampled = F.relu(resize_bilinear(x, scale_factor=scale, align_corners=False))
     return upsampled[..., : like.shape[2], : like.shape[3]]
 
 

@@ -25,6 +25,7 @@ from torch import nn
 from engine.datasets import DATASETS
 from engine.errors import UserError
 from engine.fileio import atomic_path
+from engine.runtime import on_cpu
 from network import resnet38_deeplab, resnet50_irn
 from network.mxnet_params import LIST_MAGIC, convert_mxnet_to_torch
 
@@ -251,4 +252,4 @@ def save_irn_weights(model: resnet50_irn.Net, path: str | os.PathLike) -> None:
     """Write `model` atomically as IRN's own file (`resnet50_irn.irn_state_dict`): IRN's
     step/make_sem_seg_labels.py loads it into its `EdgeDisplacement` (SPEC-IRN §9), and so does `load_weights`."""
     with atomic_path(path) as tmp_path:
-        torch.save(resnet50_irn.irn_state_dict(model), tmp_path)
+        torch.save(on_cpu(resnet50_irn.irn_state_dict(model)), tmp_path)

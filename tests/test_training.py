@@ -27,10 +27,10 @@ from engine.training import (
     StepTimer,
     Trainer,
     TrainState,
+    LossWatch,
     add_training_arguments,
-    check_finite,
-    mean_over_processes,
     per_process_batch,
+    restore_rng_states,
     resume_hint_on_interrupt,
     training_loader,
     write_run_record,
@@ -59,6 +59,7 @@ def test_shared_flags_take_the_trainers_defaults(tmp_path):
         "device": None,
         "amp": "off",
         "no_tf32": False,
+        "deterministic": False,
         "train_list": None,
         "weights": "none",
         "num_workers": None,
@@ -159,33 +160,98 @@ def one_step(model, optimizer):
     optimizer.step()
 
 
+CPU = torch.device("cpu")
+
+
+def cpu_checkpoints(folder, group: ProcessGroup = ProcessGroup(), **options) -> Checkpoints:
+    return Checkpoints(folder, group, CPU, **options)
+
+
+def no_scaling() -> torch.amp.GradScaler:
+    return torch.amp.GradScaler("cpu", enabled=False)
+
+
 def test_checkpoint_round_trip_restores_model_optimizer_state_and_rng(tmp_path):
     model, optimizer = tiny_training()
     one_step(model, optimizer)
     state = TrainState(step=7, epoch=1, batch_in_epoch=3)
-    checkpoints = Checkpoints(tmp_path)
-    path = checkpoints.save(model, optimizer, state, {"lr": 0.1})
+    checkpoints = cpu_checkpoints(tmp_path)
+    path = checkpoints.save(model, optimizer, no_scaling(), state, {"lr": 0.1})
     assert path == tmp_path / "step_0000007.pt" and checkpoints.last == path
     one_step(model, optimizer)
     expected = [parameter.detach().clone() for parameter in model.parameters()]
 
     resumed_model, resumed_optimizer = tiny_training(seed=1)
     torch.rand(5)  # move the RNG on: loading must put it back
-    resumed = Checkpoints(tmp_path)
-    loaded = resumed.load(path, resumed_model, resumed_optimizer)
-    assert loaded == state and loaded is not state and resumed.last == path
+    resumed = cpu_checkpoints(tmp_path)
+    loaded, note = resumed.load(path, resumed_model, resumed_optimizer, no_scaling())
+    assert loaded == state and loaded is not state and resumed.last == path and note is None
     one_step(resumed_model, resumed_optimizer)
     for parameter, value in zip(resumed_model.parameters(), expected):
         assert torch.equal(parameter.detach(), value)
     assert torch.load(path, weights_only=True)["args"] == {"lr": 0.1}
 
 
+def test_each_process_resumes_its_own_rng_stream(tmp_path):
+    model, optimizer = tiny_training()
+    path = cpu_checkpoints(tmp_path).save(model, optimizer, no_scaling(), TrainState(step=2), {})
+    content = torch.load(path, weights_only=True)
+    streams = [torch.Generator().manual_seed(seed).get_state() for seed in (10, 11)]
+    content["rng"] = [{"torch": stream, "cuda": None} for stream in streams]  # what two processes gathered
+    torch.save(content, path)
+    second_of_two = ProcessGroup(rank=1, world_size=2, local_rank=1)
+    _, note = cpu_checkpoints(tmp_path, second_of_two).load(path, model, optimizer, no_scaling())
+    assert note is None
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(11)))
+
+
+def test_another_process_count_resumes_with_fresh_streams_and_says_so(tmp_path, monkeypatch):
+    cuda_writes = []
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda *state: cuda_writes.append(state))
+    two_gpus = [  # a 2-GPU run's checkpoint, each process with its GPU's state
+        {"torch": torch.Generator().manual_seed(rank).get_state(), "cuda": torch.full((8,), rank, dtype=torch.uint8)}
+        for rank in (0, 1)
+    ]
+    torch.manual_seed(5)
+    expected = torch.rand(3, generator=torch.Generator().manual_seed(5))
+    note = restore_rng_states(two_gpus, ProcessGroup(), torch.device("cuda", 0))
+    assert "written by 2 processes, this run has 1" in note and "starts afresh from --seed + rank" in note
+    assert torch.equal(torch.rand(3), expected) and cuda_writes == []  # nothing restored
+    assert restore_rng_states(two_gpus, ProcessGroup(rank=1, world_size=2, local_rank=1), torch.device("cuda", 1)) is None
+    assert cuda_writes == [(two_gpus[1]["cuda"], torch.device("cuda", 1))]  # its own GPU, its own state
+
+
+def test_a_checkpoint_of_the_earlier_format_resumes(tmp_path):
+    model, optimizer = tiny_training()
+    path = cpu_checkpoints(tmp_path).save(model, optimizer, no_scaling(), TrainState(step=2), {})
+    content = torch.load(path, weights_only=True)
+    content["torch_rng"] = torch.Generator().manual_seed(4).get_state()
+    content["cuda_rng"] = []
+    del content["rng"], content["scaler"]
+    torch.save(content, path)
+    state, note = cpu_checkpoints(tmp_path).load(path, model, optimizer, no_scaling())
+    assert state == TrainState(step=2) and note is None
+    assert torch.equal(torch.rand(3), torch.rand(3, generator=torch.Generator().manual_seed(4)))
+
+
+def test_the_fp16_loss_scale_resumes_where_it_was(tmp_path):
+    model, optimizer = tiny_training()
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=3)
+    scaler.scale(torch.ones(()))
+    scaler.update(2.0**9)  # where an fp16 run's overflows took it
+    path = cpu_checkpoints(tmp_path).save(model, optimizer, scaler, TrainState(step=2), {})
+    resumed = torch.amp.GradScaler("cpu", init_scale=2.0**16, growth_interval=3)
+    cpu_checkpoints(tmp_path).load(path, model, optimizer, resumed)
+    assert resumed.get_scale() == 2.0**9 and resumed.state_dict() == scaler.state_dict()
+    cpu_checkpoints(tmp_path).load(path, model, optimizer, no_scaling())  # an fp32 resume ignores it
+
+
 def test_checkpoints_keep_the_last_two_and_auto_finds_the_newest(tmp_path):
     model, optimizer = tiny_training()
-    checkpoints = Checkpoints(tmp_path / "run_checkpoints")
+    checkpoints = cpu_checkpoints(tmp_path / "run_checkpoints")
     assert checkpoints.find("auto") is None and checkpoints.find(None) is None
     for step in (1, 2, 10, 11):
-        checkpoints.save(model, optimizer, TrainState(step=step), {})
+        checkpoints.save(model, optimizer, no_scaling(), TrainState(step=step), {})
     assert sorted(path.name for path in checkpoints.folder.iterdir()) == ["step_0000010.pt", "step_0000011.pt"]
     assert checkpoints.find("auto") == checkpoints.folder / "step_0000011.pt"
     assert checkpoints.find(str(checkpoints.folder / "step_0000010.pt")) == checkpoints.folder / "step_0000010.pt"
@@ -193,22 +259,22 @@ def test_checkpoints_keep_the_last_two_and_auto_finds_the_newest(tmp_path):
 
 def test_missing_or_broken_checkpoints_are_user_errors(tmp_path):
     model, optimizer = tiny_training()
-    checkpoints = Checkpoints(tmp_path)
+    checkpoints = cpu_checkpoints(tmp_path)
     with pytest.raises(UserError, match="checkpoint not found: .*absent.pt; pass an existing file or --resume auto"):
         checkpoints.find(str(tmp_path / "absent.pt"))
     not_a_checkpoint = tmp_path / "notes.txt"
     not_a_checkpoint.write_bytes(b"not a checkpoint")
     with pytest.raises(UserError, match=f"cannot resume from {not_a_checkpoint}: not a checkpoint; pass a step_"):
-        checkpoints.load(not_a_checkpoint, model, optimizer)
+        checkpoints.load(not_a_checkpoint, model, optimizer, no_scaling())
     weights_only = tmp_path / "weights.pth"  # a state dict, not a training checkpoint
     torch.save(model.state_dict(), weights_only)
     with pytest.raises(UserError, match=f"cannot resume from {weights_only}: 'model'; delete it"):
-        checkpoints.load(weights_only, model, optimizer)
+        checkpoints.load(weights_only, model, optimizer, no_scaling())
     truncated = tmp_path / "step_0000003.pt"
-    checkpoints.save(model, optimizer, TrainState(step=3), {})
+    checkpoints.save(model, optimizer, no_scaling(), TrainState(step=3), {})
     truncated.write_bytes(truncated.read_bytes()[:200])
     with pytest.raises(UserError, match=f"cannot resume from {truncated}: .*delete it"):
-        checkpoints.load(truncated, model, optimizer)
+        checkpoints.load(truncated, model, optimizer, no_scaling())
 
 
 @pytest.mark.parametrize(
@@ -222,7 +288,7 @@ def test_missing_or_broken_checkpoints_are_user_errors(tmp_path):
     ],
 )
 def test_checkpoints_are_due_after_epochs_at_the_end_and_every_n_steps(tmp_path, state, every, due):
-    assert Checkpoints(tmp_path, every=every).due(state, last_step=9) is due
+    assert cpu_checkpoints(tmp_path, every=every).due(state, last_step=9) is due
 
 
 # ---------------------------------------------------------------- loader, losses
@@ -246,14 +312,17 @@ def test_loader_follows_the_sampler_and_runs_workers_on_one_thread():
     assert {threads for _, _, threads in rows} == {1}  # PyTorch's worker default: cores stay unsubscribed
 
 
-def test_losses_are_floats_and_non_finite_ones_stop_with_a_hint(tmp_path):
-    values = mean_over_processes({"loss": torch.tensor(1.5), "loss_cls": torch.tensor(0.25)}, ProcessGroup())
-    assert values == {"loss": 1.5, "loss_cls": 0.25}
-    check_finite(values, step=3, last_checkpoint=None)
-    with pytest.raises(UserError, match="non-finite loss at step 3 .*no checkpoint yet with a lower --lr"):
-        check_finite({**values, "loss": float("nan")}, step=3, last_checkpoint=None)
-    with pytest.raises(UserError, match="resume from .*step_0000002.pt with a lower --lr"):
-        check_finite({"loss": float("inf")}, step=3, last_checkpoint=tmp_path / "step_0000002.pt")
+def test_losses_are_looked_at_as_floats_and_non_finite_ones_stop_with_a_hint(tmp_path):
+    watch = LossWatch(ProcessGroup())
+    watch.add({"loss": torch.tensor(1.5), "loss_cls": torch.tensor(0.25)}, step=3)
+    assert watch.look(3, last_checkpoint=None) == {"loss": 1.5, "loss_cls": 0.25}
+    watch.add({"loss": torch.tensor(float("nan"))}, step=4)
+    with pytest.raises(UserError, match="non-finite loss at step 4 .*no checkpoint yet with a lower --lr"):
+        watch.look(4, last_checkpoint=None)
+    for step, value in ((5, float("inf")), (6, 1.0), (7, 2.0)):  # a bad step between two looks is not missed
+        watch.add({"loss": torch.tensor(value)}, step)
+    with pytest.raises(UserError, match="between steps 5 and 7 .*resume from .*step_0000002.pt with a lower --lr"):
+        watch.look(7, last_checkpoint=tmp_path / "step_0000002.pt")
 
 
 # ---------------------------------------------------------------- RunLog
@@ -290,7 +359,7 @@ def test_unwritable_log_folder_is_a_user_error(tmp_path):
 
 
 def test_interrupt_says_how_to_resume_and_logs_it(tmp_path):
-    checkpoints = Checkpoints(tmp_path / "checkpoints")
+    checkpoints = cpu_checkpoints(tmp_path / "checkpoints")
     state = TrainState()
     with RunLog(tmp_path, "run", enabled=True, log_every=1) as log:
         with pytest.raises(KeyboardInterrupt, match=r"at step 0; resume with --resume auto \(no checkpoint yet\)"):
@@ -449,3 +518,12 @@ def test_two_processes_wait_for_the_main_one_and_end_their_group(tmp_path):
     torch.multiprocessing.spawn(two_process_run, args=(tmp_path, free_port()), nprocs=2)
     assert (tmp_path / "rank0_done").exists() and (tmp_path / "rank1_done").exists()
     assert [record["step"] for record in toy_logged(tmp_path)] == [1, 2]  # written by the main process alone
+
+
+def test_the_loop_syncs_with_the_device_only_where_the_log_or_a_checkpoint_needs_the_losses(tmp_path, monkeypatch):
+    looked_at = []
+    look = LossWatch.look
+    monkeypatch.setattr(LossWatch, "look", lambda self, step, last: looked_at.append(step) or look(self, step, last))
+    toy_run(toy_args(tmp_path, "--log_every", "3", "--save_every", "0"))
+    assert looked_at == [3, 4, 6, 8]  # log lines at 3, 6 and the last; checkpoints at the epochs' ends (4, 8)
+    assert [record["step"] for record in toy_logged(tmp_path)] == [3, 6, 8]

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.datasets import IGNORE_INDEX
+from engine.kernels import cross_entropy_sum
 from engine.runtime import autocast
 from tool.constants import IMAGENET_MEAN, IMAGENET_STD
 from tool.optim import PolyOptimizer, cpn_param_groups
@@ -100,7 +101,7 @@ def seg_loss(
     of the reference's one mean over the global batch; the per-rank halves differ in valid pixels through the
     255 padding, so a per-rank mean would not. A batch with no valid pixel has loss 0 (the reference's mean is
     NaN)."""
-    total = F.cross_entropy(logits.float(), labels, ignore_index=IGNORE_INDEX, reduction="sum")
+    total = cross_entropy_sum(logits.float(), labels, IGNORE_INDEX)
     return total * world_size / torch.as_tensor(valid_pixels, device=total.device).clamp(min=1)
 
 
