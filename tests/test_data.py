@@ -20,6 +20,7 @@ from engine.errors import UserError, run_main
 from engine.fileio import read_label_png, read_rgb
 from tests.tiny import write_label_pngs
 from tool.constants import IMAGENET_MEAN, IMAGENET_STD
+from tool.imutils import train_transform
 from tool.irn import quarter_label, search_dst
 from voc12.data import (
     InferDataset,
@@ -462,6 +463,25 @@ def test_irn_sample_is_a_pure_function_of_seed_epoch_index(toy_voc, train_names,
     assert not torch.equal(other_seed[2, 4]["img"], reference["img"])
     with pytest.raises(IndexError):
         dataset[len(dataset)]
+
+
+def test_per_sample_seeding_leaves_the_cuda_generators_alone(toy_voc, toy_lists, train_names, ir_labels, monkeypatch):
+    # the streams torch.manual_seed gave before: the samples must not change
+    image = read_rgb(toy_voc / "JPEGImages" / f"{train_names[1]}.jpg")
+    torch.manual_seed(sample_seed(0, 2, 1))
+    expected_crop = train_transform(image, crop_size=CROP, resize_long=SMALL_RESIZE)
+    torch.manual_seed(sample_seed(0, 2, 1))
+    expected_irn, _ = irn_augment(image, read_label_png(ir_labels / f"{train_names[1]}.png"), IRN_CROP)
+
+    cuda_seeds = []  # simulated: no GPU here, so torch.manual_seed would queue them for CUDA's lazy init
+    for name in ("manual_seed", "manual_seed_all"):
+        monkeypatch.setattr(torch.cuda, name, lambda seed, name=name: cuda_seeds.append((name, seed)))
+    queued = list(torch.cuda._lazy_seed_tracker.get_calls())
+    train = TrainDataset(toy_voc, train_names, toy_lists["cls_labels"], crop_size=CROP, resize_long=SMALL_RESIZE)
+    irn = IrnTrainDataset(toy_voc, train_names, ir_labels, crop_size=IRN_CROP)
+    assert torch.equal(train[2, 1]["img"], expected_crop)
+    assert torch.equal(irn[2, 1]["img"], expected_irn)
+    assert cuda_seeds == [] and list(torch.cuda._lazy_seed_tracker.get_calls()) == queued
 
 
 @pytest.mark.parametrize("seed", range(6))

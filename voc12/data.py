@@ -9,10 +9,11 @@ augmentations.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -106,6 +107,17 @@ def sample_seed(seed: int, epoch: int, index: int) -> int:
     return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1)[0])
 
 
+@contextlib.contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """torch's CPU generator seeded with `seed` inside the block, its state restored after it; the CUDA
+    generators untouched (`torch.manual_seed` would reseed every one of them, lazily when CUDA is not
+    initialised, and `fork_rng(devices=[])` would not restore them: in a `--num_workers 0` run every DDP
+    rank would then share one CUDA seed). The CPU stream is `torch.manual_seed(seed)`'s."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
+
+
 def _labels_of(
     names: Sequence[str], cls_labels: Mapping[str, np.ndarray] | str | os.PathLike, dataset: DatasetSpec
 ) -> list[np.ndarray]:
@@ -186,8 +198,7 @@ class TrainDataset(_LabelledDataset):
         """The SPEC §3 crop alone (3×C×C), without the patch pair's superpixels."""
         index = self._checked_index(index)
         image = read_rgb(self.image_paths[index])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+        with seeded_cpu_rng(sample_seed(self.seed, epoch, index)):
             return train_transform(image, crop_size=self.crop_size, resize_long=self.resize_long)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
@@ -362,8 +373,7 @@ class IrnTrainDataset(Dataset):
         image, label = read_labelled_image(
             self.image_paths[index], self.label_paths[index], self.source.spec.num_classes, IR_LABELS
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+        with seeded_cpu_rng(sample_seed(self.seed, epoch, index)):
             img, label = irn_augment(image, label, self.crop_size)
         quarter = quarter_label(label)
         labels = affinity_labels(torch.from_numpy(quarter), self.path_index, self.source.spec.num_classes)
