@@ -35,7 +35,7 @@ from tool.imutils import (
     torch_randrange,
     train_transform,
 )
-from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, quarter_label
+from tool.irn import TRAIN_RADIUS, quarter_label
 
 # load_image_list is re-exported: the scripts read lists and build datasets from this one module.
 from voc12.lists import load_image_list  # noqa: F401
@@ -340,13 +340,13 @@ def read_labelled_image(
 
 
 class IrnTrainDataset(Dataset):
-    """SPEC-IRN §7: the augmented crop, its confident label reduced to the stride-4 grid and the SPEC-IRN §5
-    affinity labels. `dataset[index]` is epoch 0; `dataset[epoch, index]` gives that epoch's augmentation,
-    a pure function of (seed, epoch, index).
+    """SPEC-IRN §7: the augmented crop and its confident label reduced to the stride-4 grid.
+    `dataset[index]` is epoch 0; `dataset[epoch, index]` gives that epoch's augmentation, a pure function of
+    (seed, epoch, index).
 
-    Sample: `name`; `img` 3×C×C float32; `label` (C/4)×(C/4) uint8 (the quarter label); `bg_pos`, `fg_pos`,
-    `neg` D×M uint8 0/1 (SPEC-IRN §5's float maps, as bytes: a quarter of the loader traffic, 6 MB a sample
-    at C = 512; the step turns them into floats on its device)."""
+    Sample: `name`; `img` 3×C×C float32; `label` (C/4)×(C/4) uint8 (the quarter label, 16 KB at C = 512).
+    The SPEC-IRN §5 affinity labels (three D×M maps, 5.7 MB as bytes at C = 512) are made from it on the
+    device, in train_irn.train_step: shipped per sample, a 16-worker loader would hold gigabytes in flight."""
 
     def __init__(
         self,
@@ -356,13 +356,12 @@ class IrnTrainDataset(Dataset):
         crop_size: int = IRN_CROP_SIZE,
         seed: int = 0,
     ):
-        grid = irn_label_grid(crop_size)
+        irn_label_grid(crop_size)  # a crop the training path index fits, else a UserError now
         self.source = as_source(source)
         self.names = list(names)
         self.image_paths = image_paths(self.source, self.names)
         self.label_paths = label_paths(Path(ir_label_dir), self.names, IR_LABELS)
         self.crop_size, self.seed = crop_size, seed
-        self.path_index = PathIndex(TRAIN_RADIUS, (grid, grid))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -375,13 +374,10 @@ class IrnTrainDataset(Dataset):
         )
         with seeded_cpu_rng(sample_seed(self.seed, epoch, index)):
             img, label = irn_augment(image, label, self.crop_size)
-        quarter = quarter_label(label)
-        labels = affinity_labels(torch.from_numpy(quarter), self.path_index, self.source.spec.num_classes)
         return {
             "name": self.names[index],
             "img": img,
-            "label": torch.from_numpy(np.ascontiguousarray(quarter)),
-            **{name: value.to(torch.uint8) for name, value in labels.items()},
+            "label": torch.from_numpy(np.ascontiguousarray(quarter_label(label))),
         }
 
 
