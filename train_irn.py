@@ -205,7 +205,7 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     trainer = Trainer.start(args)
     grid = irn_label_grid(args.irn_crop_size)
-    path_index = PathIndex(TRAIN_RADIUS, (grid, grid)).to(trainer.device)
+    path_index = PathIndex(TRAIN_RADIUS, (grid, grid), trainer.device)
 
     # ---- data ----
     source = data_source(args)
