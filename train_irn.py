@@ -32,11 +32,10 @@ from engine.training import (
 from network import build_network
 from network.resnet50_irn import LR_MULTIPLIERS
 from network.weights import load_weights, save_irn_weights
-from tool.irn import TRAIN_RADIUS, PathIndex, irn_loss
+from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, irn_loss
 from tool.optim import PolyOptimizer
 from voc12.data import IRN_CROP_SIZE, IrnCalibrationDataset, IrnTrainDataset, irn_label_grid, load_image_list
 
-AFFINITY_LABELS = ("bg_pos", "fg_pos", "neg")  # SPEC-IRN §5, the fields of an IrnTrainDataset batch
 TORCHVISION_WEIGHTS = "IMAGENET1K_V1"  # SPEC-IRN §1: resnet50-19c8e357.pth; IMAGENET1K_V2 are other weights
 
 
@@ -78,7 +77,7 @@ def momentum_of(args) -> float:
 
 
 def load_data(args, source: DataSource, group: ProcessGroup, device: torch.device) -> DataLoader:
-    """SPEC-IRN §7 augmentation and §5 affinity labels, in a resumable order. Each step holds the same
+    """SPEC-IRN §7 augmentation and quarter labels, in a resumable order. Each step holds the same
     images whatever the process count (the sampler shards one global batch)."""
     dataset = IrnTrainDataset(
         source,
@@ -131,11 +130,13 @@ def irn_param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[d
 
 @dataclass(frozen=True)
 class StepOptions:
-    """How `train_step` runs: device and precision (decided once per script, STYLE 7) and the training
-    path index (SPEC-IRN §3: radius 10 on the crop/4 grid), already on the device."""
+    """How `train_step` runs: device and precision (decided once per script, STYLE 7), the training
+    path index (SPEC-IRN §3: radius 10 on the crop/4 grid), already on the device, and the data set's class
+    count (SPEC-IRN §5: a label below it is valid)."""
 
     device: torch.device
     path_index: PathIndex
+    num_classes: int
     amp_dtype: torch.dtype | None = None
     memory_format: torch.memory_format = torch.contiguous_format
 
@@ -143,14 +144,16 @@ class StepOptions:
 def train_step(
     model: nn.Module, optimizer: torch.optim.Optimizer, scaler: torch.amp.GradScaler, batch: dict, options: StepOptions
 ) -> dict[str, Tensor]:
-    """One SPEC-IRN §6–7 step: the crops through the model, the loss against the affinity labels, the
-    poly-SGD update. → the loss terms (detached scalars)."""
+    """One SPEC-IRN §5–7 step: the affinity labels from the batch's quarter labels (N×D×M, made here on the
+    device, not shipped by the loader), the crops through the model, the loss, the poly-SGD update.
+    → the loss terms (detached scalars)."""
     device = options.device
     img = batch["img"].to(device, non_blocking=True).contiguous(memory_format=options.memory_format)
-    labels = [batch[key].to(device, non_blocking=True).float() for key in AFFINITY_LABELS]
+    quarter = batch["label"].to(device, non_blocking=True)
+    labels = affinity_labels(quarter, options.path_index, options.num_classes)
     with autocast(device, options.amp_dtype):
         edge, disp = model(img)
-        losses = irn_loss(edge, disp, *labels, options.path_index)
+        losses = irn_loss(edge, disp, labels["bg_pos"], labels["fg_pos"], labels["neg"], options.path_index)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(losses["loss"]).backward()
     scaler.step(optimizer)
@@ -202,11 +205,11 @@ def main(argv=None) -> None:
     args = parse_args(argv)
     trainer = Trainer.start(args)
     grid = irn_label_grid(args.irn_crop_size)
-    path_index = PathIndex(TRAIN_RADIUS, (grid, grid)).to(trainer.device)
-    options = StepOptions(trainer.device, path_index, trainer.amp_dtype, trainer.memory_format)
+    path_index = PathIndex(TRAIN_RADIUS, (grid, grid), trainer.device)
 
     # ---- data ----
     source = data_source(args)
+    options = StepOptions(trainer.device, path_index, source.spec.num_classes, trainer.amp_dtype, trainer.memory_format)
     loader = load_data(args, source, trainer.group, trainer.device)
     # read before training, so that a bad --infer_list stops the run now, not after it
     calibration, short_calibration = (None, False)

@@ -20,7 +20,8 @@ from engine.errors import UserError, run_main
 from engine.fileio import read_label_png, read_rgb
 from tests.tiny import write_label_pngs
 from tool.constants import IMAGENET_MEAN, IMAGENET_STD
-from tool.irn import quarter_label, search_dst
+from tool.imutils import train_transform
+from tool.irn import PathIndex, affinity_labels, quarter_label, search_dst
 from voc12.data import (
     InferDataset,
     IrnCalibrationDataset,
@@ -422,12 +423,12 @@ def slow_affinity_labels(quarter: np.ndarray, radius: int = 10) -> dict[str, np.
     return out
 
 
-def test_irn_sample_fields_and_affinity_labels(toy_voc, train_names, ir_labels):
+def test_irn_sample_fields_and_the_affinity_labels_of_its_batch(toy_voc, train_names, ir_labels):
     dataset = IrnTrainDataset(toy_voc, train_names, ir_labels, crop_size=IRN_CROP, seed=3)
-    directions = len(search_dst(10))
     grid = IRN_CROP // 4
     for index in range(3):
         sample = dataset[1, index]
+        assert set(sample) == {"name", "img", "label"}, "the affinity labels are made on the device, not shipped"
         assert sample["name"] == train_names[index]
         assert sample["img"].shape == (3, IRN_CROP, IRN_CROP) and sample["img"].dtype == torch.float32
         assert sample["label"].shape == (grid, grid) and sample["label"].dtype == torch.uint8
@@ -437,15 +438,17 @@ def test_irn_sample_fields_and_affinity_labels(toy_voc, train_names, ir_labels):
         img, label = irn_augment(image, read_label_png(ir_labels / f"{train_names[index]}.png"), IRN_CROP)
         assert torch.equal(img, sample["img"])
         assert np.array_equal(sample["label"].numpy(), quarter_label(label))
-        expected = slow_affinity_labels(sample["label"].numpy())
-        for key in ("bg_pos", "fg_pos", "neg"):
-            assert sample[key].dtype == torch.uint8 and sample[key].shape == (directions, (grid - 9) * (grid - 18))
-            assert np.array_equal(sample[key].numpy(), expected[key]), key
-        total = sample["bg_pos"].int() + sample["fg_pos"].int() + sample["neg"].int()
-        assert total.max() <= 1, "the three labels are disjoint"
     assert set(np.unique(sample["label"])) <= set(range(21)) | {255}
+    # what train_irn.train_step makes of a batch: SPEC-IRN §5 per sample
     batch = default_collate([dataset[0], dataset[1]])
-    assert batch["bg_pos"].shape == (2, directions, (grid - 9) * (grid - 18))
+    labels = affinity_labels(batch["label"], PathIndex(10, (grid, grid)), VOC12.num_classes)
+    for n in range(2):
+        expected = slow_affinity_labels(batch["label"][n].numpy())
+        for key in ("bg_pos", "fg_pos", "neg"):
+            assert labels[key].shape == (2, len(search_dst(10)), (grid - 9) * (grid - 18))
+            assert np.array_equal(labels[key][n].numpy(), expected[key]), key
+    total = labels["bg_pos"] + labels["fg_pos"] + labels["neg"]
+    assert total.max() <= 1, "the three labels are disjoint"
 
 
 def test_irn_sample_is_a_pure_function_of_seed_epoch_index(toy_voc, train_names, ir_labels):
@@ -462,6 +465,25 @@ def test_irn_sample_is_a_pure_function_of_seed_epoch_index(toy_voc, train_names,
     assert not torch.equal(other_seed[2, 4]["img"], reference["img"])
     with pytest.raises(IndexError):
         dataset[len(dataset)]
+
+
+def test_per_sample_seeding_leaves_the_cuda_generators_alone(toy_voc, toy_lists, train_names, ir_labels, monkeypatch):
+    # the streams torch.manual_seed gave before: the samples must not change
+    image = read_rgb(toy_voc / "JPEGImages" / f"{train_names[1]}.jpg")
+    torch.manual_seed(sample_seed(0, 2, 1))
+    expected_crop = train_transform(image, crop_size=CROP, resize_long=SMALL_RESIZE)
+    torch.manual_seed(sample_seed(0, 2, 1))
+    expected_irn, _ = irn_augment(image, read_label_png(ir_labels / f"{train_names[1]}.png"), IRN_CROP)
+
+    cuda_seeds = []  # simulated: no GPU here, so torch.manual_seed would queue them for CUDA's lazy init
+    for name in ("manual_seed", "manual_seed_all"):
+        monkeypatch.setattr(torch.cuda, name, lambda seed, name=name: cuda_seeds.append((name, seed)))
+    queued = list(torch.cuda._lazy_seed_tracker.get_calls())
+    train = TrainDataset(toy_voc, train_names, toy_lists["cls_labels"], crop_size=CROP, resize_long=SMALL_RESIZE)
+    irn = IrnTrainDataset(toy_voc, train_names, ir_labels, crop_size=IRN_CROP)
+    assert torch.equal(train[2, 1]["img"], expected_crop)
+    assert torch.equal(irn[2, 1]["img"], expected_irn)
+    assert cuda_seeds == [] and list(torch.cuda._lazy_seed_tracker.get_calls()) == queued
 
 
 @pytest.mark.parametrize("seed", range(6))

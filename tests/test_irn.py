@@ -371,6 +371,24 @@ def test_random_walk_sparse_matches_dense(classes, seed):
     assert np.array_equal(irn.rw_to_labels(dense_fp32, keys, size), labels)
 
 
+def test_the_walk_builds_one_path_index_per_radius_size_and_device():
+    irn.walk_path_index.cache_clear()
+    cam, boundary = walk_inputs(12, 15, classes=2, seed=0)
+    first = irn.random_walk(cam, boundary)
+    _, path_index = irn.walk_affinity(boundary)
+    assert irn.walk_path_index.cache_info().misses == 1, "built once, then reused"
+    assert irn.walk_path_index(5, (17, 25), torch.device("cpu")) is path_index
+    fresh = irn.PathIndex(5, (17, 25))
+    for name in ("src_indices", "dst_indices", "search_dst"):
+        assert torch.equal(getattr(path_index, name), getattr(fresh, name)), name
+    assert all(torch.equal(cached, built) for cached, built in zip(path_index.path_indices, fresh.path_indices))
+    assert torch.equal(irn.random_walk(cam, boundary), first)
+    shorter = irn.walk_affinity(boundary[:-1])[1]
+    assert shorter is not path_index and shorter.size == (16, 25)
+    on_meta = irn.walk_path_index(5, (17, 25), torch.device("meta"))  # another device: its own, built there
+    assert on_meta is not path_index and on_meta.dst_indices.device.type == "meta"
+
+
 def bilinear_loop(maps, scale, out_h, out_w):
     """align_corners=False: output pixel Y reads input (Y + 0.5)/scale − 0.5, clamped at 0, two taps."""
     channels, height, width = maps.shape

@@ -73,37 +73,42 @@ def saved(out_dir: Path) -> dict[str, torch.Tensor]:
     return torch.load(out_dir / "res50_irn.pth", weights_only=True)
 
 
-def random_batch(seed: int, batch: int = 2) -> tuple[torch.Tensor, dict[str, torch.Tensor], PathIndex]:
-    """Random crops with random quarter labels (0, a class, 255) and their SPEC-IRN §5 labels."""
+def random_batch(seed: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random crops with random quarter labels (0, a class, 255), as IrnTrainDataset batches them."""
     generator = torch.Generator().manual_seed(seed)
     img = torch.randn(batch, 3, CROP, CROP, generator=generator)
-    quarter = torch.tensor([0, 3, 255])[torch.randint(0, 3, (batch, CROP // 4, CROP // 4), generator=generator)]
-    path_index = PathIndex(TRAIN_RADIUS, (CROP // 4, CROP // 4))
-    return img, affinity_labels(quarter, path_index, VOC12.num_classes), path_index
+    quarter = torch.tensor([0, 3, 255], dtype=torch.uint8)[
+        torch.randint(0, 3, (batch, CROP // 4, CROP // 4), generator=generator)
+    ]
+    return img, quarter
 
 
 def test_train_step_is_one_sgd_step_on_irn_loss():
     torch.manual_seed(0)
     model, lr = Net(), 0.1
-    img, labels, path_index = random_batch(2)
+    img, quarter = random_batch(2)
+    path_index = PathIndex(TRAIN_RADIUS, (CROP // 4, CROP // 4))
     heads = [parameter for parameter in model.parameters() if parameter.requires_grad]
     before = [parameter.detach().clone() for parameter in model.parameters()]
     edge, disp = model(img)
     assert edge.shape == (2, 1, CROP // 4, CROP // 4) and disp.shape == (2, 2, CROP // 4, CROP // 4)
-    expected = irn_loss(edge, disp, labels["bg_pos"], labels["fg_pos"], labels["neg"], path_index)
+    # the labels as the loader used to ship them: per sample, as bytes, stacked, made float by the step
+    per_sample = [affinity_labels(label, path_index, VOC12.num_classes) for label in quarter]
+    shipped = {key: torch.stack([one[key].to(torch.uint8) for one in per_sample]).float() for key in per_sample[0]}
+    expected = irn_loss(edge, disp, shipped["bg_pos"], shipped["fg_pos"], shipped["neg"], path_index)
     gradients = dict(zip(map(id, heads), torch.autograd.grad(expected["loss"], heads)))
 
     optimizer = torch.optim.SGD(heads, lr=lr)
     scaler = torch.amp.GradScaler("cpu", enabled=False)
-    batch = {"img": img, **{key: value.to(torch.uint8) for key, value in labels.items()}}
-    options = train_irn.StepOptions(torch.device("cpu"), path_index)
-    losses = train_irn.train_step(model, optimizer, scaler, batch, options)
+    options = train_irn.StepOptions(torch.device("cpu"), path_index, VOC12.num_classes)
+    losses = train_irn.train_step(model, optimizer, scaler, {"img": img, "label": quarter}, options)
 
     assert tuple(losses) == LOSS_NAMES and not any(value.requires_grad for value in losses.values())
     for name, value in expected.items():
-        torch.testing.assert_close(losses[name], value.detach(), rtol=1e-6, atol=0)
+        assert torch.equal(losses[name], value.detach()), name  # the step's own labels: bit for bit
     for parameter, start in zip(model.parameters(), before):
         if id(parameter) in gradients:
+            assert torch.equal(parameter.grad, gradients[id(parameter)])
             torch.testing.assert_close(parameter.detach(), start - lr * gradients[id(parameter)], rtol=1e-5, atol=1e-7)
         else:
             assert torch.equal(parameter, start), "the backbone is frozen"

@@ -3,12 +3,12 @@ affinity labels, loss terms and the loss of IRNet's outputs for training, and th
 CAMs into pseudo labels.
 
 Pure functions of tensors: each runs on the device its inputs are on (a `PathIndex` is built on the
-CPU; `PathIndex.to` moves it once, where a caller reuses it on an accelerator).
+device its caller names, once: the trainer keeps its own, the walk caches one per grid size).
 """
 
 from __future__ import annotations
 
-import copy
+import functools
 import warnings
 
 import numpy as np
@@ -72,10 +72,10 @@ class PathIndex:
     - `dst_indices` (D×M): the destination of each direction from each source, `search_dst` order;
     - `path_indices`: per path-length group, P×L×M: point l of path p from source m (what §4 reads);
       the groups' paths, concatenated, are the D directions.
-    `search_dst` (D×2) holds each direction's (dy, dx).
+    `search_dst` (D×2) holds each direction's (dy, dx). Built on `device`.
     """
 
-    def __init__(self, radius: int, size: tuple[int, int]):
+    def __init__(self, radius: int, size: tuple[int, int], device: torch.device | str = "cpu"):
         self.radius = radius
         self.radius_floor = int(np.ceil(radius)) - 1
         self.size = (int(size[0]), int(size[1]))
@@ -83,28 +83,20 @@ class PathIndex:
         self.crop_size = (height - self.radius_floor, width - 2 * self.radius_floor)
         assert min(self.crop_size) > 0, f"a {height}×{width} map is too small for radius {radius}"
         groups = paths_by_length(radius)
-        self.search_dst = torch.from_numpy(np.concatenate([group[:, 0] for group in groups]))
+        self.search_dst = torch.from_numpy(np.concatenate([group[:, 0] for group in groups])).to(device)
         crop_h, crop_w = self.crop_size
-        full = torch.arange(height * width).view(height, width)
+        full = torch.arange(height * width, device=device).view(height, width)
         self.src_indices = full[:crop_h, self.radius_floor : self.radius_floor + crop_w].reshape(-1)
         # point (dy, dx) of the path from source m is m + dy·Wp + dx (the slice full[dy:dy+ch, rf+dx:rf+dx+cw])
         self.path_indices = [
-            self.src_indices + torch.from_numpy(group[..., 0] * width + group[..., 1])[..., None] for group in groups
+            self.src_indices + torch.from_numpy(group[..., 0] * width + group[..., 1]).to(device)[..., None]
+            for group in groups
         ]
         self.dst_indices = torch.cat([group[:, 0] for group in self.path_indices])
 
     @property
     def num_directions(self) -> int:
         return len(self.search_dst)
-
-    def to(self, device: torch.device | str) -> PathIndex:
-        """A copy with every index tensor on `device`."""
-        moved = copy.copy(self)
-        moved.search_dst = self.search_dst.to(device)
-        moved.src_indices = self.src_indices.to(device)
-        moved.dst_indices = self.dst_indices.to(device)
-        moved.path_indices = [group.to(device) for group in self.path_indices]
-        return moved
 
 
 # ---------------------------------------------------------------- §4 affinity
@@ -198,13 +190,23 @@ def irn_loss(
 # ---------------------------------------------------------------- §9 random walk
 
 
+WALK_INDEX_CACHE = 8  # path indices kept (~27 MB each at 500×375): VOC's few common sizes, COCO's
+
+
+@functools.lru_cache(maxsize=WALK_INDEX_CACHE)
+def walk_path_index(radius: int, size: tuple[int, int], device: torch.device) -> PathIndex:
+    """The walk's path index of one padded grid size, built on `device` once and shared by every image of
+    that size (read only): make_sem_seg_labels walks thousands of images of a handful of sizes."""
+    return PathIndex(radius, size, device)
+
+
 def walk_affinity(boundary: Tensor, radius: int = WALK_RADIUS) -> tuple[Tensor, PathIndex]:
     """SPEC-IRN §9 step 1: the h×w boundary map padded with 1.0 (radius columns left and right, radius rows
     at the bottom), its path index and its affinities (D×M) on the padded (h+r)×(w+2r) grid. The padding
     makes every real pixel a source; a path between two real pixels stays inside their box, so the padded
     values never reach the walk's T (step 2 drops the padded pixels)."""
     padded = F.pad(boundary, (radius, radius, 0, radius), value=1.0)
-    path_index = PathIndex(radius, tuple(padded.shape)).to(boundary.device)
+    path_index = walk_path_index(radius, tuple(padded.shape), padded.device)
     return edge_to_affinity(padded, path_index), path_index
 
 

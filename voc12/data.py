@@ -9,10 +9,11 @@ augmentations.
 
 from __future__ import annotations
 
+import contextlib
 import operator
 import os
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,7 +35,7 @@ from tool.imutils import (
     torch_randrange,
     train_transform,
 )
-from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, quarter_label
+from tool.irn import TRAIN_RADIUS, quarter_label
 
 # load_image_list is re-exported: the scripts read lists and build datasets from this one module.
 from voc12.lists import load_image_list  # noqa: F401
@@ -104,6 +105,17 @@ def cls_labels_from_xml(voc_root: str | os.PathLike, names: Sequence[str]) -> di
 def sample_seed(seed: int, epoch: int, index: int) -> int:
     """The seed of one training sample: the same (seed, epoch, index) always gives the same augmentation."""
     return int(np.random.SeedSequence((seed, epoch, index)).generate_state(1)[0])
+
+
+@contextlib.contextmanager
+def seeded_cpu_rng(seed: int) -> Iterator[None]:
+    """torch's CPU generator seeded with `seed` inside the block, its state restored after it; the CUDA
+    generators untouched (`torch.manual_seed` would reseed every one of them, lazily when CUDA is not
+    initialised, and `fork_rng(devices=[])` would not restore them: in a `--num_workers 0` run every DDP
+    rank would then share one CUDA seed). The CPU stream is `torch.manual_seed(seed)`'s."""
+    with torch.random.fork_rng(devices=[]):
+        torch.default_generator.manual_seed(seed)
+        yield
 
 
 def _labels_of(
@@ -186,8 +198,7 @@ class TrainDataset(_LabelledDataset):
         """The SPEC §3 crop alone (3×C×C), without the patch pair's superpixels."""
         index = self._checked_index(index)
         image = read_rgb(self.image_paths[index])
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+        with seeded_cpu_rng(sample_seed(self.seed, epoch, index)):
             return train_transform(image, crop_size=self.crop_size, resize_long=self.resize_long)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
@@ -329,13 +340,13 @@ def read_labelled_image(
 
 
 class IrnTrainDataset(Dataset):
-    """SPEC-IRN §7: the augmented crop, its confident label reduced to the stride-4 grid and the SPEC-IRN §5
-    affinity labels. `dataset[index]` is epoch 0; `dataset[epoch, index]` gives that epoch's augmentation,
-    a pure function of (seed, epoch, index).
+    """SPEC-IRN §7: the augmented crop and its confident label reduced to the stride-4 grid.
+    `dataset[index]` is epoch 0; `dataset[epoch, index]` gives that epoch's augmentation, a pure function of
+    (seed, epoch, index).
 
-    Sample: `name`; `img` 3×C×C float32; `label` (C/4)×(C/4) uint8 (the quarter label); `bg_pos`, `fg_pos`,
-    `neg` D×M uint8 0/1 (SPEC-IRN §5's float maps, as bytes: a quarter of the loader traffic, 6 MB a sample
-    at C = 512; the step turns them into floats on its device)."""
+    Sample: `name`; `img` 3×C×C float32; `label` (C/4)×(C/4) uint8 (the quarter label, 16 KB at C = 512).
+    The SPEC-IRN §5 affinity labels (three D×M maps, 5.7 MB as bytes at C = 512) are made from it on the
+    device, in train_irn.train_step: shipped per sample, a 16-worker loader would hold gigabytes in flight."""
 
     def __init__(
         self,
@@ -345,13 +356,12 @@ class IrnTrainDataset(Dataset):
         crop_size: int = IRN_CROP_SIZE,
         seed: int = 0,
     ):
-        grid = irn_label_grid(crop_size)
+        irn_label_grid(crop_size)  # a crop the training path index fits, else a UserError now
         self.source = as_source(source)
         self.names = list(names)
         self.image_paths = image_paths(self.source, self.names)
         self.label_paths = label_paths(Path(ir_label_dir), self.names, IR_LABELS)
         self.crop_size, self.seed = crop_size, seed
-        self.path_index = PathIndex(TRAIN_RADIUS, (grid, grid))
 
     def __len__(self) -> int:
         return len(self.names)
@@ -362,16 +372,12 @@ class IrnTrainDataset(Dataset):
         image, label = read_labelled_image(
             self.image_paths[index], self.label_paths[index], self.source.spec.num_classes, IR_LABELS
         )
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed(self.seed, epoch, index))
+        with seeded_cpu_rng(sample_seed(self.seed, epoch, index)):
             img, label = irn_augment(image, label, self.crop_size)
-        quarter = quarter_label(label)
-        labels = affinity_labels(torch.from_numpy(quarter), self.path_index, self.source.spec.num_classes)
         return {
             "name": self.names[index],
             "img": img,
-            "label": torch.from_numpy(np.ascontiguousarray(quarter)),
-            **{name: value.to(torch.uint8) for name, value in labels.items()},
+            "label": torch.from_numpy(np.ascontiguousarray(quarter_label(label))),
         }
 
 
