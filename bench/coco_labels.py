@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.results import RESULTS_PATH, cpu_name, publish
+from bench.results import cpu_name, publish, results_path
 from coco14.make_cls_labels import CROWD_LABELS, category_labels, image_jobs, label_images
 from coco14.toy import ToyImage, instances_json, toy_annotations
 from engine.cores import usable_cores
@@ -46,7 +46,7 @@ def synthetic_instances(count: int, seed: int = 0) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=600)
-    parser.add_argument("--results", default=str(RESULTS_PATH), help="markdown file the table is appended to")
+    parser.add_argument("--results", default=str(results_path()), help="markdown file the table is appended to")
     args = parser.parse_args()
 
     print(f"synthesising {args.images} images ...", flush=True)

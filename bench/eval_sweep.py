@@ -29,7 +29,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from bench.results import RESULTS_PATH, cpu_name, publish
+from bench.results import cpu_name, publish, results_path
 from engine.cores import usable_cores
 from engine.datasets import COCO14, IGNORE_INDEX, PALETTE, VOC12, VOC_TRAIN_IMAGES, DatasetSpec, get_dataset
 from engine.fileio import read_label_png, save_npy, save_png
@@ -177,7 +177,7 @@ def main() -> None:
     parser.add_argument("--naive_images", type=int, default=None, help="images the naive loop is timed on (50, 10)")
     parser.add_argument("--naive_thresholds", type=int, default=3, help="thresholds the naive loop is timed on")
     parser.add_argument("--workers", type=int, default=usable_cores(), help="pool processes (default: usable cores)")
-    parser.add_argument("--results", default=str(RESULTS_PATH), help="markdown file the table is appended to")
+    parser.add_argument("--results", default=str(results_path()), help="markdown file the table is appended to")
     args = parser.parse_args()
 
     spec, synthetic = get_dataset(args.dataset), SYNTHETIC[args.dataset]

@@ -27,6 +27,7 @@ import infer_cam
 from bench.results import cpu_name, publish
 from bench.train_step import make_images
 from engine.datasets import VOC12, VOC_TRAIN_IMAGES
+from engine.errors import run_main
 from engine.runtime import memory_format_for, resolve_amp, resolve_device
 from network import build_network
 from tool.cam import present_class_cams
@@ -115,9 +116,9 @@ def time_end_to_end(device: torch.device, images: int, amp: str, root: Path) -> 
     return stamps[0] - started, (images - 1 - skip) / (stamps[-1] - stamps[skip]), wall
 
 
-def make_dataset(model, root: Path, images: int) -> None:
-    """Synthetic 500×375 JPEGs with two classes each, their labels, list and random weights."""
-    names, labels = make_images(root / "VOC2012", images)
+def make_dataset(model, root: Path, images: int, size: tuple[int, int]) -> None:
+    """Synthetic JPEGs of size (height, width) with two classes each, their labels, list and random weights."""
+    names, labels = make_images(root / "VOC2012", images, size=size)
     for index, name in enumerate(names):
         labels[name][(index + 7) % 20] = 1.0
     np.save(root / "cls_labels.npy", labels)
@@ -141,9 +142,11 @@ def main() -> None:
         "--e2e_images",
         type=int,
         default=None,
-        help="images of the end-to-end run (default 300 on the GPU, 0 = skip, on the CPU)",
+        help="images of the end-to-end run, at --size (default 300 on the GPU, 0 = skip, on the CPU)",
     )
     args = parser.parse_args()
+    if args.e2e_images == 1:
+        parser.error("--e2e_images needs 2 or more (its rate is timed from the first image to the last) or 0")
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     height, width = args.size or ((375, 500) if on_gpu else (94, 125))
@@ -192,11 +195,11 @@ def main() -> None:
         amp_settings = ["off"] + ([{torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]] if amp_dtype else [])
         table += (
             f"\nend to end, `infer_cam.py` with its default workers, --out_cam and --out_cam_irn, {e2e_images} "
-            "synthetic 500×375 JPEGs (start-up: to the first image; rate: after the first tenth):\n\n"
+            f"synthetic {width}×{height} JPEGs (start-up: to the first image; rate: after the first tenth):\n\n"
             "| --amp | start-up s | images/s | wall s | VOC train (1,464), min |\n|---|---|---|---|---|\n"
         )
         with tempfile.TemporaryDirectory() as tmp:
-            make_dataset(model, Path(tmp), e2e_images)
+            make_dataset(model, Path(tmp), e2e_images, (height, width))
             for amp in amp_settings:
                 startup, rate, wall = time_end_to_end(device, e2e_images, amp, Path(tmp))
                 table += (
@@ -207,4 +210,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

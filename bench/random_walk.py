@@ -27,6 +27,7 @@ from skimage.filters import sobel
 from bench.photos import SAMPLE_PHOTOS, sample_photos
 from bench.results import cpu_name, publish
 from engine.cores import usable_cores
+from engine.errors import run_main
 from engine.runtime import resolve_device
 from tests.reference_walk import random_walk_dense
 from tool import irn
@@ -203,4 +204,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

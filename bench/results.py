@@ -1,11 +1,15 @@
-"""What every benchmark shares: the machine's name and the one way tables reach bench/RESULTS.md."""
+"""What every benchmark shares: the machine's name and the one way tables reach bench/RESULTS.md (or the file
+that the environment variable BENCH_RESULTS names: `bash bench/gpu_check.sh --dry-run` points it at a scratch
+file, so that a trial run appends nothing to bench/RESULTS.md)."""
 
 from __future__ import annotations
 
+import os
 import platform
 from pathlib import Path
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+RESULTS_VARIABLE = "BENCH_RESULTS"
 RESULTS_TITLE = (
     "# Benchmark results\n\nEach `bench/*.py` script appends its table here, with the device and the date.\n"
 )
@@ -21,8 +25,14 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-def publish(table: str, path: str | Path = RESULTS_PATH) -> None:
-    """Print a benchmark's table and append it to the results file (titled when new)."""
+def results_path() -> Path:
+    """bench/RESULTS.md, or the file $BENCH_RESULTS names."""
+    return Path(os.environ.get(RESULTS_VARIABLE) or RESULTS_PATH)
+
+
+def publish(table: str, path: str | Path | None = None) -> None:
+    """Print a benchmark's table and append it to the results file (default `results_path()`; titled when new)."""
+    path = path or results_path()
     print(table)
     with open(path, "a", encoding="utf-8") as results:
         if results.tell() == 0:

@@ -27,6 +27,7 @@ import infer_seg
 from bench.photos import sample_photos
 from bench.results import cpu_name, publish
 from engine.datasets import VOC_VAL_IMAGES
+from engine.errors import run_main
 from engine.runtime import memory_format_for, resolve_amp, resolve_device
 from network import build_network
 from tool.constants import SEG_TEST_SCALES
@@ -109,6 +110,8 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=None, help="timed images per setting (default 20 GPU, 2 CPU)")
     parser.add_argument("--e2e_images", type=int, default=None, help="images of the end-to-end run (200 GPU, 3 CPU)")
     args = parser.parse_args()
+    if args.e2e_images == 1:
+        parser.error("--e2e_images needs 2 or more (its rate is timed from the first image to the last)")
     device = resolve_device(args.device)
     on_gpu = device.type == "cuda"
     height, width = args.size or ((375, 500) if on_gpu else (47, 63))
@@ -165,4 +168,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

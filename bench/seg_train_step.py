@@ -14,7 +14,6 @@ random-init network for the ImageNet weights. Goal on one H100/H200: 20,000 step
 from __future__ import annotations
 
 import datetime
-import itertools
 import tempfile
 from pathlib import Path
 
@@ -23,8 +22,9 @@ import torch
 from PIL import Image
 
 from bench.results import cpu_name, publish
-from bench.train_step import loader_rate, make_images, step_bench_parser, time_steps
+from bench.train_step import endless_batches, make_images, step_bench_parser, time_training
 from engine.cores import default_num_workers
+from engine.errors import run_main
 from engine.runtime import (
     ProcessGroup,
     memory_format_for,
@@ -85,22 +85,16 @@ def main() -> None:
             sampler = ResumableSampler(len(dataset), batch, seed=0, group=ProcessGroup())
             return training_loader(dataset, sampler, num_workers, device, worker_init_fn=one_opencv_thread)
 
-        fixed = next(iter(loader(0)))
+        fixed = next(endless_batches(loader(0)))
         model = build_network(NETWORK).train().to(device, memory_format=fp32.memory_format)
         rows = []
         for label, options in configs:
             optimizer = seg_optimizer(model)
-            step_s = time_steps(model, optimizer, itertools.repeat(fixed), steps, options, warmup, train_batch)
             feeding = loader(workers)
-            loader_ips = loader_rate(feeding, steps)
-            end_to_end_s = time_steps(
-                model,
-                optimizer,
-                itertools.chain.from_iterable(itertools.repeat(feeding)),
-                steps,
-                options,
-                warmup,
-                train_batch,
+            if on_gpu:
+                torch.cuda.reset_peak_memory_stats(device)  # each row's own peak, not the largest so far
+            step_s, loader_ips, end_to_end_s = time_training(
+                model, optimizer, fixed, feeding, steps, options, warmup, train_batch
             )
             peak_gib = torch.cuda.max_memory_allocated(device) / 2**30 if on_gpu else float("nan")
             rows.append((label, step_s, batch / step_s, loader_ips, end_to_end_s, peak_gib))
@@ -126,4 +120,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

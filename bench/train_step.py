@@ -18,6 +18,7 @@ import datetime
 import itertools
 import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -28,6 +29,7 @@ from torch.utils.data import DataLoader
 from bench.photos import sample_photos
 from bench.results import cpu_name, publish
 from engine.cores import default_num_workers
+from engine.errors import UserError, run_main
 from engine.runtime import (
     ProcessGroup,
     memory_format_for,
@@ -46,19 +48,22 @@ REFERENCE_WORKERS = 2
 FULL_SCHEDULE_STEPS = 21160  # SPEC §4: 10,582 // 4 × 8 epochs
 
 
-def make_images(root: Path, count: int, seed: int = 0) -> tuple[list[str], dict[str, np.ndarray]]:
-    """VOC-sized (500×375) JPEGs cut from scikit-image's bundled photos, one class each."""
+def make_images(
+    root: Path, count: int, seed: int = 0, size: tuple[int, int] = (375, 500)
+) -> tuple[list[str], dict[str, np.ndarray]]:
+    """JPEGs of size (height, width; default VOC's 375×500) cut from scikit-image's bundled photos, one class each."""
+    height, width = size
     rng = np.random.default_rng(seed)
     (root / "JPEGImages").mkdir(parents=True)
     photos = sample_photos()
     names, labels = [], {}
     for index in range(count):
         photo = photos[index % len(photos)]
-        scale = rng.uniform(1.0, 1.5) * max(500 / photo.width, 375 / photo.height)
+        scale = rng.uniform(1.0, 1.5) * max(width / photo.width, height / photo.height)
         photo = photo.resize((round(photo.width * scale), round(photo.height * scale)), Image.BICUBIC)
-        left, top = rng.integers(0, photo.width - 500 + 1), rng.integers(0, photo.height - 375 + 1)
+        left, top = rng.integers(0, photo.width - width + 1), rng.integers(0, photo.height - height + 1)
         name = f"bench_{index:04d}"
-        photo.crop((left, top, left + 500, top + 375)).save(root / "JPEGImages" / f"{name}.jpg", quality=90)
+        photo.crop((left, top, left + width, top + height)).save(root / "JPEGImages" / f"{name}.jpg", quality=90)
         names.append(name)
         labels[name] = np.eye(20, dtype=np.float32)[index % 20]
     return names, labels
@@ -71,12 +76,25 @@ def make_loader(dataset, batch_size: int, workers: int, device: torch.device) ->
     )
 
 
+def endless_batches(loader: DataLoader) -> Iterator:
+    """The loader's batches over epochs 0, 1, 2, … (its ResumableSampler set to each in turn, as the trainers'
+    loop sets it), so that a bench draws any number of steps from a list of any length."""
+    if loader.sampler.batches_per_epoch == 0:
+        raise UserError(
+            f"--images {len(loader.dataset)} holds no batch of {loader.batch_size}: "
+            "use more --images or a smaller --batch"
+        )
+    for epoch in itertools.count():
+        loader.sampler.set_epoch(epoch)
+        yield from loader
+
+
 def synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def time_steps(model, optimizer, batches, count: int, options, warmup: int, step=train_step) -> float:
+def time_steps(model, optimizer, batches: Iterable, count: int, options, warmup: int, step=train_step) -> float:
     """Seconds per `step` (train_cpn's `train_step`, or another trainer's step of the same form) over `count`
     batches drawn from `batches` after `warmup` more."""
     scaler = torch.amp.GradScaler(options.device.type, enabled=False)  # fp32 and bf16 need no loss scaling
@@ -90,14 +108,23 @@ def time_steps(model, optimizer, batches, count: int, options, warmup: int, step
     return (time.perf_counter() - started) / count
 
 
-def loader_rate(loader, batches: int) -> float:
-    """Images per second the loader alone delivers (after its first batch)."""
-    iterator = iter(loader)
-    next(iterator)
+def loader_rate(loader: DataLoader, batches: int) -> float:
+    """Images per second the loader alone delivers over `batches` batches after its first, across epochs."""
+    stream = endless_batches(loader)
+    next(stream)
     started = time.perf_counter()
     for _ in range(batches):
-        next(iterator)
+        next(stream)
     return batches * loader.batch_size / (time.perf_counter() - started)
+
+
+def time_training(model, optimizer, fixed, loader: DataLoader, count: int, options, warmup: int, step=train_step):
+    """(seconds per step on the fixed batch, the loader's images/s, seconds per step fed by the loader): one
+    table row's measurements, `count` timed steps or batches of each after `warmup` more."""
+    step_s = time_steps(model, optimizer, itertools.repeat(fixed), count, options, warmup, step)
+    loader_ips = loader_rate(loader, count)
+    end_to_end_s = time_steps(model, optimizer, endless_batches(loader), count, options, warmup, step)
+    return step_s, loader_ips, end_to_end_s
 
 
 def step_bench_parser(description: str) -> argparse.ArgumentParser:
@@ -131,7 +158,8 @@ def main() -> None:
     channels_last = ", channels_last" if on_gpu else ""
     reference = StepOptions(device, three_pass=True)  # fp32, three forwards, contiguous memory
     ours = StepOptions(device, memory_format=memory_format_for(device))
-    # (label, step options, loader workers)
+    # (label, step options, loader workers). A row timed under a process-wide switch (issue 21's "ours,
+    # --deterministic" on CUDA) adds the switch as a fourth element, set around its time_training call.
     configs = [
         (f"reference: {fp32}, three forwards, {REFERENCE_WORKERS} workers", reference, REFERENCE_WORKERS),
         (f"reference: {fp32}, three forwards, {workers} workers", reference, workers),
@@ -151,7 +179,7 @@ def main() -> None:
         dataset = TrainDataset(
             tmp, names, labels, crop_size=crop, resize_long=(crop, round(crop * 768 / 448)), patch_strategy="superpixel"
         )
-        fixed = next(iter(make_loader(dataset, batch, 0, device)))
+        fixed = next(endless_batches(make_loader(dataset, batch, 0, device)))
 
         model = build_network("network.resnet38_CPN")
         model.train()
@@ -164,12 +192,8 @@ def main() -> None:
                 weight_decay=5e-4,
                 max_step=10**6,
             )
-            step_s = time_steps(model, optimizer, itertools.repeat(fixed), steps, options, warmup)
             loader = make_loader(dataset, batch, config_workers, device)
-            loader_ips = loader_rate(loader, steps)
-            end_to_end_s = time_steps(
-                model, optimizer, itertools.chain.from_iterable(itertools.repeat(loader)), steps, options, warmup
-            )
+            step_s, loader_ips, end_to_end_s = time_training(model, optimizer, fixed, loader, steps, options, warmup)
             rows.append((label, step_s, batch / step_s, config_workers, loader_ips, end_to_end_s))
             del loader, optimizer
 
@@ -198,4 +222,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)
