@@ -135,7 +135,8 @@ class Run:
     @property
     def data_flags(self) -> list[str]:
         deterministic = ["--deterministic"] if self.args.deterministic else []
-        return ["--dataset", self.spec.name, "--data_root", str(self.data_root), "--device", self.device, *deterministic]
+        device = ["--device", self.device, *deterministic]
+        return ["--dataset", self.spec.name, "--data_root", str(self.data_root), *device]
 
     @property
     def test_list(self) -> Path | None:

@@ -24,11 +24,11 @@ META = torch.device("meta")
 def autocast_off_on_meta(monkeypatch):
     """`meta` has no autocast: the networks' `torch.autocast(..., enabled=False)` blocks become no-ops there."""
     real = torch.autocast
-    monkeypatch.setattr(
-        torch,
-        "autocast",
-        lambda device_type, **options: contextlib.nullcontext() if device_type == "meta" else real(device_type, **options),
-    )
+
+    def autocast(device_type, **options):
+        return contextlib.nullcontext() if device_type == "meta" else real(device_type, **options)
+
+    monkeypatch.setattr(torch, "autocast", autocast)
 
 
 def on_meta(name: str) -> torch.nn.Module:

@@ -22,12 +22,12 @@ from engine.errors import UserError
 from engine.runtime import ProcessGroup
 from engine.training import (
     Checkpoints,
+    LossWatch,
     ResumableSampler,
     RunLog,
     StepTimer,
     Trainer,
     TrainState,
-    LossWatch,
     add_training_arguments,
     per_process_batch,
     restore_rng_states,
@@ -163,7 +163,10 @@ def one_step(model, optimizer):
 CPU = torch.device("cpu")
 
 
-def cpu_checkpoints(folder, group: ProcessGroup = ProcessGroup(), **options) -> Checkpoints:
+ONE_PROCESS = ProcessGroup()
+
+
+def cpu_checkpoints(folder, group: ProcessGroup = ONE_PROCESS, **options) -> Checkpoints:
     return Checkpoints(folder, group, CPU, **options)
 
 
@@ -217,7 +220,8 @@ def test_another_process_count_resumes_with_fresh_streams_and_says_so(tmp_path, 
     note = restore_rng_states(two_gpus, ProcessGroup(), torch.device("cuda", 0))
     assert "written by 2 processes, this run has 1" in note and "starts afresh from --seed + rank" in note
     assert torch.equal(torch.rand(3), expected) and cuda_writes == []  # nothing restored
-    assert restore_rng_states(two_gpus, ProcessGroup(rank=1, world_size=2, local_rank=1), torch.device("cuda", 1)) is None
+    second_of_two = ProcessGroup(rank=1, world_size=2, local_rank=1)
+    assert restore_rng_states(two_gpus, second_of_two, torch.device("cuda", 1)) is None
     assert cuda_writes == [(two_gpus[1]["cuda"], torch.device("cuda", 1))]  # its own GPU, its own state
 
 
