@@ -16,18 +16,23 @@ def sparse_transition(src: Tensor, dst: Tensor, weight: Tensor, num_nodes: int) 
     """Tᵀ as an (n)×(n) CSR matrix, so that x·T = (Tᵀ·xᵀ)ᵀ, from the pairs (src[k], dst[k]) of weight A^β
     (1-D, each unordered pair once, no self pair): A[i, j] = A[j, i] = weight, A[i, i] = 1, every other entry 0,
     and T[i, j] = A[i, j] / Σ_i' A[i', j] (each column of T sums to 1). A node without a pair has T[:, j] = e_j."""
+    # int32 indices where they fit: half the index traffic of each of the walk's products, and a faster sort
+    index_dtype = torch.int32 if num_nodes * num_nodes < 2**31 else torch.int64
     diagonal = torch.arange(num_nodes, device=weight.device)
-    rows = torch.cat([src, dst, diagonal])
-    cols = torch.cat([dst, src, diagonal])
+    rows = torch.cat([src, dst, diagonal]).to(index_dtype)
+    cols = torch.cat([dst, src, diagonal]).to(index_dtype)
     values = torch.cat([weight, weight, torch.ones(num_nodes, dtype=weight.dtype, device=weight.device)])
     column_sum = torch.zeros(num_nodes, dtype=weight.dtype, device=weight.device).index_add_(0, cols, values)
-    transposed = torch.sparse_coo_tensor(
-        torch.stack([cols, rows]), values / column_sum[cols], (num_nodes, num_nodes), check_invariants=False
-    )
+    # Tᵀ's row j is T's column j: entries sorted by (j, i), each (j, i) once, so CSR is a sort and a count
+    order = torch.argsort(cols * num_nodes + rows)
+    row_starts = torch.zeros(num_nodes + 1, dtype=index_dtype, device=weight.device)
+    row_starts[1:] = torch.cumsum(torch.bincount(cols, minlength=num_nodes), dim=0)
     with warnings.catch_warnings():
-        # torch calls all of CSR "beta"; building one and CSR @ dense are what it has long supported
+        # torch calls all of CSR "beta"; CSR @ dense is what it has long supported
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return transposed.coalesce().to_sparse_csr()
+        return torch.sparse_csr_tensor(
+            row_starts, rows[order], (values / column_sum[cols])[order], (num_nodes, num_nodes), check_invariants=False
+        )
 
 
 def walk(transposed: Tensor, x: Tensor, steps: int) -> Tensor:
