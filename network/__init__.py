@@ -10,7 +10,7 @@ from torch import nn
 from engine.datasets import VOC12, DatasetSpec
 from engine.errors import UserError
 
-NETWORKS = ("resnet38_CPN", "resnet38_cls", "resnet50_irn", "resnet38_deeplab")
+NETWORKS = ("resnet38_CPN", "resnet38_cls", "resnet50_irn", "resnet38_deeplab", "resnet38_aff")
 
 
 def build_network(name: str, dataset: DatasetSpec = VOC12) -> nn.Module:

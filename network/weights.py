@@ -26,7 +26,7 @@ from engine.datasets import DATASETS
 from engine.errors import UserError
 from engine.fileio import atomic_path
 from engine.runtime import on_cpu
-from network import resnet38_deeplab, resnet50_irn
+from network import resnet38_aff, resnet38_deeplab, resnet50_irn
 from network.mxnet_params import LIST_MAGIC, convert_mxnet_to_torch
 
 # SPEC §1: the backbone's top-level layers, conv1a, b2 ... b7 (with their b4_3-style followers), bn7.
@@ -34,6 +34,8 @@ BACKBONE_KEY = re.compile(r"(?:conv1a|bn7|b[2-7](?:_[1-9][0-9]*)?)\.")
 DEEPLAB_BACKBONE_PREFIX = "backbone."  # SPEC_SEG §1: the reference's DeepLab holds the ResNet-38 as `backbone`
 # File keys that name another network family's file, so it is refused before any tensor is matched.
 CAM_HEAD_KEY = re.compile(r"(?:fc8|f8_3|f8_4|f9|f10)\.")  # CPN's and the baseline's heads (SPEC §2)
+CAM_CLASS_KEY = re.compile(r"(?:fc8|f10)\.")  # the CAM heads' layers AffinityNet's head (f8_3 … f9) lacks
+AFF_KEY = re.compile(r"f8_5\.")  # AffinityNet's head (SPEC_AFF §1); no CAM head has it
 RESNET50_KEY = re.compile(r"(?:resnet50\.)?(?:layer[1-4]|stage[2-5])\.")  # torchvision's, ours and IRN's names
 DEEPLAB_KEY = re.compile(r"backbone\.(?:conv1a|bn7|b[2-7])|(?:cls_conv|conv_fov)\.")
 # BatchNorm's update counter. MXNet files and the reference's converted ImageNet .pth lack it,
@@ -59,13 +61,15 @@ class CheckpointLayout:
 CAM_NETWORK_FILE = "weights of a CAM network (CPN's or the baseline's fc8 head, train_cpn.py's output)"
 RESNET50_FILE = "ResNet-50 weights (IRN's, or torchvision's)"
 RESNET38_FILE_HINT = "pass an ImageNet ResNet-38 (ilsvrc-cls_rna-a1_cls1000_ep-0001.params or .pth)"
+DEEPLAB_FILE = "DeepLab weights (network.resnet38_deeplab, the segmentation stage's)"
 RESNET38_LAYOUT = CheckpointLayout(
     "ResNet-38",
     BACKBONE_KEY,
     lambda key: (key,),
     refused=(
-        (DEEPLAB_KEY, "DeepLab weights (network.resnet38_deeplab, the segmentation stage's)", RESNET38_FILE_HINT),
+        (DEEPLAB_KEY, DEEPLAB_FILE, RESNET38_FILE_HINT),
         (RESNET50_KEY, RESNET50_FILE, RESNET38_FILE_HINT),
+        (AFF_KEY, "AffinityNet weights (network.resnet38_aff, train_aff.py's output)", RESNET38_FILE_HINT),
     ),
 )
 DEEPLAB_LAYOUT = CheckpointLayout(
@@ -75,6 +79,16 @@ DEEPLAB_LAYOUT = CheckpointLayout(
     refused=(
         (CAM_HEAD_KEY, CAM_NETWORK_FILE, f"DeepLab trains from ImageNet weights: {RESNET38_FILE_HINT}"),
         (RESNET50_KEY, RESNET50_FILE, f"{RESNET38_FILE_HINT}, or DeepLab weights"),
+    ),
+)
+AFF_LAYOUT = CheckpointLayout(
+    "AffinityNet ResNet-38 (an ImageNet ResNet-38, or a network.resnet38_aff checkpoint)",
+    BACKBONE_KEY,
+    lambda key: (key,),
+    refused=(
+        (CAM_CLASS_KEY, CAM_NETWORK_FILE, f"AffinityNet trains from ImageNet weights: {RESNET38_FILE_HINT}"),
+        (DEEPLAB_KEY, DEEPLAB_FILE, RESNET38_FILE_HINT),
+        (RESNET50_KEY, RESNET50_FILE, RESNET38_FILE_HINT),
     ),
 )
 RESNET50_IRN_LAYOUT = CheckpointLayout(
@@ -87,6 +101,8 @@ RESNET50_IRN_LAYOUT = CheckpointLayout(
 def checkpoint_layout(model: nn.Module) -> CheckpointLayout:
     if isinstance(model, resnet50_irn.Net):
         return RESNET50_IRN_LAYOUT
+    if isinstance(model, resnet38_aff.Net):
+        return AFF_LAYOUT
     return DEEPLAB_LAYOUT if isinstance(model, resnet38_deeplab.Net) else RESNET38_LAYOUT
 
 
