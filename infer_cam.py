@@ -42,8 +42,7 @@ from engine.runtime import (
     memory_format_for,
 )
 from engine.stage import Share
-from network import build_network
-from network.weights import load_weights
+from network.weights import load_network, weights_width
 from tool.cam import (
     irn_cam_dict,
     irn_cam_size,
@@ -241,8 +240,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def load_model(
     args: argparse.Namespace, dataset: DatasetSpec, device: torch.device, group: ProcessGroup
 ) -> torch.nn.Module:
-    model = build_network(args.network, dataset)
-    report = load_weights(model, args.weights)
+    model, report = load_network(args.network, args.weights, dataset)  # at the width the file holds
     if group.is_main:
         print(report.summary())
     if report.from_scratch:
@@ -284,6 +282,7 @@ def main(argv=None) -> None:
     run_settings = {
         "dataset": source.spec.name,
         "network": args.network,
+        "width": weights_width(args.network, args.weights),
         "scales": sorted(args.scales),
         "precision": precision,
     }

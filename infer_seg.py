@@ -51,8 +51,7 @@ from engine.outputs import OutputFolder, OutputFormat, Outputs, add_output_argum
 from engine.parallel import WorkerPool, default_pool_workers
 from engine.runtime import ProcessGroup, Runtime, add_runtime_arguments, memory_format_for
 from engine.stage import Share
-from network import build_network
-from network.weights import load_weights
+from network.weights import load_network, weights_width
 from tool.constants import SEG_TEST_SCALES
 from tool.crf import DEEPLAB_CRF, CrfSettings, crf_inference, require_pydensecrf
 from tool.seg import img_denorm, multiscale_probabilities
@@ -72,8 +71,7 @@ SUBMISSION_ARCHIVE = "results.tar.gz"
 def load_model(weights: str, dataset: DatasetSpec, device: torch.device, group: ProcessGroup) -> torch.nn.Module:
     """DeepLab (SPEC_SEG §1) with trained weights, in eval mode on `device`. load_weights refuses CPN, IRN and
     other-data-set files by name; an ImageNet ResNet-38, which lacks the trained head, is refused here."""
-    model = build_network(SEG_NETWORK, dataset)
-    report = load_weights(model, weights)
+    model, report = load_network(SEG_NETWORK, weights, dataset)  # at the width the file holds
     if report.from_scratch:
         raise UserError(
             f"weights file {weights} has no trained DeepLab head ({and_more(report.from_scratch, 3)}): "
@@ -257,6 +255,7 @@ def main(argv=None) -> None:
     run_settings = {
         "dataset": source.spec.name,
         "network": SEG_NETWORK,
+        "width": weights_width(SEG_NETWORK, args.weights),
         "scales": sorted(args.scales),  # the mean over scales does not depend on their order
         "flip": not args.no_flip,
         "crf": dataclasses.asdict(crf) if crf else None,

@@ -43,9 +43,8 @@ from engine.runtime import (
     memory_format_for,
 )
 from engine.stage import Share, require_files
-from network import build_network
 from network.resnet50_irn import INFERENCE_PAD, boundary_probability
-from network.weights import load_weights
+from network.weights import load_network, weights_width
 from tool.cam import IRN_CAM_HINT, IRN_CAM_SUFFIX, irn_cam_size, read_irn_cam
 from tool.irn import SEM_SEG_BG_THRES, WALK_BETA, WALK_EXP_TIMES, random_walk, rw_to_labels
 from voc12.data import InferDataset, first_item, load_labelled_list
@@ -185,8 +184,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def load_model(args: argparse.Namespace, device: torch.device, group: ProcessGroup) -> torch.nn.Module:
-    model = build_network(IRN_NETWORK)
-    report = load_weights(model, args.irn_weights_name)
+    model, report = load_network(IRN_NETWORK, args.irn_weights_name)  # at the width the file holds
     if group.is_main:
         print(report.summary())
     untrained = [key for key in report.from_scratch if key.startswith("edge_branch.")]
@@ -216,6 +214,7 @@ def main(argv=None) -> None:
     run_settings = {
         "dataset": source.spec.name,
         "precision": precision,
+        "width": weights_width(IRN_NETWORK, args.irn_weights_name),
         "cam_weights_sha256": cam_manifest.weights_sha256 if cam_manifest else None,
     }
     (manifest,) = outputs.manifests(args.irn_weights_name, run_settings, args.infer_list)

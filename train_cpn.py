@@ -19,7 +19,7 @@ from engine.datasets import add_dataset_arguments, data_source, fill_list_defaul
 from engine.errors import UserError, run_main
 from engine.runtime import ProcessGroup, autocast
 from engine.training import ResumableSampler, Trainer, add_training_arguments, save_weights, training_loader
-from network import build_network
+from network import add_width_argument, build_network
 from network.weights import load_weights
 from tool.constants import CROP_SIZE, RESIZE_LONG
 from tool.imutils import PATCH_STRATEGIES
@@ -42,6 +42,7 @@ def parse_args(argv=None) -> argparse.Namespace:
         default="network.resnet38_CPN",
         help="the network trained (the reference's flag; this script trains CPN only)",
     )
+    add_width_argument(parser)
     parser.add_argument("--lr", type=float, default=0.01)
     parser.add_argument("--wt_dec", type=float, default=5e-4)
     parser.add_argument(
@@ -109,7 +110,7 @@ def load_data(args, group: ProcessGroup, device: torch.device) -> DataLoader:
 
 def build_model(args, dataset: TrainDataset, group: ProcessGroup) -> nn.Module:
     """SPEC §2's network from --weights, in training mode with BN and the early layers frozen (SPEC §1)."""
-    model = build_network(args.network, dataset.source.spec)
+    model = build_network(args.network, dataset.source.spec, args.width)
     if args.weights.lower() != "none":
         report = load_weights(model, args.weights)
         if group.is_main:

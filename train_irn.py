@@ -29,7 +29,7 @@ from engine.training import (
     per_process_batch,
     training_loader,
 )
-from network import build_network
+from network import add_width_argument, build_network
 from network.resnet50_irn import LR_MULTIPLIERS
 from network.weights import load_weights, save_irn_weights
 from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, irn_loss
@@ -57,6 +57,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--irn_num_epoches", type=int, default=3)
     parser.add_argument("--irn_learning_rate", type=float, default=0.1)
     parser.add_argument("--irn_weight_decay", type=float, default=1e-4)
+    add_width_argument(parser)
     # IRN's --train_list, --weights, --num_workers, --session_name; our --momentum, --seed, --resume, ...
     add_training_arguments(
         parser,
@@ -99,8 +100,12 @@ def load_data(args, source: DataSource, group: ProcessGroup, device: torch.devic
 
 def build_model(args, group: ProcessGroup) -> nn.Module:
     """SPEC-IRN §1–2's IRNet, its backbone from --weights; the heads start from PyTorch's initialisation."""
-    model = build_network("network.resnet50_irn")
+    model = build_network("network.resnet50_irn", width=args.width)
     if args.weights.lower() == "torchvision":
+        if args.width != 1:
+            raise UserError(
+                f"--weights torchvision is a width-1 ResNet-50; start --width {args.width} from --weights none"
+            )
         # Needs a machine that is online: torchvision downloads its V1 file (resnet50-0676ba61.pth today).
         import torchvision
 

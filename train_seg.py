@@ -32,7 +32,7 @@ from engine.training import (
     save_weights,
     training_loader,
 )
-from network import build_network
+from network import add_width_argument, build_network
 from network.weights import load_weights
 from tool.constants import SEG_CROP_SIZE
 from tool.optim import PolyOptimizer
@@ -83,6 +83,13 @@ def parse_args(argv=None) -> argparse.Namespace:
         default=SEG_BN_GROUP,
         help="images per BatchNorm statistics group; running statistics from the first group (SPEC_SEG §3)",
     )
+    add_width_argument(parser)
+    parser.add_argument(
+        "--backbone_from",
+        help="start the backbone from this ResNet-38 of the same width, e.g. train_cpn.py's weights (their head "
+        "is ignored; DeepLab's starts from its initialisation); with --weights none. Not in the reference, which "
+        "starts from ImageNet: the toy demo's start, a network that saw image labels only",
+    )
     # Our shared training flags: --train_list, --weights, --momentum, --seed, --resume, ...
     add_training_arguments(
         parser,
@@ -96,6 +103,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = fill_list_defaults(parser.parse_args(argv), here, train_list="train")
     if args.bn_group < 1 or args.num_iters < 0:
         parser.error("--bn_group must be at least 1 and --num_iters not negative")
+    if args.backbone_from and args.weights.lower() != "none":
+        parser.error("--backbone_from gives the backbone's weights: pass --weights none with it")
     return args
 
 
@@ -128,9 +137,13 @@ def load_data(args, group: ProcessGroup, device: torch.device) -> DataLoader:
 def build_model(args, spec: DatasetSpec, group: ProcessGroup) -> nn.Module:
     """SPEC_SEG §1's network, its backbone from --weights (the head then starts from its initialisation), in
     the reference's training mode: BN on batch statistics, dropouts on, every convolution trainable (§3)."""
-    model = build_network(NETWORK, spec)
+    model = build_network(NETWORK, spec, args.width)
     if args.weights.lower() != "none":
         report = load_weights(model, args.weights)
+        if group.is_main:
+            print(report.summary())
+    if args.backbone_from:
+        report = load_weights(model.backbone, args.backbone_from)
         if group.is_main:
             print(report.summary())
     return model.train()
@@ -248,6 +261,7 @@ def main(argv=None) -> None:
             f"crop {args.crop_size}",
             f"BatchNorm statistics per {bn_images} images",
             pseudo_label_note(args.sem_seg_out_dir, manifest),
+            *([f"backbone from {args.backbone_from}"] if args.backbone_from else []),
             f"{len(left_out)} parameters in no SGD group, never updated (SPEC_SEG §2): {and_more(left_out, 2)}",
         ],
         inputs={

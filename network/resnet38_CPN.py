@@ -15,7 +15,7 @@ from torch import nn
 
 from engine.datasets import VOC12
 from engine.kernels import resize_bilinear
-from network import resnet38d
+from network import narrow, resnet38d
 
 NORMALISATION_EPSILON = 1e-5  # SPEC §2 step 2: the class probability map's per-channel max normalisation
 AFFINITY_EPSILON = 1e-5  # SPEC §2 step 6: PCM's feature L2 norm and affinity column sums
@@ -81,18 +81,21 @@ def resize(x: torch.Tensor, size) -> torch.Tensor:
 
 class Net(resnet38d.Net):
     """`forward(x)` -> (cam, cam_rv), both N×K×H×W float32 (SPEC §2); K = num_classes, background
-    included (a data set's `num_classes`: 21 for VOC, 81 for COCO)."""
+    included (a data set's `num_classes`: 21 for VOC, 81 for COCO). The head's widths follow the backbone's
+    `width`, besides the image's 3 channels in g and the K outputs."""
 
     new_layers = ("fc8", "f8_3", "f8_4", "f9", "f10")
 
-    def __init__(self, num_classes: int = VOC12.num_classes):
-        super().__init__()
+    def __init__(self, num_classes: int = VOC12.num_classes, width: int = 1):
+        super().__init__(width)
+        conv6, conv4, conv5 = self.bn7.num_features, self.b5.bn_branch2a.num_features, self.b6.bn_branch2a.num_features
+        conv4_reduced, conv5_reduced, key_channels = (narrow(channels, width) for channels in (64, 128, 192))
         self.dropout7 = nn.Dropout2d(0.5)
-        self.fc8 = nn.Conv2d(4096, num_classes, 1, bias=False)
-        self.f8_3 = nn.Conv2d(512, 64, 1, bias=False)
-        self.f8_4 = nn.Conv2d(1024, 128, 1, bias=False)
-        self.f9 = nn.Conv2d(3 + 64 + 128, 192, 1, bias=False)
-        self.f10 = nn.Conv2d(3 + 64 + 128, 192, 1, bias=False)
+        self.fc8 = nn.Conv2d(conv6, num_classes, 1, bias=False)
+        self.f8_3 = nn.Conv2d(conv4, conv4_reduced, 1, bias=False)
+        self.f8_4 = nn.Conv2d(conv5, conv5_reduced, 1, bias=False)
+        self.f9 = nn.Conv2d(3 + conv4_reduced + conv5_reduced, key_channels, 1, bias=False)
+        self.f10 = nn.Conv2d(3 + conv4_reduced + conv5_reduced, key_channels, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
         nn.init.kaiming_normal_(self.f8_3.weight)
         nn.init.kaiming_normal_(self.f8_4.weight)

@@ -26,9 +26,10 @@ class Net(resnet38d.Net):
 
     # SPEC_AFF §3: the reference's `from_scratch_layers` (lr ×10 weights; no biases).
     new_layers = ("f8_3", "f8_4", "f8_5", "f9")
+    widths = (1,)  # the narrow head (issue 22's demo leg) is not built yet
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, width: int = 1):
+        super().__init__(width)
         # SPEC_AFF §1's torch RNG order: the backbone, the head convs' default init, then the re-inits below.
         for name, (_, in_channels, out_channels) in HEAD_BRANCHES.items():
             setattr(self, name, nn.Conv2d(in_channels, out_channels, 1, bias=False))

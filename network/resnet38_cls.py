@@ -17,10 +17,10 @@ class Net(resnet38d.Net):
 
     new_layers = ("fc8",)
 
-    def __init__(self, num_fg_classes: int = VOC12.num_fg_classes):
-        super().__init__()
+    def __init__(self, num_fg_classes: int = VOC12.num_fg_classes, width: int = 1):
+        super().__init__(width)
         self.dropout7 = nn.Dropout2d(0.5)
-        self.fc8 = nn.Conv2d(4096, num_fg_classes, 1, bias=False)
+        self.fc8 = nn.Conv2d(self.bn7.num_features, num_fg_classes, 1, bias=False)
         nn.init.xavier_uniform_(self.fc8.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

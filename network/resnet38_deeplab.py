@@ -13,7 +13,7 @@ from torch import nn
 
 from engine.datasets import VOC12
 from engine.kernels import resize_bilinear
-from network import resnet38d
+from network import narrow, resnet38d
 
 BN_MOMENTUM = 0.0003  # SPEC_SEG §1: every BatchNorm of the DeepLab net, backbone and head
 FOV_CHANNELS = 512
@@ -28,8 +28,8 @@ class Backbone(resnet38d.Net):
 
     frozen_layers = ()
 
-    def __init__(self):
-        super().__init__()
+    def __init__(self, width: int = 1):
+        super().__init__(width)
         for module in self.modules():
             if isinstance(module, nn.BatchNorm2d):
                 module.momentum = BN_MOMENTUM
@@ -41,24 +41,26 @@ class Backbone(resnet38d.Net):
 class Net(nn.Module):
     """`forward(x)` -> N×K×H×W logits at the input's size (SPEC_SEG §1); K = num_classes, background included
     (21 for VOC, 81 for COCO). `train()` is the reference's training behaviour: BN on batch statistics,
-    dropouts on, every convolution trainable (SPEC_SEG §3)."""
+    dropouts on, every convolution trainable (SPEC_SEG §3). The head's width follows the backbone's `width`."""
 
     # SPEC_SEG §2: the reference's `from_scratch_layers` (lr ×10 weights, ×20 biases).
     new_layers = ("conv_fov", "conv_fov2", "cls_conv")
+    widths = resnet38d.WIDTHS
 
-    def __init__(self, num_classes: int = VOC12.num_classes):
+    def __init__(self, num_classes: int = VOC12.num_classes, width: int = 1):
         super().__init__()
         # SPEC_SEG §1's torch RNG order: the backbone's default init, then the head's, then the head's re-init.
-        self.backbone = Backbone()
-        conv6_channels = self.backbone.bn7.num_features  # 4096: only conv6 is used (SPEC_SEG §1)
+        self.backbone = Backbone(width)
+        conv6_channels = self.backbone.bn7.num_features  # 4096 at width 1: only conv6 is used (SPEC_SEG §1)
+        fov_channels = narrow(FOV_CHANNELS, width)
         self.conv_fov = nn.Conv2d(
-            conv6_channels, FOV_CHANNELS, 3, padding=FOV_DILATION, dilation=FOV_DILATION, bias=False
+            conv6_channels, fov_channels, 3, padding=FOV_DILATION, dilation=FOV_DILATION, bias=False
         )
-        self.bn_fov = nn.BatchNorm2d(FOV_CHANNELS, momentum=BN_MOMENTUM)
-        self.conv_fov2 = nn.Conv2d(FOV_CHANNELS, FOV_CHANNELS, 1, bias=False)
-        self.bn_fov2 = nn.BatchNorm2d(FOV_CHANNELS, momentum=BN_MOMENTUM)
+        self.bn_fov = nn.BatchNorm2d(fov_channels, momentum=BN_MOMENTUM)
+        self.conv_fov2 = nn.Conv2d(fov_channels, fov_channels, 1, bias=False)
+        self.bn_fov2 = nn.BatchNorm2d(fov_channels, momentum=BN_MOMENTUM)
         self.dropout = nn.Dropout(HEAD_DROPOUT)
-        self.cls_conv = nn.Conv2d(FOV_CHANNELS, num_classes, 1)
+        self.cls_conv = nn.Conv2d(fov_channels, num_classes, 1)
         # SPEC_SEG §1: head convolutions re-drawn in module order; cls_conv.bias keeps PyTorch's U(±1/√512)
         # and the BNs PyTorch's 1/0, which the reference sets again.
         for name in self.new_layers:

@@ -1,7 +1,11 @@
 """ResNet-38 ("model A1" of Wu, Shen & van den Hengel), the backbone of every head here (SPEC §1).
 
 Parameter names match the reference exactly (`conv1a.weight`, `b4_3.conv_branch2b1.weight`,
-`bn7.running_var`, ...) so ImageNet and released CPN weights load without renaming."""
+`bn7.running_var`, ...) so ImageNet and released CPN weights load without renaming.
+
+`width` divides every channel count (not in the reference; the CPU demo's tiny configuration): width 8 turns
+64 ... 4096 into 8 ... 512, with the same layers, strides, dilations and dropout. Width 1 is SPEC §1's network,
+built in the same order, so its initialisation draws the same random numbers."""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 # Re-exported: SPEC §1 keeps the reference's entry point, network.resnet38d.convert_mxnet_to_torch.
+from network import narrow
 from network.mxnet_params import convert_mxnet_to_torch  # noqa: F401
 
 
@@ -94,6 +99,8 @@ BASIC_STAGES = (
 )
 # SPEC §1: (name, in, out, dilation, dropout) of the two bottleneck blocks.
 BOTTLENECK_BLOCKS = (("b6", 1024, 2048, 4, 0.3), ("b7", 2048, 4096, 4, 0.5))
+FIRST_CONV_CHANNELS = 64  # conv1a's output channels at width 1; a width divides it
+WIDTHS = tuple(width for width in range(1, FIRST_CONV_CHANNELS + 1) if FIRST_CONV_CHANNELS % width == 0)
 
 
 class ParameterGroups(NamedTuple):
@@ -106,32 +113,35 @@ class ParameterGroups(NamedTuple):
 
 
 class Net(nn.Module):
-    """The ResNet-38 backbone: `forward(x)` -> conv6 (N×4096×h×w, stride 8)."""
+    """The ResNet-38 backbone: `forward(x)` -> conv6 (N×(4096/width)×h×w, stride 8)."""
 
     # SPEC §1: frozen in training, besides every BatchNorm.
     frozen_layers: tuple[str, ...] = ("conv1a", "b2", "b2_1", "b2_2")
     # Layers a head trains from scratch (SPEC §2's "new layers"); none in the bare backbone.
     new_layers: tuple[str, ...] = ()
+    widths = WIDTHS
 
-    def __init__(self):
+    def __init__(self, width: int = 1):
         super().__init__()
-        self.conv1a = nn.Conv2d(3, 64, 3, padding=1, bias=False)
+        assert width in self.widths, width
+        self.conv1a = nn.Conv2d(3, narrow(FIRST_CONV_CHANNELS, width), 3, padding=1, bias=False)
         self.block_names: list[str] = []
         for stage in BASIC_STAGES:
             for index in range(stage.num_blocks):
                 first = index == 0
                 block = BasicBlock(
-                    stage.in_channels if first else stage.out_channels,
-                    stage.mid_channels,
-                    stage.out_channels,
+                    narrow(stage.in_channels if first else stage.out_channels, width),
+                    narrow(stage.mid_channels, width),
+                    narrow(stage.out_channels, width),
                     stride=stage.stride if first else 1,
                     first_dilation=stage.first_dilation if first else stage.dilation,
                     dilation=stage.dilation,
                 )
                 self._add_block(stage.name if first else f"{stage.name}_{index}", block)
         for name, in_channels, out_channels, dilation, dropout in BOTTLENECK_BLOCKS:
-            self._add_block(name, BottleneckBlock(in_channels, out_channels, dilation, dropout))
-        self.bn7 = nn.BatchNorm2d(4096)
+            block = BottleneckBlock(narrow(in_channels, width), narrow(out_channels, width), dilation, dropout)
+            self._add_block(name, block)
+        self.bn7 = nn.BatchNorm2d(narrow(4096, width))
         self.train()
 
     def _add_block(self, name: str, block: nn.Module) -> None:
@@ -143,7 +153,7 @@ class Net(nn.Module):
 
     def forward_as_dict(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """conv4 = relu(bn_branch2a(·)) inside b5 (512 ch), conv5 = the same inside b6
-        (1024 ch), conv6 = relu(bn7(b7 output)) (4096 ch); all stride 8 (SPEC §1)."""
+        (1024 ch), conv6 = relu(bn7(b7 output)) (4096 ch), each divided by the width; all stride 8 (SPEC §1)."""
         features = {}
         x = self.conv1a(x)
         for name in self.block_names:

@@ -4,7 +4,11 @@ class boundaries (`edge_branch`) and a displacement field (`displacement_branch`
 Our tensors are named `resnet50.<torchvision name>` for the backbone and `edge_branch.*` /
 `displacement_branch.*` for the heads. IRN's files name every tensor two or three times (SPEC-IRN §2);
 `checkpoint_names` lists the names one of ours may have in a file (read by `network.weights.load_weights`)
-and `irn_state_dict` writes all of IRN's names, so IRN's own scripts load our weights."""
+and `irn_state_dict` writes all of IRN's names, so IRN's own scripts load our weights.
+
+`width` divides every channel count, the backbone's and the heads' (not in IRN; the CPU demo's tiny configuration),
+with the GroupNorms' group counts kept, so the width divides 8 (e1..e5 have 32 / width channels in 4 groups).
+Width 1 is SPEC-IRN §1-2's network, built in the same order, so its initialisation draws the same random numbers."""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from engine.kernels import resize_bilinear
+from network import narrow
 
 STRIDE = 4  # SPEC-IRN §2: both heads' outputs
 # SPEC-IRN §7: lr multiplier of each group of `Net.trainable_parameter_groups`.
@@ -24,6 +29,8 @@ INFERENCE_PAD = 512
 # SPEC-IRN §1: (layer name, blocks, bottleneck width, stride of the first block). Layer4 keeps stride 1.
 RESNET50_LAYERS = (("layer1", 3, 64, 1), ("layer2", 4, 128, 2), ("layer3", 6, 256, 2), ("layer4", 3, 512, 1))
 BOTTLENECK_EXPANSION = 4
+FIRST_CONV_CHANNELS = 64  # conv1's output channels at width 1
+WIDTHS = (1, 2, 4, 8)  # the heads' 4-group GroupNorms of 32 / width channels need 32 / width >= 4
 
 
 class FixedBatchNorm(nn.BatchNorm2d):
@@ -63,7 +70,7 @@ class Bottleneck(nn.Module):
 
 class Stages(NamedTuple):
     """SPEC-IRN §1's stage outputs for an H×W input, s = the stride: x1 64 ch and x2 256 ch at s 4,
-    x3 512 ch at s 8, x4 1024 ch and x5 2048 ch at s 16; each side is ceil(H / s)."""
+    x3 512 ch at s 8, x4 1024 ch and x5 2048 ch at s 16 (each divided by the width); each side is ceil(H / s)."""
 
     x1: torch.Tensor
     x2: torch.Tensor
@@ -75,16 +82,16 @@ class Stages(NamedTuple):
 class ResNet50(nn.Module):
     """SPEC-IRN §1's backbone in torchvision's layout and names, without `fc`; `forward` -> `Stages`."""
 
-    def __init__(self):
+    def __init__(self, width: int = 1):
         super().__init__()
-        self.conv1 = nn.Conv2d(3, 64, 7, 2, padding=3, bias=False)
-        self.bn1 = FixedBatchNorm(64)
-        in_channels = 64
-        for name, num_blocks, width, stride in RESNET50_LAYERS:
+        in_channels = narrow(FIRST_CONV_CHANNELS, width)
+        self.conv1 = nn.Conv2d(3, in_channels, 7, 2, padding=3, bias=False)
+        self.bn1 = FixedBatchNorm(in_channels)
+        for name, num_blocks, bottleneck_width, stride in RESNET50_LAYERS:
             blocks = []
             for index in range(num_blocks):
-                blocks.append(Bottleneck(in_channels, width, stride if index == 0 else 1))
-                in_channels = width * BOTTLENECK_EXPANSION
+                blocks.append(Bottleneck(in_channels, narrow(bottleneck_width, width), stride if index == 0 else 1))
+                in_channels = narrow(bottleneck_width, width) * BOTTLENECK_EXPANSION
             self.add_module(name, nn.Sequential(*blocks))
 
     def forward(self, x: torch.Tensor) -> Stages:
@@ -117,14 +124,14 @@ def upsample_relu_crop(x: torch.Tensor, scale: int, like: torch.Tensor) -> torch
 class EdgeBranch(nn.Module):
     """SPEC-IRN §2's class-boundary branch: `Stages` -> edge logits N×1×h×w (stride 4)."""
 
-    def __init__(self):
+    def __init__(self, width: int = 1):
         super().__init__()
-        self.e1 = ConvGroupNorm(64, 32, 4)
-        self.e2 = ConvGroupNorm(256, 32, 4)
-        self.e3 = ConvGroupNorm(512, 32, 4)
-        self.e4 = ConvGroupNorm(1024, 32, 4)
-        self.e5 = ConvGroupNorm(2048, 32, 4)
-        self.edge = nn.Conv2d(160, 1, 1, bias=True)
+        self.e1 = ConvGroupNorm(narrow(64, width), narrow(32, width), 4)
+        self.e2 = ConvGroupNorm(narrow(256, width), narrow(32, width), 4)
+        self.e3 = ConvGroupNorm(narrow(512, width), narrow(32, width), 4)
+        self.e4 = ConvGroupNorm(narrow(1024, width), narrow(32, width), 4)
+        self.e5 = ConvGroupNorm(narrow(2048, width), narrow(32, width), 4)
+        self.edge = nn.Conv2d(narrow(160, width), 1, 1, bias=True)
 
     def forward(self, stages: Stages) -> torch.Tensor:
         e1 = F.relu(self.e1(stages.x1))
@@ -152,16 +159,16 @@ class MeanShift(nn.Module):
 class DisplacementBranch(nn.Module):
     """SPEC-IRN §2's displacement branch: `Stages` -> displacement N×2×h×w (stride 4)."""
 
-    def __init__(self):
+    def __init__(self, width: int = 1):
         super().__init__()
-        self.d1 = ConvGroupNorm(64, 64, 8)
-        self.d2 = ConvGroupNorm(256, 128, 16)
-        self.d3 = ConvGroupNorm(512, 256, 16)
-        self.d4 = ConvGroupNorm(1024, 256, 16)
-        self.d5 = ConvGroupNorm(2048, 256, 16)
-        self.u3 = ConvGroupNorm(768, 256, 16)
-        self.disp_features = ConvGroupNorm(448, 256, 16)
-        self.disp = nn.Conv2d(256, 2, 1, bias=False)
+        self.d1 = ConvGroupNorm(narrow(64, width), narrow(64, width), 8)
+        self.d2 = ConvGroupNorm(narrow(256, width), narrow(128, width), 16)
+        self.d3 = ConvGroupNorm(narrow(512, width), narrow(256, width), 16)
+        self.d4 = ConvGroupNorm(narrow(1024, width), narrow(256, width), 16)
+        self.d5 = ConvGroupNorm(narrow(2048, width), narrow(256, width), 16)
+        self.u3 = ConvGroupNorm(narrow(768, width), narrow(256, width), 16)
+        self.disp_features = ConvGroupNorm(narrow(448, width), narrow(256, width), 16)
+        self.disp = nn.Conv2d(narrow(256, width), 2, 1, bias=False)
         self.mean_shift = MeanShift()
 
     def forward(self, stages: Stages) -> torch.Tensor:
@@ -179,11 +186,14 @@ class Net(nn.Module):
     """IRNet (SPEC-IRN §1-2): `forward(x)` N×3×H×W -> (edge logits N×1×h×w, displacement N×2×h×w),
     h×w = ((H−1)//4+1, (W−1)//4+1) for any H, W. The backbone never learns and stays in eval mode."""
 
-    def __init__(self):
+    widths = WIDTHS
+
+    def __init__(self, width: int = 1):
         super().__init__()
-        self.resnet50 = ResNet50()
-        self.edge_branch = EdgeBranch()
-        self.displacement_branch = DisplacementBranch()
+        assert width in self.widths, width
+        self.resnet50 = ResNet50(width)
+        self.edge_branch = EdgeBranch(width)
+        self.displacement_branch = DisplacementBranch(width)
         self.resnet50.requires_grad_(False)
         self.train()
 

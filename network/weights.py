@@ -8,7 +8,11 @@ and are reported. What a file may name a tensor depends on the model (`Checkpoin
 ResNet-38 CAM nets read their own names; DeepLab (SPEC_SEG §1) its own (the reference's) and, for its
 `backbone.`, an ImageNet ResNet-38's; IRNet (SPEC-IRN §1-2) reads its own, torchvision's ResNet-50
 (`fc.*` ignored) and IRN's `res50_irn.pth`, which holds each tensor under several names. A file of another
-network family (CPN weights given to DeepLab, or the reverse) is refused by name."""
+network family (CPN weights given to DeepLab, or the reverse) is refused by name.
+
+A file's width (network/__init__.py) is not stored beside its tensors, so the files stay plain state dicts that
+the references load: `state_width` reads it from the first convolution's output channels, 64 at width 1. A file of
+another width than the model's is refused; `load_network` builds the network at the width its file holds."""
 
 from __future__ import annotations
 
@@ -22,11 +26,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from engine.datasets import DATASETS
+from engine.datasets import DATASETS, VOC12, DatasetSpec
 from engine.errors import UserError
 from engine.fileio import atomic_path
 from engine.runtime import on_cpu
-from network import resnet38_aff, resnet38_deeplab, resnet50_irn
+from network import build_network, network_class, resnet38_aff, resnet38_deeplab, resnet38d, resnet50_irn
 from network.mxnet_params import LIST_MAGIC, convert_mxnet_to_torch
 
 # SPEC §1: the backbone's top-level layers, conv1a, b2 ... b7 (with their b4_3-style followers), bn7.
@@ -54,6 +58,7 @@ class CheckpointLayout:
     description: str  # what such a file is, for "not a ... checkpoint"
     backbone_key: re.Pattern  # model keys every file must supply
     checkpoint_names: Callable[[str], tuple[str, ...]]  # the names a model key may have in a file, preferred first
+    first_conv: str  # model key of the first convolution's weight, whose output channels say the width
     # (file key pattern, what a file holding such a key is, what to pass instead): other families' files
     refused: tuple[tuple[re.Pattern, str, str], ...] = ()
 
@@ -66,6 +71,7 @@ RESNET38_LAYOUT = CheckpointLayout(
     "ResNet-38",
     BACKBONE_KEY,
     lambda key: (key,),
+    "conv1a.weight",
     refused=(
         (DEEPLAB_KEY, DEEPLAB_FILE, RESNET38_FILE_HINT),
         (RESNET50_KEY, RESNET50_FILE, RESNET38_FILE_HINT),
@@ -76,6 +82,7 @@ DEEPLAB_LAYOUT = CheckpointLayout(
     "DeepLab ResNet-38 (an ImageNet ResNet-38, or a network.resnet38_deeplab checkpoint)",
     re.compile(re.escape(DEEPLAB_BACKBONE_PREFIX)),
     lambda key: (key, key.removeprefix(DEEPLAB_BACKBONE_PREFIX)) if key.startswith(DEEPLAB_BACKBONE_PREFIX) else (key,),
+    f"{DEEPLAB_BACKBONE_PREFIX}conv1a.weight",
     refused=(
         (CAM_HEAD_KEY, CAM_NETWORK_FILE, f"DeepLab trains from ImageNet weights: {RESNET38_FILE_HINT}"),
         (RESNET50_KEY, RESNET50_FILE, f"{RESNET38_FILE_HINT}, or DeepLab weights"),
@@ -85,6 +92,7 @@ AFF_LAYOUT = CheckpointLayout(
     "AffinityNet ResNet-38 (an ImageNet ResNet-38, or a network.resnet38_aff checkpoint)",
     BACKBONE_KEY,
     lambda key: (key,),
+    "conv1a.weight",
     refused=(
         (CAM_CLASS_KEY, CAM_NETWORK_FILE, f"AffinityNet trains from ImageNet weights: {RESNET38_FILE_HINT}"),
         (DEEPLAB_KEY, DEEPLAB_FILE, RESNET38_FILE_HINT),
@@ -95,15 +103,58 @@ RESNET50_IRN_LAYOUT = CheckpointLayout(
     "ResNet-50 (torchvision's resnet50 or IRN's res50_irn.pth)",
     re.compile(r"resnet50\."),
     resnet50_irn.checkpoint_names,
+    "resnet50.conv1.weight",
 )
+# conv1a's (ResNet-38's) and conv1's (ResNet-50's) output channels at width 1.
+FIRST_CONV_CHANNELS = resnet38d.FIRST_CONV_CHANNELS
+assert FIRST_CONV_CHANNELS == resnet50_irn.FIRST_CONV_CHANNELS
 
 
-def checkpoint_layout(model: nn.Module) -> CheckpointLayout:
-    if isinstance(model, resnet50_irn.Net):
+def checkpoint_layout(network: type[nn.Module]) -> CheckpointLayout:
+    """The layout of the files a network class reads."""
+    if issubclass(network, resnet50_irn.Net):
         return RESNET50_IRN_LAYOUT
-    if isinstance(model, resnet38_aff.Net):
+    if issubclass(network, resnet38_aff.Net):
         return AFF_LAYOUT
-    return DEEPLAB_LAYOUT if isinstance(model, resnet38_deeplab.Net) else RESNET38_LAYOUT
+    return DEEPLAB_LAYOUT if issubclass(network, resnet38_deeplab.Net) else RESNET38_LAYOUT
+
+
+def state_width(state: Mapping[str, torch.Tensor], layout: CheckpointLayout) -> tuple[str, int] | None:
+    """(the first convolution's name in `state`, the width it says: FIRST_CONV_CHANNELS / its output channels),
+    for a model's state dict or a file's; None where `state` lacks it or its channels do not divide 64."""
+    name = next((name for name in layout.checkpoint_names(layout.first_conv) if name in state), None)
+    if name is None or state[name].ndim == 0:
+        return None
+    channels = state[name].shape[0]
+    if channels == 0 or FIRST_CONV_CHANNELS % channels:
+        return None
+    return name, FIRST_CONV_CHANNELS // channels
+
+
+def weights_width(name: str, path: str | os.PathLike) -> int:
+    """The width of network `name` that the weights file holds, for an inference script's manifest."""
+    path = Path(path)
+    return _file_width(name, read_state_dict(path), path)
+
+
+def load_network(name: str, path: str | os.PathLike, dataset: DatasetSpec = VOC12) -> tuple[nn.Module, WeightsReport]:
+    """`build_network(name, dataset)` at the width the weights file holds, its tensors loaded (`load_weights`):
+    the inference scripts' network, which needs no --width."""
+    path = Path(path)
+    file_state = read_state_dict(path)
+    model = build_network(name, dataset, _file_width(name, file_state, path))
+    return model, _load_state(model, file_state, path)
+
+
+def _file_width(name: str, file_state: dict[str, torch.Tensor], path: Path) -> int:
+    """`state_width` of a file for network `name`; 1 where the file has no first convolution (loading it then
+    says what it lacks)."""
+    net_class = network_class(name)
+    found = state_width(file_state, checkpoint_layout(net_class))
+    width = 1 if found is None else found[1]
+    if width not in net_class.widths:
+        raise UserError(f"weights file {path} holds a width-{width} network, but {name} has no width {width}")
+    return width
 
 
 @dataclass(frozen=True)
@@ -134,10 +185,13 @@ def _layer_names(keys: list[str]) -> list[str]:
 
 def load_weights(model: nn.Module, path: str | os.PathLike) -> WeightsReport:
     """Copy the tensors of `path` into `model` (see the module docstring); UserError when the
-    file is missing, corrupt, not a checkpoint of the model's backbone, or made for another head."""
+    file is missing, corrupt, not a checkpoint of the model's backbone, of another width, or made for another head."""
     path = Path(path)
-    layout = checkpoint_layout(model)
-    file_state = read_state_dict(path)
+    return _load_state(model, read_state_dict(path), path)
+
+
+def _load_state(model: nn.Module, file_state: dict[str, torch.Tensor], path: Path) -> WeightsReport:
+    layout = checkpoint_layout(type(model))
     for pattern, what, instead in layout.refused:
         key = next((key for key in file_state if pattern.match(key)), None)
         if key is not None:
@@ -145,6 +199,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> WeightsReport:
                 f"weights file {path} holds {what} (e.g. {key}), not {layout.description} weights; {instead}"
             )
     model_state = model.state_dict()
+    _check_width(state_width(file_state, layout), state_width(model_state, layout), path)
     file_names = {key: layout.checkpoint_names(key) for key in model_state}
     sources = {}  # {model key: its name in the file}, for the keys the file supplies
     for key, names in file_names.items():
@@ -178,6 +233,21 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> WeightsReport:
         loaded=list(matched),
         from_scratch=missing,
         unexpected=[key for key in file_state if key not in claimed],
+    )
+
+
+def _check_width(file_found: tuple[str, int] | None, model_found: tuple[str, int], path: Path) -> None:
+    """UserError where the file's width (`state_width`) is not the model's; a file without a first convolution
+    is left to the backbone check."""
+    if file_found is None or file_found[1] == model_found[1]:
+        return
+    (name, file_width), model_width = file_found, model_found[1]
+    fix = f"pass --width {file_width} to start from it"
+    if file_width == 1:
+        fix += "; ImageNet and the reference's weights are width 1: a narrow network starts from --weights none"
+    raise UserError(
+        f"weights file {path} holds a width-{file_width} network ({name} has {FIRST_CONV_CHANNELS // file_width} "
+        f"output channels), but the network is width {model_width}; {fix}"
     )
 
 

@@ -344,6 +344,7 @@ def test_each_folder_has_the_manifest_of_its_run(run_dir, weights, tiny):
             "output": flag,
             "dataset": "voc12",
             "network": "network.resnet38_CPN",
+            "width": 1,
             "scales": [0.5, 1.0],
             "precision": "fp32",
             **format_settings,

@@ -215,6 +215,13 @@ def test_resume_skips_done_images(run_dir, voc, weights, capsys):
     assert {path: path.stat().st_mtime_ns for path in times} == times
 
 
+def write_first_conv(path: Path, value: float) -> Path:
+    """A file that holds a width-1 DeepLab's first convolution alone: its width is read before the manifests are
+    checked, the network (stubbed) never loads it."""
+    torch.save({"backbone.conv1a.weight": torch.full((64, 3, 3, 3), value)}, path)
+    return path
+
+
 @pytest.fixture
 def stub_network(monkeypatch) -> list[int]:
     """infer_seg's network replaced by a 1×1 convolution to 21 classes (the weights file is still checked by
@@ -234,8 +241,8 @@ def test_other_weights_or_settings_are_refused_and_overwrite_redoes(voc, tmp_pat
     name = voc["names"][0]
     out = ["--out_seg", str(tmp_path / "seg"), "--crf_iters", "0"]
     weights, other = tmp_path / "a.pth", tmp_path / "b.pth"
-    weights.write_bytes(b"weights a")
-    other.write_bytes(b"weights b")
+    write_first_conv(weights, 0.0)
+    write_first_conv(other, 1.0)
     infer_seg.main(args_for(voc, weights, "--scales", "1.0", *out, names=[name]))
     assert stub_network == [2]  # the image and its flip
     with pytest.raises(UserError, match="was written by weights .*a.pth .* this run uses .*b.pth"):
@@ -316,8 +323,7 @@ def run_cli(*args: str) -> subprocess.CompletedProcess:
 @pytest.mark.slow  # the script in a new process
 def test_cli_missing_image_is_one_line_and_nonzero(voc, tmp_path):
     (tmp_path / "list.txt").write_text(voc["names"][0] + "\n2008_999999\n")
-    weights = tmp_path / "unread.pth"  # the images are checked before the network is loaded
-    weights.write_bytes(b"never loaded")
+    weights = write_first_conv(tmp_path / "unloaded.pth", 0.0)  # the images are checked before the network loads
     result = run_cli(
         *args_for(voc, weights, "--infer_list", str(tmp_path / "list.txt"), "--out_seg", str(tmp_path / "seg"))
     )

@@ -179,6 +179,7 @@ def test_manifest_records_weights_and_walk_settings(run_dir, weights):
         "output": "sem_seg_out_dir",
         "dataset": "voc12",
         "precision": "fp32",
+        "width": 1,
         "cam_weights_sha256": None,  # the test's CAM folder has no infer_cam.py manifest
         "beta": 10.0,
         "exp_times": 8,
