@@ -208,7 +208,8 @@ def main(argv=None) -> None:
 
     # ---- loop, then the weights (SPEC §4) ----
     def save_the_weights(_log) -> None:
-        print(f"weights: {save_weights(model, trainer.out_dir / f'{args.session_name}.pth')}")
+        if trainer.group.is_main:
+            print(f"weights: {save_weights(model, trainer.out_dir / f'{args.session_name}.pth')}")
 
     trainer.run(
         loader,

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
@@ -166,43 +167,65 @@ def train_step(
     return {name: value.detach() for name, value in losses.items()}
 
 
+def calibration_batches(num_images: int, batch_size: int) -> list[list[int]]:
+    """SPEC-IRN §7: the calibration's batches in list order, with drop_last. IRN fails (an empty stack)
+    when the list is shorter than one batch; we then use all of it as one batch."""
+    if num_images < batch_size:
+        return [list(range(num_images))]
+    return [list(range(start, start + batch_size)) for start in range(0, num_images - batch_size + 1, batch_size)]
+
+
+def calibration_loader(args, source: DataSource, num_workers: int, group: ProcessGroup) -> tuple[DataLoader, bool]:
+    """SPEC-IRN §7: --infer_list cropped top-left, in `calibration_batches` of --irn_batch_size, this
+    process's share of them (batches rank, rank + world size, ...). → (loader, whether the list is
+    shorter than a batch)."""
+    dataset = IrnCalibrationDataset(source, load_image_list(args.infer_list), args.irn_crop_size)
+    batches = calibration_batches(len(dataset), args.irn_batch_size)
+    loader = DataLoader(dataset, batch_sampler=batches[group.rank :: group.world_size], num_workers=num_workers)
+    return loader, len(dataset) < args.irn_batch_size
+
+
 @torch.no_grad()
-def mean_displacement(model: nn.Module, loader: DataLoader, options: StepOptions) -> Tensor:
+def mean_displacement(model: nn.Module, loader: DataLoader, options: StepOptions, group: ProcessGroup) -> Tensor:
     """SPEC-IRN §7: the mean over batches of each batch's mean displacement (over N, h, w), the model in
-    eval mode with its MeanShift at zero, as IRN measures it. → 2 values (y, x)."""
+    eval mode with its MeanShift at zero, as IRN measures it. Each process measures the batches of its
+    `calibration_loader` share, and the sum of batch means and the batch count are summed over the processes:
+    IRN's mean of batch means, however many processes share the work (and wait for each other).
+    → 2 values (y, x)."""
     model.eval()
     model.displacement_branch.mean_shift.running_mean.zero_()
-    batch_means = []
+    sum_and_count = torch.zeros(3, device=options.device)  # Σ batch means (y, x), batches
     for batch in loader:
         img = batch["img"].to(options.device, non_blocking=True).contiguous(memory_format=options.memory_format)
         with autocast(options.device, options.amp_dtype):
             _, disp = model(img)
-        batch_means.append(disp.float().mean(dim=(0, 2, 3)))
-    return torch.stack(batch_means).mean(dim=0)
-
-
-def calibration_loader(args, source: DataSource, num_workers: int) -> tuple[DataLoader, bool]:
-    """SPEC-IRN §7: --infer_list cropped top-left, batches of --irn_batch_size with drop_last. IRN fails
-    (an empty stack) when the list is shorter than one batch; we then use all of it as one batch.
-    → (loader, whether the list is shorter than a batch)."""
-    dataset = IrnCalibrationDataset(source, load_image_list(args.infer_list), args.irn_crop_size)
-    short = len(dataset) < args.irn_batch_size
-    loader = DataLoader(dataset, batch_size=args.irn_batch_size, drop_last=not short, num_workers=num_workers)
-    return loader, short
+        sum_and_count[:2] += disp.float().mean(dim=(0, 2, 3))
+        sum_and_count[2] += 1
+    if group.distributed:
+        dist.all_reduce(sum_and_count)
+    return sum_and_count[:2] / sum_and_count[2]
 
 
 def calibrate_and_save(
-    args, model: nn.Module, calibration: DataLoader, short: bool, options: StepOptions, log: RunLog
+    args,
+    model: nn.Module,
+    calibration: DataLoader,
+    short: bool,
+    options: StepOptions,
+    group: ProcessGroup,
+    log: RunLog,
 ) -> None:
-    """SPEC-IRN §7 after training: the displacement mean into the MeanShift, then IRN's weights file."""
+    """SPEC-IRN §7 after training, on every process (each its share of the batches): the displacement
+    mean into the MeanShift, then IRN's weights file, written by the main process."""
     if short:
         log.line(
             f"{args.infer_list} has {len(calibration.dataset)} images, fewer than one batch of "
             f"{args.irn_batch_size}: the displacement mean uses them all as one batch (IRN would fail)"
         )
-    running_mean = mean_displacement(model, calibration, options)
+    running_mean = mean_displacement(model, calibration, options, group)
     model.displacement_branch.mean_shift.running_mean.copy_(running_mean)
-    save_irn_weights(model, args.irn_weights_name)
+    if group.is_main:
+        save_irn_weights(model, args.irn_weights_name)
     log.line(f"displacement mean {running_mean.tolist()}; weights: {args.irn_weights_name}")
 
 
@@ -217,9 +240,7 @@ def main(argv=None) -> None:
     options = StepOptions(trainer.device, path_index, source.spec.num_classes, trainer.amp_dtype, trainer.memory_format)
     loader = load_data(args, source, trainer.group, trainer.device)
     # read before training, so that a bad --infer_list stops the run now, not after it
-    calibration, short_calibration = (None, False)
-    if trainer.group.is_main:
-        calibration, short_calibration = calibration_loader(args, source, loader.num_workers)
+    calibration, short_calibration = calibration_loader(args, source, loader.num_workers, trainer.group)
 
     # ---- model and optimiser: poly SGD over the two heads, the backbone frozen (SPEC-IRN §7) ----
     model = build_model(args, trainer.group)
@@ -231,7 +252,7 @@ def main(argv=None) -> None:
         momentum=momentum_of(args),
     )
 
-    # ---- loop, then the MeanShift calibration and save, by the main process ----
+    # ---- loop, then the MeanShift calibration by every process and the save by the main one ----
     # Only the heads require gradients, so DDP averages theirs; every head parameter is used by the loss.
     trainer.run(
         loader,
@@ -241,7 +262,9 @@ def main(argv=None) -> None:
         train_step,
         options,
         notes=[f"crop {args.irn_crop_size}", source.spec.title],
-        after_training=lambda log: calibrate_and_save(args, model, calibration, short_calibration, options, log),
+        after_training=lambda log: calibrate_and_save(
+            args, model, calibration, short_calibration, options, trainer.group, log
+        ),
     )
 
 

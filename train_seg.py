@@ -245,7 +245,8 @@ def main(argv=None) -> None:
 
     # ---- loop, then the weights: the unwrapped state dict, the reference's keys ----
     def save_the_weights(log: RunLog) -> None:
-        log.line(f"weights: {save_weights(model, trainer.out_dir / f'{args.session_name}.pth')}")
+        if trainer.group.is_main:
+            log.line(f"weights: {save_weights(model, trainer.out_dir / f'{args.session_name}.pth')}")
 
     bn_images = min(args.bn_group, loader.sampler.batch_size)
     trainer.run(

@@ -549,8 +549,9 @@ class Trainer:
         model moved to the device, resumed from --resume, wrapped for the processes; the run record (with
         `inputs`), the log (its first line ends with `notes`), one
         `train_step(model, optimizer, scaler, batch, options)` → loss terms per batch, checkpoints. Then
-        `after_training(log)` on the main process while the log is open, and under torchrun a barrier and
-        the process group's end."""
+        `after_training(log)` on every process while the log is open (the log writes on the main process
+        only, and so must the hook's files: the processes can share its work, as IRN's calibration does),
+        and under torchrun a barrier and the process group's end."""
         args, group, device = self.args, self.group, self.device
         sampler = loader.sampler
         model.to(device, memory_format=self.memory_format)
@@ -603,7 +604,7 @@ class Trainer:
                 timer=timer,
                 run_args=vars(args),
             )
-            if group.is_main and after_training is not None:
+            if after_training is not None:
                 after_training(log)
         if group.distributed:
             dist.barrier()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -13,10 +14,11 @@ import torch
 
 import train_irn
 from engine.datasets import VOC12
+from engine.runtime import ProcessGroup
 from network.resnet50_irn import Net, irn_state_dict
 from network.weights import load_weights
 from tool.irn import TRAIN_RADIUS, PathIndex, affinity_labels, irn_loss
-from voc12.data import IrnCalibrationDataset, load_image_list
+from voc12.data import IrnCalibrationDataset, as_source, load_image_list
 
 REPO = Path(__file__).resolve().parents[1]
 CROP = 96  # the smallest IRN crops are 76 px: the radius-10 path index needs a 19-cell grid
@@ -145,11 +147,10 @@ def test_few_steps_write_every_output(toy_voc, toy_lists, ir_labels, infer_list,
     assert "fc_edge1.0.weight" in changed and "fc_dp7.3.weight" in changed
 
 
-def test_mean_shift_is_the_mean_of_the_batch_means(toy_voc, toy_lists, ir_labels, infer_list, tmp_path):
-    train_irn.main(run_args(toy_voc, toy_lists, ir_labels, infer_list, tmp_path, "--max_steps", "1"))
-    weights = saved(tmp_path)
+def expected_mean_shift(toy_voc, infer_list: Path, out_dir: Path) -> torch.Tensor:
+    """IRN's calibration with the trained weights in `out_dir`: the mean of the two batches' means."""
     model = Net()
-    load_weights(model, tmp_path / "res50_irn.pth")
+    load_weights(model, out_dir / "res50_irn.pth")
     model.displacement_branch.mean_shift.running_mean.zero_()
     model.eval()
     dataset = IrnCalibrationDataset(toy_voc, load_image_list(infer_list), CROP)
@@ -158,7 +159,13 @@ def test_mean_shift_is_the_mean_of_the_batch_means(toy_voc, toy_lists, ir_labels
             model(torch.stack([dataset[index]["img"] for index in batch]))[1].mean(dim=(0, 2, 3))
             for batch in ((0, 1), (2, 3))  # the fifth image is dropped, as IRN's drop_last does
         ]
-    expected = (batch_means[0] + batch_means[1]) / 2
+    return (batch_means[0] + batch_means[1]) / 2
+
+
+def test_mean_shift_is_the_mean_of_the_batch_means(toy_voc, toy_lists, ir_labels, infer_list, tmp_path):
+    train_irn.main(run_args(toy_voc, toy_lists, ir_labels, infer_list, tmp_path, "--max_steps", "1"))
+    weights = saved(tmp_path)
+    expected = expected_mean_shift(toy_voc, infer_list, tmp_path)
     torch.testing.assert_close(weights["mean_shift.running_mean"], expected, rtol=1e-5, atol=1e-6)
     assert torch.equal(weights["fc_dp7.4.running_mean"], weights["mean_shift.running_mean"])
     assert f"displacement mean {expected.tolist()}"[:30] in (tmp_path / "run.log").read_text()
@@ -175,6 +182,31 @@ def test_an_infer_list_shorter_than_a_batch_is_one_batch(toy_voc, toy_lists, ir_
         expected = model.eval()(IrnCalibrationDataset(toy_voc, [one_image.read_text().strip()], CROP)[0]["img"][None])
     torch.testing.assert_close(saved(tmp_path)["mean_shift.running_mean"], expected[1].mean(dim=(0, 2, 3)))
     assert "fewer than one batch of 2: the displacement mean uses them all" in (tmp_path / "run.log").read_text()
+
+
+@pytest.mark.parametrize("num_images", [5, 1])  # two batches of two, the fifth dropped; one image, one batch
+def test_calibration_shared_by_two_processes_is_the_single_process_mean(toy_voc, toy_lists, num_images, tmp_path):
+    list_path = tmp_path / "infer.txt"
+    list_path.write_text("\n".join(load_image_list(toy_lists["val"])[:num_images]) + "\n")
+    args = argparse.Namespace(infer_list=str(list_path), irn_crop_size=CROP, irn_batch_size=2)
+    torch.manual_seed(0)
+    model = Net()
+    options = train_irn.StepOptions(torch.device("cpu"), PathIndex(TRAIN_RADIUS, (CROP // 4,) * 2), VOC12.num_classes)
+    alone, short = train_irn.calibration_loader(args, as_source(toy_voc), 0, ProcessGroup())
+    assert short == (num_images == 1) and list(alone.batch_sampler) == ([[0, 1], [2, 3]] if num_images == 5 else [[0]])
+    expected = train_irn.mean_displacement(model, alone, options, ProcessGroup())
+
+    sums = []  # each process's (Σ batch means, batches), as dist.all_reduce would receive it
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train_irn.dist, "all_reduce", lambda tensor: sums.append(tensor.clone()))
+        for rank in (0, 1):
+            group = ProcessGroup(rank=rank, world_size=2, local_rank=rank)
+            share, _ = train_irn.calibration_loader(args, as_source(toy_voc), 0, group)
+            assert list(share.batch_sampler) == list(alone.batch_sampler)[rank::2]
+            train_irn.mean_displacement(model, share, options, group)
+    reduced = sums[0] + sums[1]
+    assert reduced[2] == len(alone.batch_sampler)
+    assert torch.equal(reduced[:2] / reduced[2], expected)
 
 
 @pytest.mark.slow  # three runs of the script
@@ -246,7 +278,11 @@ def test_two_gloo_processes_under_torchrun(toy_voc, toy_lists, ir_labels, infer_
     assert result.returncode == 0, result.stderr[-3000:]
     assert [record["step"] for record in logged(tmp_path)] == [1, 2]
     assert "24 steps/epoch × 3 epochs = 72 steps, batch 1×2" in (tmp_path / "run.log").read_text()
-    assert set(saved(tmp_path)) == set(irn_state_dict(Net()))
+    weights = saved(tmp_path)
+    assert set(weights) == set(irn_state_dict(Net()))
+    # each process measured one of the two batches: the mean is still the mean of both
+    expected = expected_mean_shift(toy_voc, infer_list, tmp_path)
+    torch.testing.assert_close(weights["mean_shift.running_mean"], expected, rtol=1e-5, atol=1e-6)
 
 
 def test_torchvision_layout_weights_start_the_backbone(toy_voc, toy_lists, ir_labels, infer_list, tmp_path):

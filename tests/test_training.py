@@ -500,19 +500,23 @@ def free_port() -> int:
 
 
 def two_process_run(rank: int, out_dir, port: int) -> None:
-    """One of two torchrun-like processes: the main one's after_training is slow and leaves a file; the
-    other must not leave run() before it (the barrier), and both end their process group."""
+    """One of two torchrun-like processes: both run after_training (the log enabled on the main one only);
+    the main one's is slow and leaves a file; the other must not leave run() before it (the barrier), and
+    both end their process group."""
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2", MASTER_ADDR="127.0.0.1")
     os.environ["MASTER_PORT"] = str(port)
     torch.set_num_threads(1)
     finished = out_dir / "after_training_finished"
 
     def after_training(log):
-        time.sleep(1)
-        finished.write_text(str(rank))
+        (out_dir / f"after_training_{rank}").write_text(str(log.enabled))
+        if rank == 0:
+            time.sleep(1)
+            finished.write_text("")
 
     toy_run(toy_args(out_dir, "--max_steps", "2"), after_training)
-    assert finished.read_text() == "0", "only the main process runs after_training, before the others leave"
+    assert (out_dir / f"after_training_{rank}").read_text() == str(rank == 0)
+    assert finished.exists(), "no process leaves run() before the main one's after_training ends"
     assert not dist.is_initialized()
     (out_dir / f"rank{rank}_done").write_text("")
 
