@@ -175,54 +175,56 @@ def calibration_batches(num_images: int, batch_size: int) -> list[list[int]]:
     return [list(range(start, start + batch_size)) for start in range(0, num_images - batch_size + 1, batch_size)]
 
 
-def calibration_loader(args, source: DataSource, num_workers: int, group: ProcessGroup) -> tuple[DataLoader, bool]:
-    """SPEC-IRN §7: --infer_list cropped top-left, in `calibration_batches` of --irn_batch_size, this
-    process's share of them (batches rank, rank + world size, ...). → (loader, whether the list is
-    shorter than a batch)."""
+def calibration_loader(args, source: DataSource, num_workers: int, group: ProcessGroup) -> tuple[DataLoader, int]:
+    """SPEC-IRN §7: --infer_list cropped top-left, in `calibration_batches` of --irn_batch_size; this
+    process's share of them, batches rank, rank + world size, ... (so no process waits long for another's).
+    → (the loader of this share, the number of batches over all processes)."""
     dataset = IrnCalibrationDataset(source, load_image_list(args.infer_list), args.irn_crop_size)
     batches = calibration_batches(len(dataset), args.irn_batch_size)
     loader = DataLoader(dataset, batch_sampler=batches[group.rank :: group.world_size], num_workers=num_workers)
-    return loader, len(dataset) < args.irn_batch_size
+    return loader, len(batches)
 
 
 @torch.no_grad()
-def mean_displacement(model: nn.Module, loader: DataLoader, options: StepOptions, group: ProcessGroup) -> Tensor:
+def mean_displacement(
+    model: nn.Module, loader: DataLoader, num_batches: int, options: StepOptions, group: ProcessGroup
+) -> Tensor:
     """SPEC-IRN §7: the mean over batches of each batch's mean displacement (over N, h, w), the model in
     eval mode with its MeanShift at zero, as IRN measures it. Each process measures the batches of its
-    `calibration_loader` share, and the sum of batch means and the batch count are summed over the processes:
-    IRN's mean of batch means, however many processes share the work (and wait for each other).
+    `calibration_loader` share into their rows of one table of `num_batches` batch means, the other rows
+    zero; the processes' tables summed are the one-process table, exactly, and its mean IRN's.
     → 2 values (y, x)."""
     model.eval()
     model.displacement_branch.mean_shift.running_mean.zero_()
-    sum_and_count = torch.zeros(3, device=options.device)  # Σ batch means (y, x), batches
-    for batch in loader:
+    batch_means = torch.zeros(num_batches, 2, device=options.device)
+    for row, batch in zip(range(group.rank, num_batches, group.world_size), loader, strict=True):
         img = batch["img"].to(options.device, non_blocking=True).contiguous(memory_format=options.memory_format)
         with autocast(options.device, options.amp_dtype):
             _, disp = model(img)
-        sum_and_count[:2] += disp.float().mean(dim=(0, 2, 3))
-        sum_and_count[2] += 1
+        batch_means[row] = disp.float().mean(dim=(0, 2, 3))
     if group.distributed:
-        dist.all_reduce(sum_and_count)
-    return sum_and_count[:2] / sum_and_count[2]
+        dist.all_reduce(batch_means)  # each row holds one process's value, x + 0 = x
+    return batch_means.mean(dim=0)
 
 
 def calibrate_and_save(
     args,
     model: nn.Module,
     calibration: DataLoader,
-    short: bool,
+    num_batches: int,
     options: StepOptions,
     group: ProcessGroup,
     log: RunLog,
 ) -> None:
     """SPEC-IRN §7 after training, on every process (each its share of the batches): the displacement
     mean into the MeanShift, then IRN's weights file, written by the main process."""
-    if short:
+    num_images = len(calibration.dataset)
+    if num_images < args.irn_batch_size:
         log.line(
-            f"{args.infer_list} has {len(calibration.dataset)} images, fewer than one batch of "
+            f"{args.infer_list} has {num_images} images, fewer than one batch of "
             f"{args.irn_batch_size}: the displacement mean uses them all as one batch (IRN would fail)"
         )
-    running_mean = mean_displacement(model, calibration, options, group)
+    running_mean = mean_displacement(model, calibration, num_batches, options, group)
     model.displacement_branch.mean_shift.running_mean.copy_(running_mean)
     if group.is_main:
         save_irn_weights(model, args.irn_weights_name)
@@ -240,7 +242,7 @@ def main(argv=None) -> None:
     options = StepOptions(trainer.device, path_index, source.spec.num_classes, trainer.amp_dtype, trainer.memory_format)
     loader = load_data(args, source, trainer.group, trainer.device)
     # read before training, so that a bad --infer_list stops the run now, not after it
-    calibration, short_calibration = calibration_loader(args, source, loader.num_workers, trainer.group)
+    calibration, calibration_batch_count = calibration_loader(args, source, loader.num_workers, trainer.group)
 
     # ---- model and optimiser: poly SGD over the two heads, the backbone frozen (SPEC-IRN §7) ----
     model = build_model(args, trainer.group)
@@ -263,7 +265,7 @@ def main(argv=None) -> None:
         options,
         notes=[f"crop {args.irn_crop_size}", source.spec.title],
         after_training=lambda log: calibrate_and_save(
-            args, model, calibration, short_calibration, options, trainer.group, log
+            args, model, calibration, calibration_batch_count, options, trainer.group, log
         ),
     )
 

@@ -184,29 +184,39 @@ def test_an_infer_list_shorter_than_a_batch_is_one_batch(toy_voc, toy_lists, ir_
     assert "fewer than one batch of 2: the displacement mean uses them all" in (tmp_path / "run.log").read_text()
 
 
-@pytest.mark.parametrize("num_images", [5, 1])  # two batches of two, the fifth dropped; one image, one batch
-def test_calibration_shared_by_two_processes_is_the_single_process_mean(toy_voc, toy_lists, num_images, tmp_path):
+@pytest.mark.parametrize(
+    ("num_images", "batches"),
+    [(7, [[0, 1], [2, 3], [4, 5]]), (5, [[0, 1], [2, 3]]), (1, [[0]])],  # drop_last; a list under one batch
+)
+def test_calibration_shared_by_two_processes_is_the_one_process_mean(toy_voc, toy_lists, num_images, batches, tmp_path):
     list_path = tmp_path / "infer.txt"
     list_path.write_text("\n".join(load_image_list(toy_lists["val"])[:num_images]) + "\n")
     args = argparse.Namespace(infer_list=str(list_path), irn_crop_size=CROP, irn_batch_size=2)
     torch.manual_seed(0)
-    model = Net()
+    model = Net(width=8)
     options = train_irn.StepOptions(torch.device("cpu"), PathIndex(TRAIN_RADIUS, (CROP // 4,) * 2), VOC12.num_classes)
-    alone, short = train_irn.calibration_loader(args, as_source(toy_voc), 0, ProcessGroup())
-    assert short == (num_images == 1) and list(alone.batch_sampler) == ([[0, 1], [2, 3]] if num_images == 5 else [[0]])
-    expected = train_irn.mean_displacement(model, alone, options, ProcessGroup())
+    alone, num_batches = train_irn.calibration_loader(args, as_source(toy_voc), 0, ProcessGroup())
+    assert list(alone.batch_sampler) == batches and num_batches == len(batches)
+    expected = train_irn.mean_displacement(model, alone, num_batches, options, ProcessGroup())
+    model.eval()
+    with torch.no_grad():  # IRN's formula: the mean of the batch means
+        images = [torch.stack([alone.dataset[index]["img"] for index in batch]) for batch in batches]
+        formula = torch.stack([model(batch)[1].mean(dim=(0, 2, 3)) for batch in images])
+    torch.testing.assert_close(expected, formula.mean(dim=0), rtol=1e-5, atol=1e-7)
 
-    sums = []  # each process's (Σ batch means, batches), as dist.all_reduce would receive it
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(train_irn.dist, "all_reduce", lambda tensor: sums.append(tensor.clone()))
-        for rank in (0, 1):
-            group = ProcessGroup(rank=rank, world_size=2, local_rank=rank)
-            share, _ = train_irn.calibration_loader(args, as_source(toy_voc), 0, group)
-            assert list(share.batch_sampler) == list(alone.batch_sampler)[rank::2]
-            train_irn.mean_displacement(model, share, options, group)
-    reduced = sums[0] + sums[1]
-    assert reduced[2] == len(alone.batch_sampler)
-    assert torch.equal(reduced[:2] / reduced[2], expected)
+    def share(rank: int, all_reduce) -> torch.Tensor:
+        """Rank `rank` of 2 with `all_reduce` in place of the collective."""
+        group = ProcessGroup(rank=rank, world_size=2, local_rank=rank)
+        loader, count = train_irn.calibration_loader(args, as_source(toy_voc), 0, group)
+        assert list(loader.batch_sampler) == batches[rank::2] and count == num_batches
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(train_irn.dist, "all_reduce", all_reduce)
+            return train_irn.mean_displacement(model, loader, count, options, group)
+
+    tables = []  # rank 1's table of batch means, as the collective would receive it
+    share(1, lambda table: tables.append(table.clone()))
+    # rank 0's all_reduce adds rank 1's table: the result is the one-process mean, bit for bit
+    assert torch.equal(share(0, lambda table: table.add_(tables[0])), expected)
 
 
 @pytest.mark.slow  # three runs of the script

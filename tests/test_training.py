@@ -522,7 +522,7 @@ def two_process_run(rank: int, out_dir, port: int) -> None:
 
 
 @pytest.mark.slow  # two processes
-def test_two_processes_wait_for_the_main_one_and_end_their_group(tmp_path):
+def test_both_processes_run_after_training_wait_for_each_other_and_end_their_group(tmp_path):
     torch.multiprocessing.spawn(two_process_run, args=(tmp_path, free_port()), nprocs=2)
     assert (tmp_path / "rank0_done").exists() and (tmp_path / "rank1_done").exists()
     assert [record["step"] for record in toy_logged(tmp_path)] == [1, 2]  # written by the main process alone
