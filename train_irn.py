@@ -59,6 +59,12 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--irn_learning_rate", type=float, default=0.1)
     parser.add_argument("--irn_weight_decay", type=float, default=1e-4)
     add_width_argument(parser)
+    parser.add_argument(
+        "--train_backbone",
+        action="store_true",
+        help="train the ResNet-50 too (its BatchNorms on batch statistics, lr multiplier 1, the weight decay); "
+        "not IRN's recipe, whose backbone is frozen (SPEC-IRN §1, §7): for a random start (the CPU demo)",
+    )
     # IRN's --train_list, --weights, --num_workers, --session_name; our --momentum, --seed, --resume, ...
     add_training_arguments(
         parser,
@@ -100,8 +106,9 @@ def load_data(args, source: DataSource, group: ProcessGroup, device: torch.devic
 
 
 def build_model(args, group: ProcessGroup) -> nn.Module:
-    """SPEC-IRN §1–2's IRNet, its backbone from --weights; the heads start from PyTorch's initialisation."""
-    model = build_network("network.resnet50_irn", width=args.width)
+    """SPEC-IRN §1–2's IRNet, its backbone from --weights (frozen unless --train_backbone); the heads start
+    from PyTorch's initialisation."""
+    model = build_network("network.resnet50_irn", width=args.width, train_backbone=args.train_backbone)
     if args.weights.lower() == "torchvision":
         if args.width != 1:
             raise UserError(
@@ -127,7 +134,8 @@ def build_model(args, group: ProcessGroup) -> nn.Module:
 
 
 def irn_param_groups(model: nn.Module, lr: float, weight_decay: float) -> list[dict]:
-    """SPEC-IRN §7: edge head at lr, displacement head at 10·lr (`LR_MULTIPLIERS`), both with the weight decay."""
+    """SPEC-IRN §7: edge head at lr, displacement head at 10·lr (`LR_MULTIPLIERS`), both with the weight decay;
+    a backbone that trains (--train_backbone, not in IRN) at lr with the weight decay."""
     return [
         {"params": params, "lr": LR_MULTIPLIERS[name] * lr, "weight_decay": weight_decay}
         for name, params in model.trainable_parameter_groups().items()
@@ -218,6 +226,9 @@ def calibrate_and_save(
 ) -> None:
     """SPEC-IRN §7 after training, on every process (each its share of the batches): the displacement
     mean into the MeanShift, then IRN's weights file, written by the main process."""
+    if group.distributed and args.train_backbone:  # each process's BatchNorms took their own last statistics
+        for buffer in model.buffers():
+            dist.broadcast(buffer, src=0)  # the saved weights' (the main process's)
     num_images = len(calibration.dataset)
     if num_images < args.irn_batch_size:
         log.line(
@@ -244,7 +255,7 @@ def main(argv=None) -> None:
     # read before training, so that a bad --infer_list stops the run now, not after it
     calibration, calibration_batch_count = calibration_loader(args, source, loader.num_workers, trainer.group)
 
-    # ---- model and optimiser: poly SGD over the two heads, the backbone frozen (SPEC-IRN §7) ----
+    # ---- model and optimiser: poly SGD over the two heads, the backbone frozen (SPEC-IRN §7) or not ----
     model = build_model(args, trainer.group)
     optimizer = PolyOptimizer(
         irn_param_groups(model, args.irn_learning_rate, args.irn_weight_decay),
@@ -255,7 +266,7 @@ def main(argv=None) -> None:
     )
 
     # ---- loop, then the MeanShift calibration by every process and the save by the main one ----
-    # Only the heads require gradients, so DDP averages theirs; every head parameter is used by the loss.
+    # Only the heads (and a backbone that trains) require gradients, so DDP averages theirs; the loss uses them all.
     trainer.run(
         loader,
         args.irn_num_epoches,

@@ -41,17 +41,18 @@ def network_class(name: str) -> type[nn.Module]:
     return importlib.import_module(f"network.{short_name}").Net
 
 
-def build_network(name: str, dataset: DatasetSpec = VOC12, width: int = 1) -> nn.Module:
+def build_network(name: str, dataset: DatasetSpec = VOC12, width: int = 1, **options) -> nn.Module:
     """A fresh `Net` of the named module (`network_class`). The CAM heads and DeepLab get the data set's class
     count (CPN and DeepLab: background included; the baseline: foreground only); IRNet has no class head.
-    `width` divides every channel count (one of the class's `widths`)."""
+    `width` divides every channel count (one of the class's `widths`); `options` go to the class as they are
+    (IRNet's `train_backbone`)."""
     net_class = network_class(name)
     if width not in net_class.widths:
         choices = ", ".join(str(choice) for choice in net_class.widths)
         raise UserError(f"--width {width} does not divide {name}'s channel counts; choose one of {choices}")
     short_name = name.removeprefix("network.")
     if short_name in ("resnet38_CPN", "resnet38_deeplab"):
-        return net_class(dataset.num_classes, width=width)
+        return net_class(dataset.num_classes, width=width, **options)
     if short_name == "resnet38_cls":
-        return net_class(dataset.num_fg_classes, width=width)
-    return net_class(width=width)
+        return net_class(dataset.num_fg_classes, width=width, **options)
+    return net_class(width=width, **options)

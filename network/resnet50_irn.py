@@ -8,7 +8,8 @@ and `irn_state_dict` writes all of IRN's names, so IRN's own scripts load our we
 
 `width` divides every channel count, the backbone's and the heads' (not in IRN; the CPU demo's tiny configuration),
 with the GroupNorms' group counts kept, so the width divides 8 (e1..e5 have 32 / width channels in 4 groups).
-Width 1 is SPEC-IRN §1-2's network, built in the same order, so its initialisation draws the same random numbers."""
+Width 1 is SPEC-IRN §1-2's network, built in the same order, so its initialisation draws the same random numbers.
+`Net(train_backbone=True)` (not in IRN either) lets the backbone learn with the heads."""
 
 from __future__ import annotations
 
@@ -22,8 +23,9 @@ from engine.kernels import resize_bilinear
 from network import narrow
 
 STRIDE = 4  # SPEC-IRN §2: both heads' outputs
-# SPEC-IRN §7: lr multiplier of each group of `Net.trainable_parameter_groups`.
-LR_MULTIPLIERS = {"edge": 1.0, "displacement": 10.0}
+# SPEC-IRN §7: lr multiplier of each group of `Net.trainable_parameter_groups`; "backbone" exists only
+# with `train_backbone` (not in IRN, whose backbone is frozen).
+LR_MULTIPLIERS = {"edge": 1.0, "displacement": 10.0, "backbone": 1.0}
 # SPEC-IRN §9: the reference pads each image (and its flip) to this size before the network.
 INFERENCE_PAD = 512
 # SPEC-IRN §1: (layer name, blocks, bottleneck width, stride of the first block). Layer4 keeps stride 1.
@@ -43,21 +45,22 @@ class FixedBatchNorm(nn.BatchNorm2d):
 
 
 class Bottleneck(nn.Module):
-    """torchvision's ResNet-50 bottleneck (names conv1..3, bn1..3, downsample), the stride on the 3×3 `conv2`."""
+    """torchvision's ResNet-50 bottleneck (names conv1..3, bn1..3, downsample), the stride on the 3×3 `conv2`,
+    its BatchNorms `norm_layer`s."""
 
-    def __init__(self, in_channels: int, width: int, stride: int):
+    def __init__(self, in_channels: int, width: int, stride: int, norm_layer: type[nn.BatchNorm2d]):
         super().__init__()
         out_channels = width * BOTTLENECK_EXPANSION
         self.conv1 = nn.Conv2d(in_channels, width, 1, bias=False)
-        self.bn1 = FixedBatchNorm(width)
+        self.bn1 = norm_layer(width)
         self.conv2 = nn.Conv2d(width, width, 3, stride, padding=1, bias=False)
-        self.bn2 = FixedBatchNorm(width)
+        self.bn2 = norm_layer(width)
         self.conv3 = nn.Conv2d(width, out_channels, 1, bias=False)
-        self.bn3 = FixedBatchNorm(out_channels)
+        self.bn3 = norm_layer(out_channels)
         self.downsample = None
         if stride != 1 or in_channels != out_channels:
             self.downsample = nn.Sequential(
-                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), FixedBatchNorm(out_channels)
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False), norm_layer(out_channels)
             )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -80,17 +83,20 @@ class Stages(NamedTuple):
 
 
 class ResNet50(nn.Module):
-    """SPEC-IRN §1's backbone in torchvision's layout and names, without `fc`; `forward` -> `Stages`."""
+    """SPEC-IRN §1's backbone in torchvision's layout and names, without `fc`; `forward` -> `Stages`.
+    Its BatchNorms are `norm_layer`s: SPEC-IRN §1's `FixedBatchNorm`, or `nn.BatchNorm2d` for a backbone
+    that trains (`Net(train_backbone=True)`); the state dict is the same."""
 
-    def __init__(self, width: int = 1):
+    def __init__(self, width: int = 1, norm_layer: type[nn.BatchNorm2d] = FixedBatchNorm):
         super().__init__()
         in_channels = narrow(FIRST_CONV_CHANNELS, width)
         self.conv1 = nn.Conv2d(3, in_channels, 7, 2, padding=3, bias=False)
-        self.bn1 = FixedBatchNorm(in_channels)
+        self.bn1 = norm_layer(in_channels)
         for name, num_blocks, bottleneck_width, stride in RESNET50_LAYERS:
             blocks = []
             for index in range(num_blocks):
-                blocks.append(Bottleneck(in_channels, narrow(bottleneck_width, width), stride if index == 0 else 1))
+                stride_here = stride if index == 0 else 1
+                blocks.append(Bottleneck(in_channels, narrow(bottleneck_width, width), stride_here, norm_layer))
                 in_channels = narrow(bottleneck_width, width) * BOTTLENECK_EXPANSION
             self.add_module(name, nn.Sequential(*blocks))
 
@@ -184,39 +190,49 @@ class DisplacementBranch(nn.Module):
 
 class Net(nn.Module):
     """IRNet (SPEC-IRN §1-2): `forward(x)` N×3×H×W -> (edge logits N×1×h×w, displacement N×2×h×w),
-    h×w = ((H−1)//4+1, (W−1)//4+1) for any H, W. The backbone never learns and stays in eval mode."""
+    h×w = ((H−1)//4+1, (W−1)//4+1) for any H, W. The backbone never learns and stays in eval mode (SPEC-IRN §1);
+    with `train_backbone` (not in IRN: the CPU demo's random start, whose frozen random features find no
+    boundaries) it learns like the heads, its BatchNorms plain ones that follow the mode."""
 
     widths = WIDTHS
 
-    def __init__(self, width: int = 1):
+    def __init__(self, width: int = 1, train_backbone: bool = False):
         super().__init__()
         assert width in self.widths, width
-        self.resnet50 = ResNet50(width)
+        self.train_backbone = train_backbone
+        self.resnet50 = ResNet50(width, nn.BatchNorm2d if train_backbone else FixedBatchNorm)
         self.edge_branch = EdgeBranch(width)
         self.displacement_branch = DisplacementBranch(width)
-        self.resnet50.requires_grad_(False)
+        self.resnet50.requires_grad_(train_backbone)
         self.train()
 
     def stages(self, x: torch.Tensor) -> Stages:
-        """The backbone's stages, detached (SPEC-IRN §1): no gradient reaches the backbone or the input."""
-        return Stages._make(stage.detach() for stage in self.resnet50(x))
+        """The backbone's stages, detached (SPEC-IRN §1: no gradient reaches the backbone or the input)
+        unless the backbone trains."""
+        stages = self.resnet50(x)
+        return stages if self.train_backbone else Stages._make(stage.detach() for stage in stages)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         stages = self.stages(x)
         return self.edge_branch(stages), self.displacement_branch(stages)
 
     def train(self, mode: bool = True) -> Net:
-        """SPEC-IRN §1: the heads follow `mode`, the backbone stays in eval mode."""
+        """SPEC-IRN §1: the heads follow `mode`, the backbone stays in eval mode (unless it trains)."""
         super().train(mode)
-        self.resnet50.eval()
+        if not self.train_backbone:
+            self.resnet50.eval()
         return self
 
     def trainable_parameter_groups(self) -> dict[str, list[nn.Parameter]]:
-        """The heads' parameters by group name, the keys of `LR_MULTIPLIERS` (SPEC-IRN §7)."""
-        return {
+        """The parameters that learn by group name, keys of `LR_MULTIPLIERS`: the heads' (SPEC-IRN §7), and
+        the backbone's if it trains."""
+        groups = {
             "edge": list(self.edge_branch.parameters()),
             "displacement": list(self.displacement_branch.parameters()),
         }
+        if self.train_backbone:
+            groups["backbone"] = list(self.resnet50.parameters())
+        return groups
 
 
 @torch.no_grad()

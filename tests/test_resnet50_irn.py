@@ -225,8 +225,8 @@ def test_backbone_frozen_in_eval_mode_heads_train():
 def test_trainable_parameter_groups_are_the_two_heads():
     net = Net()
     groups = net.trainable_parameter_groups()
-    assert LR_MULTIPLIERS == {"edge": 1.0, "displacement": 10.0}  # SPEC-IRN §7
-    assert set(groups) == set(LR_MULTIPLIERS)
+    assert LR_MULTIPLIERS == {"edge": 1.0, "displacement": 10.0, "backbone": 1.0}  # SPEC-IRN §7; backbone: ours
+    assert set(groups) == {"edge", "displacement"}
     names = {id(param): name for name, param in net.named_parameters()}
     edge_names = [names[id(param)] for param in groups["edge"]]
     displacement_names = [names[id(param)] for param in groups["displacement"]]
@@ -238,6 +238,31 @@ def test_trainable_parameter_groups_are_the_two_heads():
     assert len(group_norms) == 2 * (5 + 7)
     trainable = {name for name, param in net.named_parameters() if param.requires_grad}
     assert trainable == set(edge_names) | set(displacement_names)  # the backbone is in no group
+
+
+def test_a_backbone_that_trains_learns_and_normalises_with_batch_statistics():
+    torch.manual_seed(0)
+    frozen = Net(width=8)
+    torch.manual_seed(0)
+    net = Net(width=8, train_backbone=True)
+    assert_same_state(net, frozen.state_dict())  # the same tensors, keys and initialisation
+    assert set(net.trainable_parameter_groups()) == set(LR_MULTIPLIERS)
+    assert net.trainable_parameter_groups()["backbone"] == list(net.resnet50.parameters())
+    for mode in (False, True):
+        net.train(mode)
+        assert all(module.training == mode for module in net.modules())
+    statistics_before = {key: value.clone() for key, value in net.resnet50.state_dict().items() if "running" in key}
+    image = torch.randn(2, 3, 40, 40, requires_grad=True)
+    edge, displacement = net(image)
+    (edge.sum() + displacement.sum()).backward()
+    assert all(param.requires_grad and param.grad is not None for param in net.resnet50.parameters())
+    assert image.grad is not None  # the stages are not detached
+    running = {key: value for key, value in net.resnet50.state_dict().items() if "running" in key}
+    assert all(not torch.equal(running[key], value) for key, value in statistics_before.items())  # batch statistics
+    net.eval()  # in eval mode a plain BatchNorm is FixedBatchNorm: the frozen network computes the same
+    frozen.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(net(image)[1], frozen.eval()(image)[1], rtol=0, atol=0)
 
 
 def test_mean_shift_identity_in_training_subtracts_in_eval():

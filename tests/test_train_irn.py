@@ -92,6 +92,7 @@ def test_train_step_is_one_sgd_step_on_irn_loss():
     path_index = PathIndex(TRAIN_RADIUS, (CROP // 4, CROP // 4))
     heads = [parameter for parameter in model.parameters() if parameter.requires_grad]
     before = [parameter.detach().clone() for parameter in model.parameters()]
+    backbone_before = {key: value.clone() for key, value in model.resnet50.state_dict().items()}
     edge, disp = model(img)
     assert edge.shape == (2, 1, CROP // 4, CROP // 4) and disp.shape == (2, 2, CROP // 4, CROP // 4)
     # the labels as the loader used to ship them: per sample, as bytes, stacked, made float by the step
@@ -114,6 +115,34 @@ def test_train_step_is_one_sgd_step_on_irn_loss():
             torch.testing.assert_close(parameter.detach(), start - lr * gradients[id(parameter)], rtol=1e-5, atol=1e-7)
         else:
             assert torch.equal(parameter, start), "the backbone is frozen"
+    for key, value in model.resnet50.state_dict().items():  # weights and BatchNorm statistics
+        assert torch.equal(value, backbone_before[key]), f"the backbone is frozen: {key}"
+
+
+@pytest.mark.parametrize("train_backbone", [False, True])
+def test_train_backbone_flag_trains_the_backbone_in_its_own_group(train_backbone, tmp_path):
+    flags = ["--train_backbone"] if train_backbone else []
+    args = train_irn.parse_args(
+        ["--ir_label_out_dir", "x", "--irn_weights_name", "w.pth", "--weights", "none", "--width", "8", *flags]
+    )
+    assert args.train_backbone is train_backbone  # in the run record with the other arguments
+    torch.manual_seed(0)
+    model = train_irn.build_model(args, ProcessGroup())
+    groups = train_irn.irn_param_groups(model, 0.1, 1e-4)
+    assert [(group["lr"], group["weight_decay"]) for group in groups] == [(0.1, 1e-4), (1.0, 1e-4)] + [
+        (0.1, 1e-4)
+    ] * train_backbone
+    backbone_before = {key: value.clone() for key, value in model.resnet50.state_dict().items()}
+    path_index = PathIndex(TRAIN_RADIUS, (CROP // 4, CROP // 4))
+    img, quarter = random_batch(2)
+    optimizer, scaler = torch.optim.SGD(groups, lr=0.1), torch.amp.GradScaler("cpu", enabled=False)
+    options = train_irn.StepOptions(torch.device("cpu"), path_index, VOC12.num_classes)
+    train_irn.train_step(model, optimizer, scaler, {"img": img, "label": quarter}, options)
+    after = model.resnet50.state_dict()
+    changed = {key for key, value in backbone_before.items() if not torch.equal(value, after[key])}
+    learned = {key for key in backbone_before if key.endswith(("weight", "bias", "running_mean", "running_var"))}
+    # frozen: nothing changes; trained: every weight and every BatchNorm's running statistics
+    assert changed >= learned if train_backbone else changed == set()
 
 
 def test_few_steps_write_every_output(toy_voc, toy_lists, ir_labels, infer_list, tmp_path):
