@@ -148,9 +148,11 @@ def load_network(name: str, path: str | os.PathLike, dataset: DatasetSpec = VOC1
 
 def _file_width(name: str, file_state: dict[str, torch.Tensor], path: Path) -> int:
     """`state_width` of a file for network `name`; 1 where the file has no first convolution (loading it then
-    says what it lacks)."""
+    says what it lacks). Another family's file is refused here, so `weights_width` refuses it in a script's checks."""
     net_class = network_class(name)
-    found = state_width(file_state, checkpoint_layout(net_class))
+    layout = checkpoint_layout(net_class)
+    _refuse_other_families(file_state, layout, path)  # before a network is built for it
+    found = state_width(file_state, layout)
     width = 1 if found is None else found[1]
     if width not in net_class.widths:
         raise UserError(f"weights file {path} holds a width-{width} network, but {name} has no width {width}")
@@ -190,14 +192,19 @@ def load_weights(model: nn.Module, path: str | os.PathLike) -> WeightsReport:
     return _load_state(model, read_state_dict(path), path)
 
 
-def _load_state(model: nn.Module, file_state: dict[str, torch.Tensor], path: Path) -> WeightsReport:
-    layout = checkpoint_layout(type(model))
+def _refuse_other_families(file_state: dict[str, torch.Tensor], layout: CheckpointLayout, path: Path) -> None:
+    """UserError, by name, where the file holds another network family's tensors (`layout.refused`)."""
     for pattern, what, instead in layout.refused:
         key = next((key for key in file_state if pattern.match(key)), None)
         if key is not None:
             raise UserError(
                 f"weights file {path} holds {what} (e.g. {key}), not {layout.description} weights; {instead}"
             )
+
+
+def _load_state(model: nn.Module, file_state: dict[str, torch.Tensor], path: Path) -> WeightsReport:
+    layout = checkpoint_layout(type(model))
+    _refuse_other_families(file_state, layout, path)
     model_state = model.state_dict()
     _check_width(state_width(file_state, layout), state_width(model_state, layout), path)
     file_names = {key: layout.checkpoint_names(key) for key in model_state}

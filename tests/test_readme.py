@@ -24,6 +24,7 @@ SCRIPT_MODULES = {
     "cam_to_ir_label.py": "cam_to_ir_label",
     "train_irn.py": "train_irn",
     "make_sem_seg_labels.py": "make_sem_seg_labels",
+    "infer_aff.py": "infer_aff",
     "infer_seg.py": "infer_seg",
     "run_pipeline.py": "run_pipeline",
     "train_seg.py": "train_seg",

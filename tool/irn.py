@@ -9,12 +9,13 @@ device its caller names, once: the trainer keeps its own, the walk caches one pe
 from __future__ import annotations
 
 import functools
-import warnings
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from tool import walk
 
 TRAIN_RADIUS = 10  # SPEC-IRN §6: path radius of the training affinities (crop/4 grid)
 WALK_RADIUS = 5  # SPEC-IRN §9: path radius of the random walk
@@ -211,32 +212,20 @@ def walk_affinity(boundary: Tensor, radius: int = WALK_RADIUS) -> tuple[Tensor, 
 
 
 def walk_transition(boundary: Tensor, beta: float = WALK_BETA, radius: int = WALK_RADIUS) -> Tensor:
-    """SPEC-IRN §9 steps 1–3 as a sparse matrix: Tᵀ, (hw)×(hw) CSR, about 2·D + 1 entries a row
+    """SPEC-IRN §9 steps 1–3 as a sparse matrix (tool/walk.py's): Tᵀ, (hw)×(hw) CSR, about 2·D + 1 entries a row
     (69 at r = 5), so that x·T = (Tᵀ·xᵀ)ᵀ. Tᵀ[j, i] = A[i, j]^β / Σ_i' A[i', j]^β over the real pixels."""
     height, width = boundary.shape
     pixels = height * width
     aff, path_index = walk_affinity(boundary, radius)
-    device = boundary.device
     # each padded pixel's flat index on the real h×w grid, −1 on the padding (step 2 drops those)
-    real_index = torch.full(path_index.size, -1, dtype=torch.int64, device=device)
-    real_index[:height, radius : radius + width] = torch.arange(pixels, device=device).view(height, width)
+    real_index = torch.full(path_index.size, -1, dtype=torch.int64, device=boundary.device)
+    real_index[:height, radius : radius + width] = torch.arange(pixels, device=boundary.device).view(height, width)
     real_index = real_index.flatten()
     dst = real_index[path_index.dst_indices]
     src = real_index[path_index.src_indices].expand_as(dst)
     kept = (src >= 0) & (dst >= 0)
-    src, dst, weight = src[kept], dst[kept], aff[kept] ** beta
-    diagonal = torch.arange(pixels, device=device)
-    rows = torch.cat([src, dst, diagonal])
-    cols = torch.cat([dst, src, diagonal])
-    values = torch.cat([weight, weight, torch.ones(pixels, dtype=aff.dtype, device=device)])
-    column_sum = torch.zeros(pixels, dtype=aff.dtype, device=device).index_add_(0, cols, values)
-    transposed = torch.sparse_coo_tensor(
-        torch.stack([cols, rows]), values / column_sum[cols], (pixels, pixels), check_invariants=False
-    )
-    with warnings.catch_warnings():
-        # torch calls all of CSR "beta"; building one and CSR @ dense are what it has long supported
-        warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return transposed.coalesce().to_sparse_csr()
+    # the paths go forward only (dy ≥ 0, and dx > 0 where dy = 0): each unordered pair once, as walk's T needs
+    return walk.sparse_transition(src[kept], dst[kept], aff[kept] ** beta, pixels)
 
 
 def random_walk(
@@ -247,13 +236,10 @@ def random_walk(
     radius: int = WALK_RADIUS,
 ) -> Tensor:
     """SPEC-IRN §9 without the (hw)×(hw) matrix: rw = (cam · (1 − boundary)) · T^(2^exp_times) as
-    2^exp_times sparse steps x ← x·T. cam K×h×w, boundary h×w → K×h×w."""
+    2^exp_times sparse steps x ← x·T (tool/walk.py's). cam K×h×w, boundary h×w → K×h×w."""
     height, width = boundary.shape
-    transposed = walk_transition(boundary, beta, radius)
-    walked = (cam * (1 - boundary)).flatten(-2).T.contiguous()  # step 5: cam · (1 − boundary), hw×K
-    for _ in range(2**exp_times):
-        walked = transposed @ walked
-    return walked.T.reshape(-1, height, width)
+    seeds = (cam * (1 - boundary)).flatten(-2)  # step 5: cam · (1 − boundary), K×hw
+    return walk.walk(walk_transition(boundary, beta, radius), seeds, 2**exp_times).reshape(-1, height, width)
 
 
 def rw_to_labels(
