@@ -152,3 +152,35 @@ def test_the_first_stages_on_a_tiny_toy_set_then_a_rerun_rewrites_nothing(tmp_pa
     assert after[str(work_dir / "lists" / "stage.json")] == before[str(work_dir / "lists" / "stage.json")]
     assert after[str(work_dir / "cpn" / "stage.json")] != before[str(work_dir / "cpn" / "stage.json")]
     assert "step 1/1" in (work_dir / "cpn" / "resnet38_CPN.log").read_text()
+
+
+def write_score(path: Path, ious: dict[str, float], classes: tuple[str, ...]) -> None:
+    """An evaluation_cam.py JSON holding only what the report reads: per-class IoU at the best threshold."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    per_class = [{"name": name, "iou": ious.get(name, 0.0)} for name in classes]
+    path.write_text(json.dumps({"per_class": per_class, "best_miou": sum(ious.values()) / len(classes)}))
+
+
+def test_the_demo_report_scores_the_toy_classes_and_checks_each_goal(tmp_path):
+    args = run_pipeline.parse_args(["--toy", "--work_dir", str(tmp_path)])
+    run = run_pipeline.Run(args, run_pipeline.VOC12, tmp_path / "toy", "cpu", run_pipeline.toy_recipe(args, "cpu"))
+    names = run_pipeline.toy_class_names(run_pipeline.VOC12)
+    assert names == ("background", "aeroplane", "bus", "cat", "dog", "person", "tvmonitor")
+    classes = run_pipeline.VOC12.class_names
+    # hand-made: CAMs 7·10/7 = 10 over the toy classes, pseudo masks 12.5 (+2.5, goal +3: missed by 0.5),
+    # DeepLab 12 on train (−0.5, goal −1: met), 6 on val (6 points below train: goal 5 missed)
+    write_score(tmp_path / "sweep" / "cam.json", dict.fromkeys(names, 10.0), classes)
+    write_score(tmp_path / "sem_seg_score" / "sem_seg.json", dict.fromkeys(names, 12.5), classes)
+    write_score(tmp_path / "seg_score" / "train.json", dict.fromkeys(names, 12.0), classes)
+    write_score(tmp_path / "seg_score" / "val.json", {"background": 42.0}, classes)
+    assert run_pipeline.chain_scores(run) == [("CAMs", 10.0), ("pseudo masks", 12.5), ("DeepLab", 12.0)]
+    verdicts = run_pipeline.chain_verdicts(run)
+    assert "not met**, by 0.50 points" in verdicts[0] and verdicts[1].endswith("met.")
+    assert "val 6.00 % against train 12.00 %" in verdicts[2] and "not met" in verdicts[2]
+    # the all-class figure of a full run: only whether each link improves
+    paper_args = run_pipeline.parse_args(
+        ["--voc12_root", "V", "--weights", "w", "--r50_weights", "r", "--work_dir", str(tmp_path)]
+    )
+    paper_run = run_pipeline.Run(paper_args, run_pipeline.VOC12, tmp_path, "cpu", run_pipeline.paper_recipe(paper_args))
+    assert [miou for _, miou in run_pipeline.chain_scores(paper_run)] == pytest.approx([70 / 21, 87.5 / 21, 84 / 21])
+    assert len(run_pipeline.chain_verdicts(paper_run)) == 2
