@@ -1,6 +1,7 @@
 """Training throughput: the reference-equivalent step (fp32 with TF32 as its stack ran, three forwards),
 fed by the reference's 2 loader workers and by as many as ours, against ours (one batched forward,
-channels_last) in the default fp32 and with --amp bf16; each alone and end to end with its loader.
+channels_last) in the default fp32, with --amp bf16 and under --deterministic; each alone and end to end with
+its loader.
 
     python -m bench.train_step                       # GPU: batch 4, crop 448; CPU: batch 2, crop 96
     python -m bench.train_step --device cpu --crop 64 --steps 3
@@ -16,6 +17,7 @@ import argparse
 import dataclasses
 import datetime
 import itertools
+import os
 import tempfile
 import time
 from collections.abc import Iterable, Iterator
@@ -31,12 +33,14 @@ from bench.results import cpu_name, publish
 from engine.cores import default_num_workers
 from engine.errors import UserError, run_main
 from engine.runtime import (
+    CUBLAS_WORKSPACE,
     ProcessGroup,
     memory_format_for,
     precision_name,
     resolve_amp,
     resolve_device,
     set_fp32_precision,
+    set_kernel_policy,
 )
 from engine.training import ResumableSampler, training_loader
 from network import build_network
@@ -149,7 +153,9 @@ def main() -> None:
     warmup = 3 if on_gpu else 1
     workers = args.workers if args.workers is not None else default_num_workers()
     bf16 = resolve_amp("auto", device)
-    torch.backends.cudnn.benchmark = on_gpu
+    # The --deterministic row's cuBLAS setting must precede cuBLAS's first use; it is the size PyTorch picks on
+    # Hopper GPUs anyway, so the other rows run as before.
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE)
     set_fp32_precision(allow_tf32=True)  # the default of train_cpn.py and of the reference's stack
     device_name = (
         torch.cuda.get_device_name(device) if on_gpu else f"CPU ({cpu_name()}, {torch.get_num_threads()} threads)"
@@ -158,12 +164,12 @@ def main() -> None:
     channels_last = ", channels_last" if on_gpu else ""
     reference = StepOptions(device, three_pass=True)  # fp32, three forwards, contiguous memory
     ours = StepOptions(device, memory_format=memory_format_for(device))
-    # (label, step options, loader workers). A row timed under a process-wide switch (issue 21's "ours,
-    # --deterministic" on CUDA) adds the switch as a fourth element, set around its time_training call.
+    # (label, step options, loader workers, deterministic: the kernel policy of train_cpn.py --deterministic,
+    # set_kernel_policy(True, False), around that row's timing; the others autotune on CUDA as train_cpn.py does)
     configs = [
-        (f"reference: {fp32}, three forwards, {REFERENCE_WORKERS} workers", reference, REFERENCE_WORKERS),
-        (f"reference: {fp32}, three forwards, {workers} workers", reference, workers),
-        (f"ours, default: {fp32}, one batched forward{channels_last}", ours, workers),
+        (f"reference: {fp32}, three forwards, {REFERENCE_WORKERS} workers", reference, REFERENCE_WORKERS, False),
+        (f"reference: {fp32}, three forwards, {workers} workers", reference, workers, False),
+        (f"ours, default: {fp32}, one batched forward{channels_last}", ours, workers, False),
     ]
     if bf16 is not None:
         configs.append(
@@ -171,8 +177,11 @@ def main() -> None:
                 f"ours, --amp bf16: one batched forward{channels_last}",
                 dataclasses.replace(ours, amp_dtype=bf16),
                 workers,
+                False,
             )
         )
+    # On the CPU too (deterministic without the switch there): the dry run of gpu_check.sh proves the row's path.
+    configs.append((f"ours, --deterministic: {fp32}, one batched forward{channels_last}", ours, workers, True))
 
     with tempfile.TemporaryDirectory() as tmp:
         names, labels = make_images(Path(tmp), args.images)
@@ -184,7 +193,8 @@ def main() -> None:
         model = build_network("network.resnet38_CPN")
         model.train()
         rows = []
-        for label, options, config_workers in configs:
+        for label, options, config_workers, deterministic in configs:
+            set_kernel_policy(deterministic, autotune=on_gpu)
             model.to(device, memory_format=options.memory_format)
             optimizer = PolyOptimizer(
                 cpn_param_groups(model.get_parameter_groups()._asdict(), 0.01, 5e-4),
@@ -196,6 +206,7 @@ def main() -> None:
             step_s, loader_ips, end_to_end_s = time_training(model, optimizer, fixed, loader, steps, options, warmup)
             rows.append((label, step_s, batch / step_s, config_workers, loader_ips, end_to_end_s))
             del loader, optimizer
+        set_kernel_policy(False, autotune=on_gpu)
 
     header = (
         f"\n### train_step — {device_name} — {datetime.date.today()}\n\n"
@@ -214,6 +225,7 @@ def main() -> None:
         f"{REFERENCE_WORKERS} workers, {rows[1][5] / ours[5]:.1f}× the reference fed by {workers}"
         for ours in rows[2:]
     )
+    table += f"\n--deterministic: {rows[-1][5] / rows[2][5]:.2f}× the default's end-to-end time"
     table += (
         f"\n\nfull schedule: {FULL_SCHEDULE_STEPS:,} steps of batch 4 (VOC train_aug, 8 epochs), "
         "scaled from this batch\n"

@@ -11,9 +11,13 @@ import pytest
 import torch
 
 import train_cpn
+import train_irn
 import train_seg
+from engine.runtime import ProcessGroup
 from network import build_network
+from network.resnet50_irn import boundary_probability
 from tool.cam import multiscale_cam
+from tool.irn import TRAIN_RADIUS, PathIndex
 from tool.optim import PolyOptimizer, cpn_param_groups
 from tool.seg import multiscale_probabilities, seg_optimizer
 
@@ -31,8 +35,8 @@ def autocast_off_on_meta(monkeypatch):
     monkeypatch.setattr(torch, "autocast", autocast)
 
 
-def on_meta(name: str) -> torch.nn.Module:
-    return build_network(name).to(META)
+def on_meta(name: str, **options) -> torch.nn.Module:
+    return build_network(name, **options).to(META)
 
 
 def no_scaling() -> torch.amp.GradScaler:
@@ -68,3 +72,25 @@ def test_cams_and_segmentation_probabilities_are_computed_on_the_models_device()
         probabilities = multiscale_probabilities(on_meta("network.resnet38_deeplab").eval(), [pair[0]], (32, 40))
     assert cams.device == META and cams.shape == (20, 32, 40)
     assert probabilities.device == META and probabilities.shape == (21, 32, 40)
+
+
+@pytest.mark.parametrize("train_backbone", [False, True])
+def test_the_irn_step_and_calibration_keep_to_the_models_device(train_backbone):
+    model = on_meta("network.resnet50_irn", width=8, train_backbone=train_backbone).train()
+    optimizer = PolyOptimizer(train_irn.irn_param_groups(model, 0.1, 1e-4), lr=0.1, max_step=5)
+    # the path index is made on the device once per script, as train_irn.main makes it
+    options = train_irn.StepOptions(META, PathIndex(TRAIN_RADIUS, (24, 24), META), 21)
+    batch = {"img": torch.randn(2, 3, 96, 96), "label": torch.randint(0, 256, (2, 24, 24), dtype=torch.uint8)}
+    assert_on_meta(train_irn.train_step(model, optimizer, no_scaling(), batch, options))
+    calibration = [{"img": torch.randn(2, 3, 96, 96)}, {"img": torch.randn(2, 3, 96, 96)}]
+    mean = train_irn.mean_displacement(model, calibration, 2, options, ProcessGroup())
+    assert mean.device == META and mean.shape == (2,)
+
+
+def test_boundary_probabilities_are_computed_on_the_models_device():
+    # the image pair comes on the model's device (make_sem_seg_labels moves it); the random walk after it
+    # cannot run on `meta` (torch.nonzero depends on the values)
+    model = on_meta("network.resnet50_irn", width=8).eval()
+    with torch.inference_mode():
+        boundary = boundary_probability(model, torch.randn(2, 3, 40, 50, device=META), pad_to=64)
+    assert boundary.device == META and boundary.shape == (10, 13)
