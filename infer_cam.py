@@ -11,7 +11,9 @@ Outputs, each optional (at least one):
                       and make_sem_seg_labels): {"keys": present class indices 0..F−1,
                       "cam": K×h×w float32 torch tensor on the stride-4 grid, "high_res": K×H×W float32}
   --out_cam_pred DIR  <name>.png, palette label map: background = --out_cam_pred_alpha (evaluation's rule)
-  --out_crf DIR       alpha_<a>/<name>.png per --crf_alphas: SEAM-style dense-CRF pseudo labels
+  --out_crf DIR       alpha_<a>/<name>.png per --crf_alphas: SEAM's dense-CRF pseudo labels; with
+                      --crf_scores also alpha_<a>/<name>.npy, SEAM's CRF label files for train_aff.py:
+                      {0: background, class index + 1: float32 H×W CRF marginals} (SPEC_AFF §5)
   --vis_dir DIR       <name>.jpg: the image, each class's CAM over it, and the label map
 F is the data set's foreground class count: 20 for VOC, 80 for COCO (engine/datasets.py).
 Images whose requested outputs all exist are skipped, so an interrupted run resumes. Each folder
@@ -22,6 +24,7 @@ wrote the folder stops before any work, unless --overwrite.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,7 +56,7 @@ from tool.cam import (
     unit_maps,
 )
 from tool.constants import INFER_SCALES
-from tool.crf import SEAM_CRF_ALPHAS, require_pydensecrf
+from tool.crf import CRF_SETTINGS, SCORE_CRF_OWNERS, SEAM_CRF_ALPHAS, require_pydensecrf
 from tool.visualization import cam_panel
 from voc12.data import InferDataset, first_item, load_labelled_list
 
@@ -62,7 +65,7 @@ from voc12.data import InferDataset, first_item, load_labelled_list
 DEFAULT_PRED_BACKGROUND = 0.26
 REFERENCE_NUM_WORKERS = 4  # the reference's --num_workers default
 CAM_NETWORKS = ("network.resnet38_CPN", "resnet38_CPN")  # the reference's spelling and build_network's short one
-CRF_SCORES_SUFFIX = ".npy"  # --crf_scores: SEAM's score dict beside each CRF label PNG
+CRF_SCORES_SUFFIX = ".npy"  # --crf_scores: SEAM's dict of CRF marginals beside each CRF label PNG
 
 
 # --- Output formats: one row each -----------------------------------------------------------
@@ -84,16 +87,18 @@ class ImageCams:
 
 @dataclass(frozen=True)
 class CrfFormat(OutputFormat):
-    """--out_crf: a folder alpha_<a> per --crf_alphas, its manifest's crf_alpha; with --crf_scores
-    each label PNG has SEAM's score dict beside it."""
+    """--out_crf: a folder alpha_<a> per --crf_alphas; its manifest records the alpha and the CRF
+    settings by owner and value (tool/crf.py CRF_SETTINGS); with --crf_scores each label PNG has
+    SEAM's dict of CRF marginals beside it."""
 
     def folders(self, args: argparse.Namespace) -> list[OutputFolder]:
         root = getattr(args, self.flag)
         if root is None:
             return []
         suffixes = (self.suffix, CRF_SCORES_SUFFIX) if args.crf_scores else (self.suffix,)
+        settings = {"crf": args.crf_settings, "crf_settings": dataclasses.asdict(CRF_SETTINGS[args.crf_settings])}
         return [
-            OutputFolder(self, Path(root) / f"alpha_{alpha:g}", {"crf_alpha": alpha}, suffixes)
+            OutputFolder(self, Path(root) / f"alpha_{alpha:g}", {"crf_alpha": alpha, **settings}, suffixes)
             for alpha in args.crf_alphas
         ]
 
@@ -112,7 +117,8 @@ def write_threshold_label(cams: ImageCams, folder: OutputFolder) -> None:
 
 
 def write_crf_label(cams: ImageCams, folder: OutputFolder) -> None:
-    label, scores = seam_crf_label(cams.image, cams.fg_maps, cams.keys, folder.settings["crf_alpha"])
+    crf = CRF_SETTINGS[folder.settings["crf"]]
+    label, scores = seam_crf_label(cams.image, cams.fg_maps, cams.keys, folder.settings["crf_alpha"], crf)
     save_label_png(folder.file(cams.name), label)
     if CRF_SCORES_SUFFIX in folder.suffixes:
         save_npy(folder.file(cams.name, CRF_SCORES_SUFFIX), scores)
@@ -150,7 +156,7 @@ OUTPUT_FORMATS = (
         "out_crf",
         ".png",
         write_crf_label,
-        help="SEAM-style CRF pseudo labels (SPEC §7), DIR/alpha_<a>/<name>.png per alpha",
+        help="SEAM's CRF pseudo labels (SPEC_AFF §5), DIR/alpha_<a>/<name>.png per alpha",
     ),
     OutputFormat(
         "vis_dir",
@@ -224,7 +230,15 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--crf_scores",
         action="store_true",
-        help="also write the CRF scores, SEAM's {0: background, class+1: score} .npy dicts",
+        help="also write SEAM's CRF label files, the {0: background, class+1: CRF marginals} .npy dicts "
+        "that train_aff.py reads (--la_crf_dir alpha_4, --ha_crf_dir alpha_24)",
+    )
+    parser.add_argument(
+        "--crf_settings",
+        choices=SCORE_CRF_OWNERS,
+        default="seam",
+        help="whose CRF makes --out_crf: SEAM's (bilateral sxy 80, 10 iterations; what its train_aff read) "
+        "or CPN's crf_inference (sxy 50, 5 iterations; SPEC §7) (default %(default)s)",
     )
     parser.add_argument(
         "--post_workers",

@@ -24,6 +24,7 @@ from tool.cam import (
     seam_crf_label,
     threshold_label,
 )
+from tool.crf import SEAM_CRF
 from voc12.data import InferDataset, load_cls_labels, load_image_list
 
 SCALES = (0.5, 1.0)
@@ -140,6 +141,6 @@ def test_threshold_label_is_spec6_prediction():
 
 def test_seam_crf_label_without_classes_is_background():
     image = np.zeros((5, 6, 3), np.uint8)
-    label, scores = seam_crf_label(image, np.zeros((0, 5, 6), np.float32), np.zeros(0, np.int64), 4.0)
+    label, scores = seam_crf_label(image, np.zeros((0, 5, 6), np.float32), np.zeros(0, np.int64), 4.0, SEAM_CRF)
     assert label.dtype == np.uint8 and not label.any()
     assert list(scores) == [0] and np.all(scores[0] == 1.0)

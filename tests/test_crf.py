@@ -1,4 +1,4 @@
-"""tool/crf.py (SPEC §7, SPEC-IRN §8): the named CRF settings against the SPECs, what the CRF does to a
+"""tool/crf.py (SPEC §7, SPEC_AFF §5, SPEC-IRN §8): the CRF settings by owner against the SPECs, what the CRF does to a
 noisy labelling, SEAM's background score, IRN's label CRF, and the error when pydensecrf is missing."""
 
 from __future__ import annotations
@@ -93,9 +93,12 @@ def recorded(calls: list) -> dict:
 
 
 def test_named_settings_are_the_specs():
-    # SPEC §7 (the reference's crf_inference) and SPEC-IRN §8 (IRN's crf_inference_label), retyped here
-    assert crf.SEAM_CRF == crf.CrfSettings(
+    # SPEC §7 (CPN's crf_inference), SPEC_AFF §5 (SEAM's) and SPEC-IRN §8 (IRN's crf_inference_label), retyped
+    assert crf.CPN_CRF == crf.CrfSettings(
         gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50, bilateral_srgb=13, bilateral_compat=10, iterations=5
+    )
+    assert crf.SEAM_CRF == crf.CrfSettings(
+        gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10, iterations=10
     )
     assert crf.IRN_LABEL_CRF == crf.CrfSettings(
         gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10, iterations=10
@@ -106,6 +109,33 @@ def test_named_settings_are_the_specs():
     assert crf.DEEPLAB_CRF == crf.CrfSettings(
         gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=32, bilateral_srgb=13, bilateral_compat=10, iterations=1
     )
+    assert crf.CRF_SETTINGS == {
+        "cpn": crf.CPN_CRF,
+        "seam": crf.SEAM_CRF,
+        "irn_label": crf.IRN_LABEL_CRF,
+        "deeplab": crf.DEEPLAB_CRF,
+    }
+    assert all(owner in crf.CRF_SETTINGS for owner in crf.SCORE_CRF_OWNERS)
+
+
+def test_seam_and_cpn_settings_differ_only_in_bilateral_range_and_iterations():
+    # SPEC_AFF §5: SEAM's label files are made with sxy 80 and 10 iterations, not CPN's 50 and 5.
+    differing = {
+        field: (getattr(crf.CPN_CRF, field), getattr(crf.SEAM_CRF, field))
+        for field in crf.CrfSettings.__dataclass_fields__
+        if getattr(crf.CPN_CRF, field) != getattr(crf.SEAM_CRF, field)
+    }
+    assert differing == {"bilateral_sxy": (50, 80), "iterations": (5, 10)}
+
+
+@needs_pydensecrf
+def test_seam_and_cpn_settings_give_different_marginals():
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 256, size=(16, 20, 3), dtype=np.uint8)
+    probs = rng.dirichlet(np.ones(3), size=(16, 20)).transpose(2, 0, 1).astype(np.float32)
+    seam = crf.crf_inference(image, probs, crf.SEAM_CRF)
+    cpn = crf.crf_inference(image, probs, crf.CPN_CRF)
+    assert np.abs(seam - cpn).max() > 1e-3
 
 
 def test_crf_inference_runs_the_settings_it_is_given(recording_pydensecrf):
@@ -159,21 +189,22 @@ def test_seam_background_score_by_hand():
     np.testing.assert_array_equal(crf.seam_background_score(np.zeros((0, 1, 2), np.float32), 4), [[1.0, 1.0]])
 
 
-def test_seam_crf_scores_stacks_background_first_under_spec_settings(recording_pydensecrf):
+def test_seam_crf_scores_stacks_background_first_under_seams_settings(recording_pydensecrf):
     image = np.zeros((1, 2, 3), np.uint8)
     fg_maps = np.array([[[0.0, 0.5]]], np.float32)
-    scores = crf.seam_crf_scores(image, fg_maps, alpha=2)
+    scores = crf.seam_crf_scores(image, fg_maps, alpha=2, settings=crf.SEAM_CRF)
     assert scores.shape == (2, 1, 2)
     calls = recorded(recording_pydensecrf)
     assert calls["DenseCRF2D"] == (2, 1, 2)
-    assert calls["gaussian"] == ({"sxy": 3, "compat": 3},)  # SPEC §7
-    assert calls["bilateral"] == ({"sxy": 50, "srgb": 13, "compat": 10},)
-    assert calls["inference"] == (5,)
+    assert calls["gaussian"] == ({"sxy": 3, "compat": 3},)  # SPEC_AFF §5
+    assert calls["bilateral"] == ({"sxy": 80, "srgb": 13, "compat": 10},)
+    assert calls["inference"] == (10,)
     unary = calls["unary"][0]
     np.testing.assert_allclose(unary[0], -np.log([1.0, 0.25]), rtol=1e-6)  # (1 - max fg)^alpha
     np.testing.assert_allclose(unary[1], -np.log([1e-5, 0.5]), rtol=1e-6)
     # No class at all: background everywhere, no CRF needed.
-    assert np.array_equal(crf.seam_crf_scores(image, np.zeros((0, 1, 2), np.float32), alpha=2), np.ones((1, 1, 2)))
+    no_class = crf.seam_crf_scores(image, np.zeros((0, 1, 2), np.float32), alpha=2, settings=crf.SEAM_CRF)
+    assert np.array_equal(no_class, np.ones((1, 1, 2)))
 
 
 # --- IRN's crf_inference_label (SPEC-IRN §8): crf_inference_labels -------------------------------

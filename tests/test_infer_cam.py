@@ -5,6 +5,7 @@ A randomly initialised CPN on the smallest toy images keeps it quick."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import importlib.util
 import json
@@ -24,6 +25,7 @@ from engine.errors import UserError
 from engine.manifest import MANIFEST_NAME
 from network import build_network
 from tests.reference_cam import direct_loop_cam
+from tool.crf import SEAM_CRF
 from voc12.data import load_cls_labels, load_image_list
 
 REPO = Path(__file__).resolve().parent.parent
@@ -242,8 +244,26 @@ def test_visualization_jpeg(run_dir, tiny):
             assert jpeg.width >= (len(cam_dict) + 2) * width and jpeg.height > height
 
 
+def seam_crf_with_alpha(image: np.ndarray, cam_dict: dict, alpha: float) -> dict:
+    """SPEC_AFF §5 written out with pydensecrf: infer_SEAM.py's `_crf_with_alpha` on SEAM's un-halved
+    CAM dict, SEAM's crf_inference (Gaussian sxy 3 compat 3, bilateral sxy 80 srgb 13 compat 10, 10
+    iterations), Q as {0: bg, key + 1: class key}."""
+    import pydensecrf.densecrf as dcrf
+    from pydensecrf.utils import unary_from_softmax
+
+    maps = np.array(list(cam_dict.values()))
+    scores = np.concatenate([np.power(1 - maps.max(axis=0, keepdims=True), alpha), maps])
+    height, width = image.shape[:2]
+    dense = dcrf.DenseCRF2D(width, height, len(scores))
+    dense.setUnaryEnergy(np.ascontiguousarray(unary_from_softmax(scores)))
+    dense.addPairwiseGaussian(sxy=3, compat=3)
+    dense.addPairwiseBilateral(sxy=80, srgb=13, rgbim=np.ascontiguousarray(np.copy(image)), compat=10)
+    marginals = np.array(dense.inference(10)).reshape(len(scores), height, width)
+    return {0: marginals[0], **{key + 1: marginals[index + 1] for index, key in enumerate(cam_dict)}}
+
+
 @pytest.mark.skipif(not HAS_PYDENSECRF, reason="pydensecrf is not installed")
-def test_crf_outputs_are_palette_pngs(run_dir, tiny):
+def test_crf_outputs_are_seams_crf_label_files_and_palette_pngs(run_dir, toy_voc, tiny):
     for alpha in ("4", "24"):
         for name in tiny["names"]:
             with Image.open(run_dir / "crf" / f"alpha_{alpha}" / f"{name}.png") as png:
@@ -253,10 +273,18 @@ def test_crf_outputs_are_palette_pngs(run_dir, tiny):
             present = set((np.flatnonzero(tiny["cls_labels"][name]) + 1).tolist())
             assert set(np.unique(label).tolist()) <= present | {0}
             scores = np.load(run_dir / "crf" / f"alpha_{alpha}" / f"{name}.npy", allow_pickle=True).item()
-            assert sorted(scores) == sorted(present | {0})
-            stacked = np.stack([scores[key] for key in sorted(scores)])
+            assert list(scores) == sorted(present | {0})  # SEAM's order: background, then the CAM dict's
+            assert all(score.dtype == np.float32 and score.shape == label.shape for score in scores.values())
+            stacked = np.stack(list(scores.values()))
             np.testing.assert_allclose(stacked.sum(axis=0), 1.0, atol=1e-4)
-            np.testing.assert_array_equal(label, np.array(sorted(scores))[stacked.argmax(axis=0)])
+            np.testing.assert_array_equal(label, np.array(list(scores))[stacked.argmax(axis=0)])
+            # What SEAM's infer_SEAM.py writes from the un-halved maps (our --out_cam halves them: ×2 is exact).
+            halved = np.load(run_dir / "cam" / f"{name}.npy", allow_pickle=True).item()
+            unhalved = {key: np.clip(cam * 2, 0, 1) for key, cam in halved.items()}
+            image = np.asarray(Image.open(toy_voc / "JPEGImages" / f"{name}.jpg").convert("RGB"))
+            expected = seam_crf_with_alpha(image, unhalved, float(alpha))
+            for key in scores:
+                np.testing.assert_allclose(scores[key], expected[key], atol=1e-5)
 
 
 # --- Long runs: resume and sharding ---------------------------------------------------------
@@ -335,7 +363,8 @@ def test_each_folder_has_the_manifest_of_its_run(run_dir, weights, tiny):
         "vis": ("vis_dir", {"out_cam_pred_alpha": 0.2}),
     }
     if HAS_PYDENSECRF:
-        formats.update({f"crf/alpha_{alpha}": ("out_crf", {"crf_alpha": alpha}) for alpha in (4, 24)})
+        seam = {"crf": "seam", "crf_settings": dataclasses.asdict(SEAM_CRF)}
+        formats.update({f"crf/alpha_{alpha}": ("out_crf", {"crf_alpha": alpha, **seam}) for alpha in (4, 24)})
     checksum = sha256_of(weights)
     for folder, (flag, format_settings) in formats.items():
         manifest = json.loads((run_dir / folder / MANIFEST_NAME).read_text())

@@ -23,6 +23,7 @@ SCRIPT_MODULES = {
     "-m coco14.toy": "coco14.toy",
     "cam_to_ir_label.py": "cam_to_ir_label",
     "train_irn.py": "train_irn",
+    "train_aff.py": "train_aff",
     "make_sem_seg_labels.py": "make_sem_seg_labels",
     "infer_aff.py": "infer_aff",
     "infer_seg.py": "infer_seg",

@@ -39,7 +39,7 @@ def narrow_network(name: str, seed: int = 0) -> torch.nn.Module:
     return build_network(name, width=NARROW)
 
 
-@pytest.mark.parametrize("name", ["resnet38_CPN", "resnet38_deeplab", "resnet50_irn"])
+@pytest.mark.parametrize("name", ["resnet38_CPN", "resnet38_deeplab", "resnet50_irn", "resnet38_aff"])
 def test_width_1_is_the_network_before_the_width_option(name):
     expected = json.loads(WIDTH1_INIT.read_text())[name]
     torch.manual_seed(0)
@@ -71,6 +71,10 @@ def test_narrow_networks_divide_every_channel_count():
         32,
         2,
     )
+    affinity = build_network("resnet38_aff", width=NARROW)
+    layers = (affinity.f8_3, affinity.f8_4, affinity.f8_5, affinity.f9)
+    head = [(layer.in_channels, layer.out_channels) for layer in layers]
+    assert head == [(64, 8), (128, 16), (512, 32), (56, 56)]
 
 
 @pytest.mark.parametrize(
@@ -79,6 +83,7 @@ def test_narrow_networks_divide_every_channel_count():
         ("resnet38_CPN", [(2, 21, 40, 40), (2, 21, 40, 40)]),
         ("resnet38_deeplab", [(2, 21, 40, 40)]),
         ("resnet50_irn", [(2, 1, 10, 10), (2, 2, 10, 10)]),
+        ("resnet38_aff", [(2, 4, 12)]),  # a 5×5 grid: radius (5 - 1)//2 = 2 (SPEC_AFF §6.10), 4 directions
     ],
 )
 def test_narrow_forward_and_backward(name, output_shapes):
@@ -99,7 +104,7 @@ def test_a_width_the_channels_do_not_allow_fails_with_one_line():
     assert resnet38d.WIDTHS == (1, 2, 4, 8, 16, 32, 64) and resnet50_irn.WIDTHS == (1, 2, 4, 8)
 
 
-@pytest.mark.parametrize("name", ["resnet38_CPN", "resnet38_deeplab", "resnet50_irn"])
+@pytest.mark.parametrize("name", ["resnet38_CPN", "resnet38_deeplab", "resnet50_irn", "resnet38_aff"])
 def test_the_width_is_read_back_from_a_weights_file_we_wrote(name, tmp_path):
     model = narrow_network(name, seed=1)
     path = tmp_path / "narrow.pth"
@@ -121,6 +126,8 @@ def test_a_narrow_network_refuses_imagenet_and_reference_weights(tmp_path):
     )
     with pytest.raises(UserError, match=pattern):
         load_weights(model, params)
+    with pytest.raises(UserError, match=pattern):
+        load_weights(build_network("resnet38_aff", width=NARROW), params)
     resnet50 = tmp_path / "resnet50.pth"  # torchvision's names, width 1: only conv1 matters for the width
     torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7)}, resnet50)
     with pytest.raises(UserError, match=r"holds a width-1 network \(conv1.weight has 64 output channels\)"):

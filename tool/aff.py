@@ -101,12 +101,13 @@ def confident_label(la: np.ndarray, ha: np.ndarray) -> np.ndarray:
 
 
 def affinity_labels(label: np.ndarray | Tensor, radius: int = RADIUS) -> tuple[Tensor, Tensor, Tensor]:
-    """SPEC_AFF §2 (the reference's ExtractAffinityLabelInRadius): from the g_h×g_w confident label, float32 D×M
+    """SPEC_AFF §2 (the reference's ExtractAffinityLabelInRadius): from the (…×)g_h×g_w confident label (a batch
+    of them: N×D×M each, on the label's device), float32 D×M
     maps on `pair_index` (radius `radius`, never shrunk, §6.10): (bg_pos, fg_pos, neg) = both ends background;
     both the same foreground value; different values; pairs touching NOT_CONFIDENT are in none (bg_pos is
     unmasked in the reference, which is the same since 0 < 255, §6.5)."""
-    label = torch.as_tensor(np.asarray(label))
-    pairs = pair_index(label.shape[-2:], radius)
+    label = label if isinstance(label, Tensor) else torch.as_tensor(np.asarray(label))
+    pairs = pair_index(label.shape[-2:], radius, label.device)
     # irn.affinity_labels counts a value as valid below its num_classes: here every value below NOT_CONFIDENT
     maps = irn.affinity_labels(label, pairs, num_classes=NOT_CONFIDENT)
     return maps["bg_pos"], maps["fg_pos"], maps["neg"]

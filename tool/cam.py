@@ -1,5 +1,5 @@
 """The CAM of one image (SPEC §5) and what the outputs make of it: the reference's and IRN's CAM
-dicts (SPEC_IRN §11), threshold label maps (SPEC §6) and SEAM's CRF labels (SPEC §7).
+dicts (SPEC_IRN §11), threshold label maps (SPEC §6) and SEAM's CRF labels (SPEC_AFF §5).
 
 Pure functions of tensors and arrays: no I/O, no device decisions (the CAMs are computed where the
 model's parameters are)."""
@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from engine.errors import UserError
 from engine.fileio import load_npy_dict
 from engine.runtime import autocast
-from tool.crf import seam_crf_scores
+from tool.crf import CrfSettings, seam_crf_scores
 
 CAM_NORMALISATION_EPSILON = 1e-5  # SPEC §5: the min/max normalisation's epsilon
 LABEL_PRESENT_THRESHOLD = 1e-5  # the reference keeps class i when label[i] > 1e-5
@@ -144,12 +144,14 @@ def threshold_label(fg_maps: np.ndarray, keys: np.ndarray, background: float, nu
 
 
 def seam_crf_label(
-    image: np.ndarray, fg_maps: np.ndarray, keys: np.ndarray, alpha: float
+    image: np.ndarray, fg_maps: np.ndarray, keys: np.ndarray, alpha: float, settings: CrfSettings
 ) -> tuple[np.ndarray, dict[int, np.ndarray]]:
-    """SPEC §7, SEAM's pseudo labels: CRF over (background (1 - max fg)^alpha, fg maps).
-    Returns the uint8 label map (class indices, 0 background) and SEAM's score dict
-    {0: background, class index + 1: score}."""
-    scores = seam_crf_scores(image, unit_maps(fg_maps), alpha)
+    """SPEC_AFF §5, SEAM's CRF label files: a CRF of `settings` over (background (1 - max fg)^alpha,
+    fg maps) from the un-halved maps, as infer_SEAM.py (CPN's halved dicts would move the crossovers).
+    Clipping to 0..1 (`unit_maps`) leaves the CRF's unary, -log(clip(p, 1e-5, 1)), unchanged.
+    Returns the uint8 label map (class indices, 0 background) and SEAM's dict of the CRF's marginals
+    {0: background, class index + 1: float32 H×W}, in that order."""
+    scores = seam_crf_scores(image, unit_maps(fg_maps), alpha, settings)
     labels = np.concatenate([[0], keys + 1]).astype(np.uint8)
     return labels[scores.argmax(axis=0)], {int(label): score for label, score in zip(labels, scores)}
 

@@ -1,11 +1,12 @@
-"""Dense CRF refinement (SPEC §7) and the SEAM-style pseudo labels built on it; IRN's CRF of label
-maps (SPEC-IRN §8); the segmentation stage's test-time CRF (SPEC_SEG §4). Each CRF's pairwise terms
-and iterations are one named `CrfSettings`, and `dense_crf` builds a pydensecrf CRF from any of them.
+"""Dense CRFs: the score-map CRF of SPEC §7 / SPEC_AFF §5 and the SEAM-style pseudo labels built on it;
+IRN's CRF of label maps (SPEC-IRN §8); the segmentation stage's test-time CRF (SPEC_SEG §4). Each CRF's
+pairwise terms and iterations are one `CrfSettings` named after whose it is (`CRF_SETTINGS`, one table),
+and `dense_crf` builds a pydensecrf CRF from any of them.
 
-The reference kept two copies of `crf_inference` with different bilateral ranges
-(50 in tool/imutils.py, 80 in tool/visualization.py); SPEC §7 is the first, and this is
-the only one. pydensecrf is imported inside the functions so that the rest of the
-project works without it."""
+CPN's code kept two copies of `crf_inference` with different bilateral ranges (50 in tool/imutils.py,
+SPEC §7; 80 in tool/visualization.py); SEAM's, which made the CRF label files AffinityNet trains on,
+is sxy 80 with 10 iterations (SPEC_AFF §5). Here there is one function and both settings by name.
+pydensecrf is imported inside the functions so that the rest of the project works without it."""
 
 from __future__ import annotations
 
@@ -30,22 +31,30 @@ class CrfSettings:
     iterations: int
 
 
-# SPEC §7: the reference's crf_inference, for SEAM-style pseudo labels.
-SEAM_CRF = CrfSettings(
+# SPEC §7: CPN's crf_inference (CPN: tool/imutils.py), bilateral sxy 50, 5 iterations.
+CPN_CRF = CrfSettings(
     gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50, bilateral_srgb=13, bilateral_compat=10, iterations=5
 )
-SEAM_CRF_ALPHAS = (4.0, 24.0)  # SPEC §7: SEAM's background exponents
-# SPEC-IRN §8: IRN's crf_inference_label: SEAM_CRF's terms but colour range 5 and 10 iterations; its unary
+# SPEC_AFF §5: SEAM's crf_inference (SEAM: tool/imutils.py:220-237), which made infer_SEAM.py's CRF label
+# files for train_aff: CPN_CRF's terms but bilateral sxy 80 and 10 iterations.
+SEAM_CRF = CrfSettings(
+    gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=80, bilateral_srgb=13, bilateral_compat=10, iterations=10
+)
+SEAM_CRF_ALPHAS = (4.0, 24.0)  # SPEC_AFF §5: SEAM's background exponents (infer_SEAM.py:31)
+# SPEC-IRN §8: IRN's crf_inference_label: CPN_CRF's terms but colour range 5 and 10 iterations; its unary
 # comes from labels, trusted with IRN_LABEL_GT_PROB.
 IRN_LABEL_CRF = CrfSettings(
     gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=50, bilateral_srgb=5, bilateral_compat=10, iterations=10
 )
 IRN_LABEL_GT_PROB = 0.7
-# SPEC_SEG §4: the segmentation stage's test-time CRF (the reference's DenseCRF.py): SEAM_CRF's terms but
+# SPEC_SEG §4: the segmentation stage's test-time CRF (the reference's DenseCRF.py): CPN_CRF's terms but
 # bilateral range 32, one mean-field iteration.
 DEEPLAB_CRF = CrfSettings(
     gaussian_sxy=3, gaussian_compat=3, bilateral_sxy=32, bilateral_srgb=13, bilateral_compat=10, iterations=1
 )
+# The table, by owner: the names README's "CRF settings" and the output manifests use.
+CRF_SETTINGS = {"cpn": CPN_CRF, "seam": SEAM_CRF, "irn_label": IRN_LABEL_CRF, "deeplab": DEEPLAB_CRF}
+SCORE_CRF_OWNERS = ("seam", "cpn")  # the CRFs of score maps (unary from probabilities): infer_cam --crf_settings
 
 
 def require_pydensecrf():
@@ -80,7 +89,7 @@ def dense_crf(image: np.ndarray, num_labels: int, settings: CrfSettings):
 
 
 def crf_inference(image: np.ndarray, probs: np.ndarray, settings: CrfSettings) -> np.ndarray:
-    """SPEC §7 (with SEAM_CRF): refine per-class scores with a fully connected CRF.
+    """SPEC §7, SPEC_AFF §5: refine per-class scores with a fully connected CRF of `settings`.
 
     image: uint8 H×W×3 RGB; probs: C×H×W non-negative scores, used as probabilities
     (unary = -log(clip(probs, 1e-5, 1)), no renormalisation, as the reference).
@@ -95,7 +104,7 @@ def crf_inference(image: np.ndarray, probs: np.ndarray, settings: CrfSettings) -
 
 
 def seam_background_score(fg_maps: np.ndarray, alpha: float) -> np.ndarray:
-    """SPEC §7: SEAM's background score `(1 - max over classes)^alpha`, H×W.
+    """SPEC_AFF §5: SEAM's background score `(1 - max over classes)^alpha`, H×W.
 
     fg_maps: K×H×W foreground maps in 0..1; with no class every pixel scores 1."""
     if len(fg_maps) == 0:
@@ -103,14 +112,15 @@ def seam_background_score(fg_maps: np.ndarray, alpha: float) -> np.ndarray:
     return np.power(1.0 - fg_maps.max(axis=0), alpha).astype(np.float32)
 
 
-def seam_crf_scores(image: np.ndarray, fg_maps: np.ndarray, alpha: float) -> np.ndarray:
-    """SEAM-style CRF scores: channel 0 the background score of `seam_background_score`,
-    channels 1..K the foreground maps, refined by `crf_inference` with SEAM_CRF. (K+1)×H×W float32."""
+def seam_crf_scores(image: np.ndarray, fg_maps: np.ndarray, alpha: float, settings: CrfSettings) -> np.ndarray:
+    """SPEC_AFF §5 (infer_SEAM.py's `_crf_with_alpha`): channel 0 the background score of
+    `seam_background_score`, channels 1..K the foreground maps, refined by `crf_inference` with
+    `settings` (SEAM's: SEAM_CRF). (K+1)×H×W float32 marginals."""
     background = seam_background_score(fg_maps, alpha)[None]
     scores = np.concatenate([background, fg_maps.astype(np.float32)], axis=0)
     if len(scores) == 1:
-        return scores  # background only: nothing for the CRF to decide
-    return crf_inference(image, scores, SEAM_CRF)
+        return scores  # background only: nothing for the CRF to decide (SEAM's np.max fails here)
+    return crf_inference(image, scores, settings)
 
 
 def label_unary(labels: np.ndarray, num_labels: int, gt_prob: float = IRN_LABEL_GT_PROB) -> np.ndarray:

@@ -48,6 +48,11 @@ class Normalize:
 _normalize = Normalize()
 
 
+def color_jitter(img: Image.Image) -> Image.Image:
+    """SPEC §3, SPEC_AFF §2 step 1: torchvision's ColorJitter(0.3, 0.3, 0.3, 0.1), from torch's global RNG."""
+    return _color_jitter(img)
+
+
 def random_resize_long(img: Image.Image, low: int, high: int) -> Image.Image:
     """Resize (bicubic) so the long side is a random integer in [low, high] (SPEC §3);
     the short side keeps the aspect ratio, rounded with Python's round as the reference."""

@@ -25,10 +25,12 @@ from torch.utils.data import Dataset
 from engine.datasets import IGNORE_INDEX, VOC12, DatasetSpec, DataSource
 from engine.errors import UserError, and_more
 from engine.fileio import load_npy_dict, read_label_png, read_rgb
-from tool.constants import CROP_SIZE, INFER_SCALES, RESIZE_LONG
+from tool import aff
+from tool.constants import CROP_SIZE, IMAGENET_MEAN, IMAGENET_STD, INFER_SCALES, RESIZE_LONG
 from tool.imutils import (
     PATCH_STRATEGIES,
     Normalize,
+    color_jitter,
     complementary_patch,
     random_crop,
     scale_image,
@@ -406,6 +408,120 @@ class IrnCalibrationDataset(Dataset):
         index = checked_index(index, len(self))
         cropped = top_left_crop(_normalize(np.asarray(read_rgb(self.image_paths[index]))), self.crop_size)
         return {"name": self.names[index], "img": torch.from_numpy(np.ascontiguousarray(cropped.transpose(2, 0, 1)))}
+
+
+# ---------------------------------------------------------------- AffinityNet (SPEC_AFF §2)
+
+AFF_CROP_SIZE = 448  # SPEC_AFF §2: SEAM's --crop_size
+CRF_FILE_HINT = "make them with: python infer_cam.py --out_crf DIR --crf_scores (DIR/alpha_4 and DIR/alpha_24)"
+_MEAN32, _STD32 = np.float32(IMAGENET_MEAN), np.float32(IMAGENET_STD)
+
+
+def aff_label_grid(crop_size: int) -> int:
+    """The side of the stride-8 label grid of an AffinityNet crop; UserError for a crop not a multiple of 8 (the
+    8×8 blocks) or under 88 px, where the network's radius shrinks and the label's does not (SPEC_AFF §6.10:
+    the reference's loss fails on the shape mismatch)."""
+    smallest = aff.GRID_STRIDE * (2 * aff.RADIUS + 1)
+    if crop_size % aff.GRID_STRIDE or crop_size < smallest:
+        raise UserError(f"--crop_size {crop_size}: use a multiple of 8 of at least {smallest} (SEAM uses 448)")
+    return crop_size // aff.GRID_STRIDE
+
+
+def normalize_float32(crop: np.ndarray) -> np.ndarray:
+    """SPEC_AFF §2 step 3 (§6.8): the reference's Normalize of a float32 crop, in float32 arithmetic."""
+    return (crop / np.float32(255.0) - _MEAN32) / _STD32
+
+
+def aff_augment(
+    image: Image.Image, marginals: np.ndarray, crop_size: int = AFF_CROP_SIZE
+) -> tuple[torch.Tensor, np.ndarray]:
+    """SPEC_AFF §2 steps 1-4 on an RGB image and its H×W×C float32 CRF marginals (la's channels then ha's),
+    drawing from torch's global RNG: ColorJitter(0.3, 0.3, 0.3, 0.1) of the image; one random crop of both (the
+    width's offset first, zero container); the image normalised after the crop (black padding, §6.7); a
+    horizontal flip of both with p = 0.5; the marginals' 8×8 block means.
+    → (3×C×C float32 image, (C/8)×(C/8)×C float32 pooled marginals)."""
+    jittered = np.asarray(color_jitter(image), dtype=np.float32)
+    cropped = random_crop(np.concatenate([jittered, marginals], axis=2), crop_size)
+    normalized, cropped_marginals = normalize_float32(cropped[..., :3]), cropped[..., 3:]
+    if torch.rand(()).item() < 0.5:
+        normalized, cropped_marginals = normalized[:, ::-1], cropped_marginals[:, ::-1]
+    img = torch.from_numpy(np.ascontiguousarray(normalized.transpose(2, 0, 1)))
+    return img, aff.block_means(np.ascontiguousarray(cropped_marginals))
+
+
+def crf_paths(crf_dir: Path, names: Sequence[str], flag: str) -> list[Path]:
+    """Each image's CRF label file <crf_dir>/<name>.npy, checked up front as the images are."""
+    paths = [crf_dir / f"{name}.npy" for name in names]
+    missing = [path for path in paths if not path.is_file()]
+    if missing:
+        raise UserError(f"CRF label file {and_more(missing)} of {flag} not found; {CRF_FILE_HINT}")
+    return paths
+
+
+def read_crf_marginals(path: Path, size: tuple[int, int]) -> tuple[list, np.ndarray]:
+    """SPEC_AFF §2/§5: one CRF label file's dict {0: background, class + 1: H×W float32 marginals} → (its keys in
+    dict order, H×W×(K+1) float32 values in that order); UserError naming the file when it is not such a dict
+    of the image's `size` (H, W)."""
+    content = load_npy_dict(path, "CRF label file", CRF_FILE_HINT)
+    maps = [np.asarray(value, dtype=np.float32) for value in content.values()]
+    if not maps or any(value.shape != size for value in maps):
+        shapes = and_more(sorted({value.shape for value in maps}))
+        raise UserError(
+            f"CRF label file {path} holds maps of shape {shapes or 'none'}, its image is {size[1]}×{size[0]} "
+            f"(H×W {size}): it was made for another image or size; {CRF_FILE_HINT}"
+        )
+    return list(content), np.stack(maps, axis=2)
+
+
+class AffTrainDataset(Dataset):
+    """SPEC_AFF §2: the augmented crop and its confident label from the low- and high-alpha CRF label files.
+    `dataset[index]` is epoch 0; `dataset[epoch, index]` gives that epoch's augmentation, a pure function of
+    (seed, epoch, index).
+
+    Sample: `name`; `img` 3×C×C float32; `label` (C/8)×(C/8) uint8, `tool.aff.confident_label` (dict positions,
+    255 not confident). The affinity labels (three 34×M maps, 1 MB at C = 448) are made from it on the device,
+    in train_aff.batch_step, as IRN's are."""
+
+    def __init__(
+        self,
+        source: DataSource | str | os.PathLike,
+        names: Sequence[str],
+        la_crf_dir: str | os.PathLike,
+        ha_crf_dir: str | os.PathLike,
+        crop_size: int = AFF_CROP_SIZE,
+        seed: int = 0,
+    ):
+        aff_label_grid(crop_size)  # a crop whose labels and network pairs agree, else a UserError now
+        self.source = as_source(source)
+        self.names = list(names)
+        self.image_paths = image_paths(self.source, self.names)
+        self.la_paths = crf_paths(Path(la_crf_dir), self.names, "--la_crf_dir")
+        self.ha_paths = crf_paths(Path(ha_crf_dir), self.names, "--ha_crf_dir")
+        self.crop_size, self.seed = crop_size, seed
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        epoch, index = key if isinstance(key, tuple) else (0, key)
+        index = checked_index(index, len(self))
+        image = read_rgb(self.image_paths[index])
+        size = (image.height, image.width)
+        la_keys, la = read_crf_marginals(self.la_paths[index], size)
+        ha_keys, ha = read_crf_marginals(self.ha_paths[index], size)
+        if la_keys != ha_keys:  # SPEC_AFF §6.4: the labels are dict positions, so both must list the same keys
+            raise UserError(
+                f"CRF label files {self.la_paths[index]} and {self.ha_paths[index]} hold other classes ({la_keys} "
+                f"vs {ha_keys}): make both folders in one infer_cam.py run"
+            )
+        with seeded_cpu_rng(sample_seed(self.seed, epoch, index)):
+            img, pooled = aff_augment(image, np.concatenate([la, ha], axis=2), self.crop_size)
+        la_pooled, ha_pooled = np.split(pooled.transpose(2, 0, 1), 2)
+        return {
+            "name": self.names[index],
+            "img": img,
+            "label": torch.from_numpy(aff.confident_label(la_pooled, ha_pooled)),
+        }
 
 
 def load_labelled_list(
