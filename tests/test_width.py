@@ -145,7 +145,7 @@ def test_a_file_of_another_width_is_refused_both_ways(tmp_path):
 
 
 def test_trainers_refuse_width_1_starts_for_a_narrow_network(tmp_path):
-    irn_args = argparse.Namespace(weights="torchvision", width=NARROW)
+    irn_args = argparse.Namespace(weights="torchvision", width=NARROW, train_backbone=False)
     with pytest.raises(UserError, match=r"^--weights torchvision is a width-1 ResNet-50; start --width 8 from"):
         train_irn.build_model(irn_args, ONE_PROCESS)
     with pytest.raises(SystemExit):
