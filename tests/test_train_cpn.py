@@ -17,6 +17,7 @@ from tests.tiny import TINY_TRAIN_ARGS
 from tool.losses import cpn_loss
 
 REPO = Path(__file__).resolve().parents[1]
+WIDTH = 8  # the runs check the script's plumbing, not the width-1 network (test_width.py checks width 1)
 
 
 def run_args(toy_voc, toy_lists, out_dir, *extra, train_list=None) -> list[str]:
@@ -32,6 +33,7 @@ def run_args(toy_voc, toy_lists, out_dir, *extra, train_list=None) -> list[str]:
         "--session_name",
         "run",
         *TINY_TRAIN_ARGS,
+        *("--width", str(WIDTH)),
         *extra,
     ]
 
@@ -80,7 +82,7 @@ def test_few_steps_write_every_output(toy_voc, toy_lists, tmp_path, extra):
     record = json.loads((tmp_path / "run.json").read_text())
     assert record["args"]["max_steps"] == 2 and record["versions"]["torch"] == torch.__version__
     state = torch.load(tmp_path / "run.pth", weights_only=True)
-    assert set(state) == set(build_network("resnet38_CPN").state_dict())
+    assert set(state) == set(build_network("resnet38_CPN", width=WIDTH).state_dict())
     assert [p.name for p in (tmp_path / "run_checkpoints").iterdir()] == ["step_0000002.pt"]
     if "--no_tcp" in extra or "--no_cpcr" in extra:
         dropped, kept = ("loss_tcp", "loss_cpcr") if "--no_tcp" in extra else ("loss_cpcr", "loss_tcp")
@@ -94,7 +96,7 @@ def test_freeze_backbone_trains_the_head_alone(toy_voc, toy_lists, tmp_path):
     train_cpn.main(run_args(toy_voc, toy_lists, tmp_path / "frozen", "--max_steps", "2", "--freeze_backbone"))
     before = torch.load(tmp_path / "untrained" / "run.pth", weights_only=True)
     after = torch.load(tmp_path / "frozen" / "run.pth", weights_only=True)
-    head = build_network("resnet38_CPN").new_layers
+    head = build_network("resnet38_CPN", width=WIDTH).new_layers
     changed = {key for key in before if not torch.equal(before[key], after[key])}
     assert changed and {key.split(".")[0] for key in changed} <= set(head)
     assert "fc8.weight" in changed
@@ -172,7 +174,7 @@ def views_of(seed: int, size: int = 32) -> list[torch.Tensor]:
 
 def test_batched_views_equal_separate_forwards_for_the_real_network():
     torch.manual_seed(0)
-    net = build_network("resnet38_CPN").eval()
+    net = build_network("resnet38_CPN", width=WIDTH).eval()  # every layer of the network, narrower
     views = views_of(3)
     with torch.no_grad():
         batched = train_cpn.forward_views(net, views, three_pass=False)

@@ -22,7 +22,9 @@ from voc12.data import IrnCalibrationDataset, as_source, load_image_list
 
 REPO = Path(__file__).resolve().parents[1]
 CROP = 96  # the smallest IRN crops are 76 px: the radius-10 path index needs a 19-cell grid
+WIDTH = 8  # the runs check the script's plumbing, not the width-1 network (test_width.py checks width 1)
 TINY = ["--irn_crop_size", str(CROP), "--irn_batch_size", "2", "--num_workers", "0", "--weights", "none"]
+TINY += ["--width", str(WIDTH)]
 LOSS_NAMES = ("loss", "pos_aff", "neg_aff", "dp_fg", "dp_bg")
 
 
@@ -87,7 +89,7 @@ def random_batch(seed: int, batch: int = 2) -> tuple[torch.Tensor, torch.Tensor]
 
 def test_train_step_is_one_sgd_step_on_irn_loss():
     torch.manual_seed(0)
-    model, lr = Net(), 0.1
+    model, lr = Net(width=WIDTH), 0.1
     img, quarter = random_batch(2)
     path_index = PathIndex(TRAIN_RADIUS, (CROP // 4, CROP // 4))
     heads = [parameter for parameter in model.parameters() if parameter.requires_grad]
@@ -167,9 +169,9 @@ def test_few_steps_write_every_output(toy_voc, toy_lists, ir_labels, infer_list,
 
     # IRN's file: IRN's key names, loads into our Net; only the heads moved
     before, after = saved(untrained), saved(trained)
-    assert set(after) == set(irn_state_dict(Net()))
+    assert set(after) == set(irn_state_dict(Net(width=WIDTH)))
     assert {"fc_edge6.weight", "fc_dp7.3.weight", "mean_shift.running_mean", "stage2.0.0.conv1.weight"} <= set(after)
-    report = load_weights(Net(), trained / "res50_irn.pth")
+    report = load_weights(Net(width=WIDTH), trained / "res50_irn.pth")
     assert not report.from_scratch and not report.unexpected
     changed = {key for key in after if not torch.equal(before[key], after[key])}
     assert changed and all(key.startswith(("fc_", "edge_layers.", "dp_layers.", "mean_shift")) for key in changed)
@@ -178,7 +180,7 @@ def test_few_steps_write_every_output(toy_voc, toy_lists, ir_labels, infer_list,
 
 def expected_mean_shift(toy_voc, infer_list: Path, out_dir: Path) -> torch.Tensor:
     """IRN's calibration with the trained weights in `out_dir`: the mean of the two batches' means."""
-    model = Net()
+    model = Net(width=WIDTH)
     load_weights(model, out_dir / "res50_irn.pth")
     model.displacement_branch.mean_shift.running_mean.zero_()
     model.eval()
@@ -204,7 +206,7 @@ def test_an_infer_list_shorter_than_a_batch_is_one_batch(toy_voc, toy_lists, ir_
     one_image = tmp_path / "one.txt"
     one_image.write_text(load_image_list(toy_lists["val"])[0] + "\n")
     train_irn.main(run_args(toy_voc, toy_lists, ir_labels, one_image, tmp_path, "--max_steps", "0"))
-    model = Net()
+    model = Net(width=WIDTH)
     load_weights(model, tmp_path / "res50_irn.pth")
     model.displacement_branch.mean_shift.running_mean.zero_()
     with torch.no_grad():
@@ -222,7 +224,7 @@ def test_calibration_shared_by_two_processes_is_the_one_process_mean(toy_voc, to
     list_path.write_text("\n".join(load_image_list(toy_lists["val"])[:num_images]) + "\n")
     args = argparse.Namespace(infer_list=str(list_path), irn_crop_size=CROP, irn_batch_size=2)
     torch.manual_seed(0)
-    model = Net(width=8)
+    model = Net(width=WIDTH)
     options = train_irn.StepOptions(torch.device("cpu"), PathIndex(TRAIN_RADIUS, (CROP // 4,) * 2), VOC12.num_classes)
     alone, num_batches = train_irn.calibration_loader(args, as_source(toy_voc), 0, ProcessGroup())
     assert list(alone.batch_sampler) == batches and num_batches == len(batches)
@@ -318,7 +320,7 @@ def test_two_gloo_processes_under_torchrun(toy_voc, toy_lists, ir_labels, infer_
     assert [record["step"] for record in logged(tmp_path)] == [1, 2]
     assert "24 steps/epoch × 3 epochs = 72 steps, batch 1×2" in (tmp_path / "run.log").read_text()
     weights = saved(tmp_path)
-    assert set(weights) == set(irn_state_dict(Net()))
+    assert set(weights) == set(irn_state_dict(Net(width=WIDTH)))
     # each process measured one of the two batches: the mean is still the mean of both
     expected = expected_mean_shift(toy_voc, infer_list, tmp_path)
     torch.testing.assert_close(weights["mean_shift.running_mean"], expected, rtol=1e-5, atol=1e-6)
@@ -330,8 +332,8 @@ def test_torchvision_layout_weights_start_the_backbone(toy_voc, toy_lists, ir_la
     torch.manual_seed(1)
     imagenet = torchvision.models.resnet50(weights=None).state_dict()  # the layout of resnet50-19c8e357.pth
     torch.save(imagenet, tmp_path / "resnet50.pth")
-    args = run_args(toy_voc, toy_lists, ir_labels, infer_list, tmp_path, "--max_steps", "1")
-    args[args.index("--weights") + 1] = str(tmp_path / "resnet50.pth")
+    args = run_args(toy_voc, toy_lists, ir_labels, infer_list, tmp_path, "--max_steps", "1", "--width", "1")
+    args[args.index("--weights") + 1] = str(tmp_path / "resnet50.pth")  # ImageNet's file is width 1
     train_irn.main(args)
     weights = saved(tmp_path)
     for key, value in imagenet.items():

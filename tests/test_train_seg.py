@@ -28,6 +28,7 @@ from voc12.data import load_image_list
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = ["--crop_size", "32", "--batch_size", "2", "--num_workers", "0", "--weights", "none", "--log_every", "1"]
+TINY += ["--width", "8"]  # the runs check the script's plumbing, not the width-1 network (test_width.py checks width 1)
 
 
 def random_batch(seed: int, batch: int = 4, size: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
@@ -285,7 +286,8 @@ def test_weights_of_another_stage_or_data_set_fail_with_one_line(toy_voc, toy_li
         torch.save(state, tmp_path / name)
 
     def weights_error(name: str) -> str:
-        args = run_args(toy_voc, toy_lists, pseudo_labels, tmp_path / "out", "--weights", str(tmp_path / name))
+        weights = ("--weights", str(tmp_path / name), "--width", "1")  # the files are width 1
+        args = run_args(toy_voc, toy_lists, pseudo_labels, tmp_path / "out", *weights)
         return error_line(args)
 
     assert "holds weights of a CAM network" in weights_error("cpn.pth")
