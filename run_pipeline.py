@@ -630,8 +630,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     root = args.data_root or args.voc12_root
     if args.toy and (root or args.weights or args.r50_weights):
         parser.error("--toy makes its own data set and starts from random weights; drop the data and weights flags")
-    if not args.toy and not (root and args.weights and args.r50_weights):
-        parser.error("pass the data set's folder (--voc12_root or --data_root), --weights and --r50_weights, or --toy")
+    on_irn = args.refine == "irn"  # only IRNet starts from the ResNet-50
+    if not args.toy and not (root and args.weights and (args.r50_weights or not on_irn)):
+        weights = "--weights and --r50_weights" if on_irn else "--weights"
+        parser.error(f"pass the data set's folder (--voc12_root or --data_root), {weights}, or --toy")
     return args
 
 

@@ -257,6 +257,7 @@ def test_the_irn_route_is_the_default_and_its_calls_are_as_before():
 
 def test_the_aff_route_makes_crf_files_trains_affinitynet_walks_and_trains_deeplab_on_the_walk():
     calls = built_calls([*PAPER, "--refine", "aff"])
+    assert calls == built_calls(["--voc12_root", "V", "--weights", "r38.pth", "--work_dir", "W", "--refine", "aff"])
     assert calls == {
         "lists": ["voc12.make_cls_labels --voc12_root V --out_dir W/lists"],
         "cpn": built_calls(PAPER)["cpn"],
