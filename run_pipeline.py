@@ -1,15 +1,17 @@
 """From the data to the paper's table in one command: class lists → CPN → CAMs → sweep → IRN's confident labels →
 IRNet → pseudo masks → DeepLab-v1 → val predictions, each stage calls of its scripts' main(argv), each scored
-where the paper scores it, then W/report.md and W/report.json for a person to read.
+where the paper scores it, then W/report.md and W/report.json for a person to read. `--refine aff` makes the
+pseudo masks by SEAM's AffinityNet route instead: CRF label files → AffinityNet → its random walk.
 
     python run_pipeline.py --voc12_root VOCdevkit/VOC2012 --weights ilsvrc-cls_rna-a1_cls1000_ep-0001.pth \\
         --r50_weights resnet50-19c8e357.pth --work_dir runs/voc
     python run_pipeline.py --toy --work_dir demo_out      # make demo: the toy set and the demo's settings
     python run_pipeline.py ... --from irn --until sem_seg_score
+    python run_pipeline.py ... --refine aff       # the pseudo masks by AffinityNet's random walk (SEAM's chain)
 
 Each stage writes under W/<stage>/; a finished stage whose settings and inputs are unchanged is skipped, a
 changed one reruns with every stage after it (engine/pipeline.py). Without --toy the scripts' defaults
-(the paper's recipe) apply; --cpn_steps, --irn_steps and --seg_steps cut a schedule short.
+(the paper's recipe) apply; --cpn_steps, --irn_steps, --aff_steps and --seg_steps cut a schedule short.
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ TOY_CAM_SCALES = "1.0,1.5,2.0"  # the demo's CAM scales, each flipped (the paper
 TOY_SEG_SCALES = ("0.5", "1.0")  # the demo's DeepLab test scales (the paper's are in infer_seg.py)
 PICTURED_IMAGES = 3  # the report's side-by-side pictures, the first images of the scored list
 CPN_WEIGHTS, IRN_WEIGHTS, SEG_WEIGHTS = "resnet38_CPN.pth", "res50_irn.pth", "deeplab.pth"
+AFF_WEIGHTS = "resnet38_aff.pth"
+LA_CRF, HA_CRF = "alpha_4", "alpha_24"  # infer_cam.py --out_crf's folders at SEAM's alphas, train_aff.py's la and ha
 
 
 # ---- settings: the paper's recipe (the scripts' defaults) or the demo's ----
@@ -78,7 +82,7 @@ def steps_flags(steps: int | None) -> list[str]:
 
 
 def paper_recipe(args: argparse.Namespace) -> Recipe:
-    steps = {"cpn": args.cpn_steps, "irn": args.irn_steps, "seg": args.seg_steps}
+    steps = {"cpn": args.cpn_steps, "irn": args.irn_steps, "aff": args.aff_steps, "seg": args.seg_steps}
     return Recipe("the paper's (the scripts' defaults)", {stage: steps_flags(count) for stage, count in steps.items()})
 
 
@@ -102,20 +106,40 @@ def toy_recipe(args: argparse.Namespace, device: str) -> Recipe:
     seg = ["--crop_size", "64", "--batch_size", str(seg_batch), "--num_iters", str(seg_steps), "--lr", "0.01"]
     quiet = ["--num_workers", "1", "--log_every", "100"]
     fg, bg, walk_bg = TOY_IRN_THRESHOLDS
+    aff_steps, aff = toy_aff_training(args, on_cpu)
     recipe = "CPU" if on_cpu else "GPU"
+    refiner = f"{irn_steps} IRNet" if args.refine == "irn" else f"{aff_steps} AffinityNet"
+    walk = ", the walk on SEAM's CAM scale" if args.refine == "aff" else ""
+    thresholds = f"; IRN's thresholds {fg}/{bg}/{walk_bg}" if args.refine == "irn" else ""
     return Recipe(
-        f"the demo's {recipe} recipe (toy set, width {TOY_WIDTH}, random start, {cpn_steps} CPN, {irn_steps} IRNet "
-        f"and {seg_steps} DeepLab steps at crop 64–96; IRN's thresholds {fg}/{bg}/{walk_bg})",
+        f"the demo's {recipe} recipe (toy set, width {TOY_WIDTH}, random start, {cpn_steps} CPN, {refiner} "
+        f"and {seg_steps} DeepLab steps at crop 64–96{thresholds}{walk})",
         {
             "cpn": cpn + narrow + quiet,
             "cam": ["--num_workers", "1", "--scales", TOY_CAM_SCALES],
             "ir_label": ["--num_workers", "2", "--conf_fg_thres", str(fg), "--conf_bg_thres", str(bg)],
             "irn": irn + narrow + quiet,
             "sem_seg": ["--num_workers", "1", "--sem_seg_bg_thres", str(walk_bg)],
+            "aff": aff + narrow + quiet,
+            # infer_cam.py --out_cam halves the CAMs; the walk's background (1 − m)^alpha is tuned on SEAM's
+            # un-halved maps, which the CRF label files are made from too (SPEC_AFF §5): restore that scale
+            "aff_rw": ["--num_workers", "1", "--double_cams"],
             "seg": seg + narrow + quiet,
             "seg_pred": ["--scales", *TOY_SEG_SCALES],
         },
     )
+
+
+def toy_aff_training(args: argparse.Namespace, on_cpu: bool) -> tuple[int, list[str]]:
+    """(steps, train_aff.py's flags) of the demo's AffinityNet: crop 96 (train_aff.py refuses under 88), a
+    batch of at most half the list (COCO's list leaves out the images without objects), the poly schedule
+    over list // batch · epochs steps ending with the last step."""
+    num_train = args.toy_images[0]
+    steps = args.aff_steps or (300 if on_cpu else 1000)
+    batch = max(1, min(num_train // 2, 4))
+    epochs = math.ceil(steps / (num_train // batch))
+    flags = ["--crop_size", "96", "--batch_size", str(batch), "--max_epoches", str(epochs), "--max_steps", str(steps)]
+    return steps, flags
 
 
 @dataclass(frozen=True)
@@ -164,6 +188,12 @@ class Run:
     def weight_inputs(self, path: str | None) -> list[Path]:
         return [] if self.args.toy else [Path(path)]
 
+    @property
+    def pseudo_mask_dir(self) -> Path:
+        """The route's pseudo masks of the training list, DeepLab's labels: IRN's walk or AffinityNet's."""
+        stage = PSEUDO_MASK_STAGES[self.args.refine][0]
+        return self.path(stage, stage)
+
 
 # ---- the stages: each a few calls of the scripts, in order ----
 
@@ -199,21 +229,21 @@ def train_cpn(run: Run) -> Stage:
 
 
 def cams(run: Run) -> Stage:
-    """Reference-format CAMs of the scored list (for the sweep and the pictures), IRN-format CAMs of it and
-    of the training list (for IRN's labels and walk)."""
+    """Reference-format CAMs of the scored list (for the sweep and the pictures) and, on the IRN route,
+    IRN-format CAMs of it and of the training list (for IRN's labels and walk); on the AffinityNet route
+    reference-format CAMs of the training list too (what infer_aff.py walks)."""
     argv = run.labelled_flags + [
         "--weights",
         str(run.path("cpn", CPN_WEIGHTS)),
     ]
-    argv += ["--out_cam_irn", str(run.path("cam", "cam_irn")), *run.recipe.of("cam")]
-    calls = [
-        Call(
-            "infer_cam", argv + ["--infer_list", str(run.list_path("infer")), "--out_cam", str(run.path("cam", "cam"))]
-        )
-    ]
+    cam, cam_irn = run.path("cam", "cam"), run.path("cam", "cam_irn")
+    on_irn = run.args.refine == "irn"
+    argv += [*(["--out_cam_irn", str(cam_irn)] if on_irn else ["--out_cam", str(cam)]), *run.recipe.of("cam")]
+    scored_only = ["--out_cam", str(cam)] if on_irn else []
+    calls = [Call("infer_cam", argv + ["--infer_list", str(run.list_path("infer")), *scored_only])]
     if run.list_path("train") != run.list_path("infer"):
         calls.append(Call("infer_cam", argv + ["--infer_list", str(run.list_path("train"))]))
-    return Stage("cam", calls, outputs=[run.path("cam", "cam"), run.path("cam", "cam_irn")])
+    return Stage("cam", calls, outputs=[cam, cam_irn] if on_irn else [cam])
 
 
 def score_call(run: Run, stage: str, name: str, predict_dir: Path, image_list: Path, labels: list[str]) -> Call:
@@ -286,12 +316,48 @@ def pseudo_mask_score(run: Run) -> Stage:
     return Stage("sem_seg_score", [call], outputs=[], score_json=run.path("sem_seg_score", "sem_seg.json"))
 
 
+def crf_label_files(run: Run) -> Stage:
+    """SEAM's CRF label files of the training list (SPEC_AFF §5), from the cam stage's CAMs: the same
+    weights and scales, the CRF on the un-halved maps."""
+    argv = run.labelled_flags + ["--weights", str(run.path("cpn", CPN_WEIGHTS)), *run.recipe.of("cam")]
+    argv += ["--infer_list", str(run.list_path("train")), "--out_crf", str(run.path("crf")), "--crf_scores"]
+    outputs = [run.path("crf", LA_CRF), run.path("crf", HA_CRF)]
+    return Stage("crf", [Call("infer_cam", argv + run.recipe.of("crf"))], outputs=outputs)
+
+
+def train_affinitynet(run: Run) -> Stage:
+    argv = run.data_flags + ["--train_list", str(run.list_path("train"))]
+    argv += ["--la_crf_dir", str(run.path("crf", LA_CRF)), "--ha_crf_dir", str(run.path("crf", HA_CRF))]
+    argv += ["--weights", run.weights(run.args.weights), "--out_dir", str(run.path("aff")), "--resume", "auto"]
+    argv += ["--session_name", Path(AFF_WEIGHTS).stem, *run.recipe.of("aff")]
+    return Stage(
+        "aff",
+        [Call("train_aff", argv)],
+        outputs=[run.path("aff", AFF_WEIGHTS)],
+        inputs=run.weight_inputs(run.args.weights),
+    )
+
+
+def affinity_walk(run: Run) -> Stage:
+    """AffinityNet's random walk of the training list's CAMs (DeepLab's labels), which holds the scored one."""
+    argv = run.data_flags + ["--weights", str(run.path("aff", AFF_WEIGHTS))]
+    argv += ["--infer_list", str(run.list_path("train")), "--cam_dir", str(run.path("cam", "cam"))]
+    argv += ["--out_rw", str(run.pseudo_mask_dir), *run.recipe.of("aff_rw")]
+    return Stage("aff_rw", [Call("infer_aff", argv)], outputs=[run.pseudo_mask_dir])
+
+
+def affinity_walk_score(run: Run) -> Stage:
+    labels = ["--type", "png"]  # SEAM's evaluation.py of its walk's PNGs, no void (SPEC_AFF §4)
+    call = score_call(run, "aff_rw_score", "aff_rw", run.path("aff_rw", "aff_rw"), run.list_path("infer"), labels)
+    return Stage("aff_rw_score", [call], outputs=[], score_json=run.path("aff_rw_score", "aff_rw.json"))
+
+
 def train_deeplab(run: Run) -> Stage:
     argv = run.data_flags + [
         "--train_list",
         str(run.list_path("train")),
         "--sem_seg_out_dir",
-        str(run.path("sem_seg", "sem_seg")),
+        str(run.pseudo_mask_dir),
     ]
     argv += ["--weights", run.weights(run.args.weights), "--out_dir", str(run.path("seg")), "--resume", "auto"]
     argv += ["--session_name", Path(SEG_WEIGHTS).stem, *run.recipe.of("seg")]
@@ -338,20 +404,34 @@ def deeplab_score(run: Run) -> Stage:
     )
 
 
-STAGES = {
-    "toy": toy_set,
-    "lists": class_lists,
-    "cpn": train_cpn,
-    "cam": cams,
-    "sweep": sweep,
-    "ir_label": ir_labels,
-    "irn": train_irnet,
-    "sem_seg": pseudo_masks,
-    "sem_seg_score": pseudo_mask_score,
-    "seg": train_deeplab,
-    "seg_pred": deeplab_predictions,
-    "seg_score": deeplab_score,
+CAM_STAGES = {"toy": toy_set, "lists": class_lists, "cpn": train_cpn, "cam": cams, "sweep": sweep}
+# --refine: the stages from the CAMs to the pseudo masks, each route's last two its pseudo masks and their score
+REFINE_STAGES = {
+    "irn": {"ir_label": ir_labels, "irn": train_irnet, "sem_seg": pseudo_masks, "sem_seg_score": pseudo_mask_score},
+    "aff": {
+        "crf": crf_label_files,
+        "aff": train_affinitynet,
+        "aff_rw": affinity_walk,
+        "aff_rw_score": affinity_walk_score,
+    },
 }
+SEG_STAGES = {"seg": train_deeplab, "seg_pred": deeplab_predictions, "seg_score": deeplab_score}
+ROUTES = {refine: {**CAM_STAGES, **stages, **SEG_STAGES} for refine, stages in REFINE_STAGES.items()}
+STAGES = ROUTES["irn"]  # the paper's route
+ALL_STAGE_NAMES = tuple(dict.fromkeys(name for route in ROUTES.values() for name in route))
+PSEUDO_MASK_STAGES = {refine: tuple(stages)[-2:] for refine, stages in REFINE_STAGES.items()}  # (masks, score)
+
+
+def route_stages(run: Run) -> list[Stage]:
+    """The stages of the run's route (--refine), the toy set's only with --toy; --from and --until must name
+    one of them."""
+    route = ROUTES[run.args.refine]
+    for flag, name in (("--from", run.args.from_stage), ("--until", run.args.until)):
+        if name is not None and name not in route:
+            raise UserError(
+                f"{flag} {name}: not a stage of --refine {run.args.refine}; choose one of {', '.join(route)}"
+            )
+    return [build(run) for name, build in route.items() if run.args.toy or name != "toy"]
 
 
 # ---- the report ----
@@ -360,10 +440,21 @@ STAGES = {
 SCORED = {
     "sweep": ("CAMs", f"{PAPER_CAM_MIOU} % (VOC train)"),
     "sem_seg_score": ("pseudo masks (IRN's random walk)", "not published (IRN: 66.5 % from its own 48.3 % CAMs)"),
+    "aff_rw_score": (
+        "pseudo masks (AffinityNet's random walk)",
+        "not published (SEAM: 63.61 % train from its own 55.41 % CAMs)",
+    ),
     "seg_score": ("DeepLab-v1 predictions, val", f"{PAPER_SEG_VAL_MIOU} % (VOC val); test {PAPER_SEG_TEST_MIOU} %"),
 }
-# The chain on the scored training list: each link should beat the one before.
-CHAIN = (("CAMs", "sweep", "cam"), ("pseudo masks", "sem_seg_score", "sem_seg"), ("DeepLab", "seg_score", "train"))
+
+
+def chain(run: Run) -> tuple[tuple[str, str, str], ...]:
+    """The chain on the scored training list, (link, scored stage, score name): each link should beat the one
+    before; the pseudo masks are the route's."""
+    masks, score = PSEUDO_MASK_STAGES[run.args.refine]
+    return (("CAMs", "sweep", "cam"), ("pseudo masks", score, masks), ("DeepLab", "seg_score", "train"))
+
+
 # issue 22's goals for the demo, in points of the toy classes' mIoU: each link against the one before
 CHAIN_GOALS = {"pseudo masks": 3.0, "DeepLab": -1.0}
 VAL_GAP_GOAL = 5.0  # DeepLab on val within this many points of DeepLab on train
@@ -387,7 +478,7 @@ def toy_miou(run: Run, score: dict) -> float:
 
 def chain_scores(run: Run) -> list[tuple[str, float]]:
     """(link, mIoU) of each scored link of the chain: over the toy classes for the demo, else over all."""
-    scores = [(what, score_of(run, stage, name)) for what, stage, name in CHAIN]
+    scores = [(what, score_of(run, stage, name)) for what, stage, name in chain(run)]
     figure = (lambda score: toy_miou(run, score)) if run.args.toy else (lambda score: score["best_miou"])
     return [(what, figure(score)) for what, score in scores if score is not None]
 
@@ -437,7 +528,7 @@ def picture(run: Run, name: str) -> bytes | None:
         highest = np.max(maps, axis=0) if maps else np.zeros(photo.shape[:2], np.float32)
         pictures.append(("CAM", heatmap_overlay(photo, highest / max(float(highest.max()), 1e-5))))
     for title, path in (
-        ("pseudo mask", run.path("sem_seg", "sem_seg", f"{name}.png")),
+        ("pseudo mask", run.pseudo_mask_dir / f"{name}.png"),
         ("DeepLab", run.path("seg_pred", "train", f"{name}.png")),
         ("ground truth", run.gt_dir / f"{name}.png"),
     ):
@@ -520,22 +611,32 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--weights", help="ImageNet ResNet-38 (.params or .pth), for CPN and DeepLab")
     parser.add_argument("--r50_weights", help="ImageNet ResNet-50 for IRNet (resnet50-19c8e357.pth or 'torchvision')")
     parser.add_argument("--work_dir", required=True, help="every stage's files, W/<stage>/, and the report")
-    parser.add_argument("--from", dest="from_stage", choices=tuple(STAGES), help="rerun this stage and the ones after")
-    parser.add_argument("--until", choices=tuple(STAGES), help="stop after this stage")
+    parser.add_argument(
+        "--refine",
+        choices=tuple(ROUTES),
+        default="irn",
+        help="the CAMs' refinement into pseudo masks: irn (the paper's: IRN's labels, IRNet, its walk) or aff "
+        "(SEAM's chain: CRF label files, AffinityNet, its walk) (default %(default)s)",
+    )
+    stages = ALL_STAGE_NAMES
+    parser.add_argument("--from", dest="from_stage", choices=stages, help="rerun this stage and the ones after")
+    parser.add_argument("--until", choices=stages, help="stop after this stage")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cuda, cuda:N or cpu")
     parser.add_argument(
         "--deterministic", action="store_true", help="every stage with deterministic kernels (see the stages' --help)"
     )
     parser.add_argument("--toy", action="store_true", help="make the toy set in W/toy and use the demo's settings")
     parser.add_argument("--toy_images", type=int, nargs=2, default=TOY_IMAGES, metavar=("TRAIN", "VAL"))
-    for stage in ("cpn", "irn", "seg"):
+    for stage in ("cpn", "irn", "aff", "seg"):
         parser.add_argument(f"--{stage}_steps", type=int, default=None, help=f"stop the {stage} training after N steps")
     args = parser.parse_args(argv)
     root = args.data_root or args.voc12_root
     if args.toy and (root or args.weights or args.r50_weights):
         parser.error("--toy makes its own data set and starts from random weights; drop the data and weights flags")
-    if not args.toy and not (root and args.weights and args.r50_weights):
-        parser.error("pass the data set's folder (--voc12_root or --data_root), --weights and --r50_weights, or --toy")
+    on_irn = args.refine == "irn"  # only IRNet starts from the ResNet-50
+    if not args.toy and not (root and args.weights and (args.r50_weights or not on_irn)):
+        weights = "--weights and --r50_weights" if on_irn else "--weights"
+        parser.error(f"pass the data set's folder (--voc12_root or --data_root), {weights}, or --toy")
     return args
 
 
@@ -553,8 +654,7 @@ def main(argv=None) -> None:
         raise UserError("--voc12_root names a VOC folder but --dataset is coco14; pass --data_root")
     recipe = toy_recipe(args, device) if args.toy else paper_recipe(args)
     run = Run(args, spec, data_root, device, recipe)
-    stages = [build(run) for name, build in STAGES.items() if args.toy or name != "toy"]
-    records = run_stages(stages, Path(args.work_dir), first=args.from_stage, last=args.until)
+    records = run_stages(route_stages(run), Path(args.work_dir), first=args.from_stage, last=args.until)
     write_report(run, records)
 
 

@@ -1,5 +1,5 @@
-"""`make demo`'s command end to end on a tiny toy set (2 steps a network): every stage runs, CPN's, IRN's and
-DeepLab's, the report names every scored stage, and a rerun does no work."""
+"""`make demo`'s command end to end on a tiny toy set (2 steps a network): every stage runs, CPN's, IRN's (or
+AffinityNet's, `--refine aff`) and DeepLab's, the report names every scored stage, and a rerun does no work."""
 
 from __future__ import annotations
 
@@ -37,6 +37,28 @@ def test_demo_runs_every_stage_and_a_rerun_skips_them(tmp_path):
     assert "step 2/2" in (work_dir / "cpn" / "resnet38_CPN.log").read_text().splitlines()[-1]
 
     again = run_demo(work_dir)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert again.stdout.count("skipped") == len(report["stages"])
+
+
+@pytest.mark.slow
+def test_demo_of_the_affinitynet_route_runs_its_stages_and_a_rerun_skips_them(tmp_path):
+    """`make demo DEMO_ARGS="--refine aff"`'s command: the CRF label files, AffinityNet, its walk, DeepLab on it."""
+    work_dir = tmp_path / "demo_aff"
+    first = run_demo(work_dir, "--refine", "aff", "--aff_steps", "2")
+    assert first.returncode == 0, first.stderr[-2000:]
+    report = json.loads((work_dir / "report.json").read_text())
+    assert [stage["name"] for stage in report["stages"]] == list(run_pipeline.ROUTES["aff"])
+    scored = {stage["name"]: stage["miou"] for stage in report["stages"] if stage["miou"] is not None}
+    assert set(scored) == {"sweep", "aff_rw_score", "seg_score"}
+    markdown = (work_dir / "report.md").read_text()
+    assert "AffinityNet's random walk" in markdown and "SEAM: 63.61 % train from its own 55.41 % CAMs" in markdown
+    row = next(line for line in markdown.splitlines() if line.startswith("| aff_rw_score |"))
+    toy_miou = row.split(" | ")[3]  # the chain's pseudo-mask link is the walk's, over the toy classes
+    assert "IRN" not in markdown and f"→ pseudo masks {toy_miou} →" in markdown
+    assert "step 2/2" in (work_dir / "aff" / "resnet38_aff.log").read_text().splitlines()[-1]
+
+    again = run_demo(work_dir, "--refine", "aff", "--aff_steps", "2")
     assert again.returncode == 0, again.stderr[-2000:]
     assert again.stdout.count("skipped") == len(report["stages"])
 

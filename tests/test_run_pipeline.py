@@ -184,3 +184,121 @@ def test_the_demo_report_scores_the_toy_classes_and_checks_each_goal(tmp_path):
     paper_run = run_pipeline.Run(paper_args, run_pipeline.VOC12, tmp_path, "cpu", run_pipeline.paper_recipe(paper_args))
     assert [miou for _, miou in run_pipeline.chain_scores(paper_run)] == pytest.approx([70 / 21, 87.5 / 21, 84 / 21])
     assert len(run_pipeline.chain_verdicts(paper_run)) == 2
+
+
+def built_calls(argv: list[str]) -> dict[str, list[str]]:
+    """Each stage of the route the arguments pick, as its calls' `module argv` lines, without running them."""
+    args = run_pipeline.parse_args(argv)
+    recipe = run_pipeline.toy_recipe(args, "cpu") if args.toy else run_pipeline.paper_recipe(args)
+    root = Path("W/toy/VOC2012") if args.toy else Path(args.voc12_root)
+    run = run_pipeline.Run(args, run_pipeline.VOC12, root, "cpu", recipe)
+    stages = run_pipeline.route_stages(run)
+    return {stage.name: [" ".join([call.module, *call.argv]) for call in stage.calls] for stage in stages}
+
+
+PAPER = ["--voc12_root", "V", "--weights", "r38.pth", "--r50_weights", "r50.pth", "--work_dir", "W"]
+DATA = "--dataset voc12 --data_root V --device cpu"
+LABELLED = f"{DATA} --cls_labels W/lists/cls_labels.npy"
+CAM = f"infer_cam {LABELLED} --weights W/cpn/resnet38_CPN.pth"
+SCORE = "evaluation_cam --dataset voc12 --list W/lists/{list} --predict_dir {dir} --gt_dir V/SegmentationClass"
+SCORE += " --json W/{stage}/{name}.json --comment {name} --logfile W/{stage}/{name}.txt"
+SEG = f"train_seg {DATA} --train_list W/lists/train_aug.txt --sem_seg_out_dir {{masks}} --weights r38.pth"
+SEG += " --out_dir W/seg --resume auto --session_name deeplab"
+# the stages after the pseudo masks, the same on both routes but for DeepLab's labels
+DEEPLAB = {
+    "seg_pred": [
+        f"infer_seg {DATA} --weights W/seg/deeplab.pth --infer_list W/lists/{split}.txt --out_seg W/seg_pred/{split}"
+        for split in ("val", "train")
+    ],
+    "seg_score": [
+        SCORE.format(list=f"{kind}.txt", dir=f"W/seg_pred/{split}", stage="seg_score", name=split) + " --type png"
+        for split, kind in (("val", "val"), ("train", "train"))
+    ],
+}
+
+
+def test_the_irn_route_is_the_default_and_its_calls_are_as_before():
+    calls = built_calls(PAPER)
+    assert calls == built_calls([*PAPER, "--refine", "irn"])
+    assert calls == {
+        "lists": ["voc12.make_cls_labels --voc12_root V --out_dir W/lists"],
+        "cpn": [
+            f"train_cpn {LABELLED} --train_list W/lists/train_aug.txt --weights r38.pth --out_dir W/cpn --resume auto"
+            " --session_name resnet38_CPN"
+        ],
+        "cam": [
+            f"{CAM} --out_cam_irn W/cam/cam_irn --infer_list W/lists/train.txt --out_cam W/cam/cam",
+            f"{CAM} --out_cam_irn W/cam/cam_irn --infer_list W/lists/train_aug.txt",
+        ],
+        "sweep": [
+            SCORE.format(list="train.txt", dir="W/cam/cam", stage="sweep", name="cam") + " --plot W/sweep/sweep.png"
+        ],
+        "ir_label": [
+            f"cam_to_ir_label {LABELLED} --train_list W/lists/train_aug.txt --cam_out_dir W/cam/cam_irn"
+            " --ir_label_out_dir W/ir_label/ir_label"
+        ],
+        "irn": [
+            f"train_irn {DATA} --train_list W/lists/train_aug.txt --infer_list W/lists/train.txt"
+            " --ir_label_out_dir W/ir_label/ir_label --weights r50.pth --irn_weights_name W/irn/res50_irn.pth"
+            " --out_dir W/irn --resume auto"
+        ],
+        "sem_seg": [
+            f"make_sem_seg_labels {LABELLED} --infer_list W/lists/train_aug.txt --cam_out_dir W/cam/cam_irn"
+            " --irn_weights_name W/irn/res50_irn.pth --sem_seg_out_dir W/sem_seg/sem_seg"
+        ],
+        "sem_seg_score": [
+            SCORE.format(list="train.txt", dir="W/sem_seg/sem_seg", stage="sem_seg_score", name="sem_seg")
+            + " --type png --prediction_void background"
+        ],
+        "seg": [SEG.format(masks="W/sem_seg/sem_seg")],
+        **DEEPLAB,
+    }
+
+
+def test_the_aff_route_makes_crf_files_trains_affinitynet_walks_and_trains_deeplab_on_the_walk():
+    calls = built_calls([*PAPER, "--refine", "aff"])
+    assert calls == built_calls(["--voc12_root", "V", "--weights", "r38.pth", "--work_dir", "W", "--refine", "aff"])
+    assert calls == {
+        "lists": ["voc12.make_cls_labels --voc12_root V --out_dir W/lists"],
+        "cpn": built_calls(PAPER)["cpn"],
+        "cam": [  # the reference-format CAMs of both lists (infer_aff.py walks the training list's); no IRN format
+            f"{CAM} --out_cam W/cam/cam --infer_list W/lists/train.txt",
+            f"{CAM} --out_cam W/cam/cam --infer_list W/lists/train_aug.txt",
+        ],
+        "sweep": built_calls(PAPER)["sweep"],
+        "crf": [f"{CAM} --infer_list W/lists/train_aug.txt --out_crf W/crf --crf_scores"],
+        "aff": [
+            f"train_aff {DATA} --train_list W/lists/train_aug.txt --la_crf_dir W/crf/alpha_4"
+            " --ha_crf_dir W/crf/alpha_24 --weights r38.pth --out_dir W/aff --resume auto --session_name resnet38_aff"
+        ],
+        "aff_rw": [
+            f"infer_aff {DATA} --weights W/aff/resnet38_aff.pth --infer_list W/lists/train_aug.txt"
+            " --cam_dir W/cam/cam --out_rw W/aff_rw/aff_rw"
+        ],
+        "aff_rw_score": [  # SEAM's evaluation.py --type png: no void rule
+            SCORE.format(list="train.txt", dir="W/aff_rw/aff_rw", stage="aff_rw_score", name="aff_rw") + " --type png"
+        ],
+        "seg": [SEG.format(masks="W/aff_rw/aff_rw")],
+        **DEEPLAB,
+    }
+    assert "--max_steps 7" in built_calls([*PAPER, "--refine", "aff", "--aff_steps", "7"])["aff"][0]
+
+
+def test_the_demo_recipe_of_the_aff_route():
+    calls = built_calls(["--toy", "--work_dir", "W", "--refine", "aff"])
+    train_aff = calls["aff"][0].split()
+    flag = {name: train_aff[train_aff.index(name) + 1] for name in train_aff if name.startswith("--")}
+    assert flag["--weights"] == "none" and flag["--width"] == "8" and flag["--momentum"] == "0.9"
+    assert int(flag["--crop_size"]) >= 88 and flag["--num_workers"] == "1"
+    # the poly schedule (list // batch · epochs steps) ends with the last step's epoch
+    steps, per_epoch = int(flag["--max_steps"]), run_pipeline.TOY_IMAGES[0] // int(flag["--batch_size"])
+    assert int(flag["--max_epoches"]) == -(-steps // per_epoch)
+    assert calls["aff_rw"][0].endswith("--num_workers 1 --double_cams")
+    assert "--scales 1.0,1.5,2.0" in calls["crf"][0]  # the cam stage's CAMs
+
+
+def test_from_or_until_a_stage_not_on_the_route_is_refused():
+    with pytest.raises(UserError, match="--from ir_label: not a stage of --refine aff; choose one of toy, lists"):
+        built_calls([*PAPER, "--refine", "aff", "--from", "ir_label"])
+    with pytest.raises(UserError, match="--until aff_rw: not a stage of --refine irn"):
+        built_calls([*PAPER, "--until", "aff_rw"])
