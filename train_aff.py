@@ -24,10 +24,9 @@ from engine.errors import UserError, run_main
 from engine.manifest import InputManifest
 from engine.runtime import ProcessGroup, autocast
 from engine.training import (
-    ResumableSampler,
     Trainer,
     add_training_arguments,
-    per_process_batch,
+    sampler_over_processes,
     save_weights,
     training_loader,
 )
@@ -105,13 +104,7 @@ def load_data(args, source: DataSource, group: ProcessGroup, device: torch.devic
         crop_size=args.crop_size,
         seed=args.seed,
     )
-    batch_size = per_process_batch(args.batch_size, group, "--batch_size")
-    sampler = ResumableSampler(len(dataset), batch_size, args.seed, group)
-    if sampler.batches_per_epoch == 0:
-        raise UserError(
-            f"{args.train_list} has {len(dataset)} images, fewer than one batch of {args.batch_size}; "
-            "lower --batch_size"
-        )
+    sampler = sampler_over_processes(len(dataset), args.batch_size, "--batch_size", args.seed, group, args.train_list)
     return training_loader(dataset, sampler, args.num_workers, device)
 
 
@@ -216,7 +209,8 @@ def main(argv=None) -> None:
 
     # ---- loop, then the weights with the reference's keys (SPEC_AFF §3) ----
     def save_the_weights(_log) -> None:
-        print(f"weights: {save_weights(model, trainer.out_dir / f'{args.session_name}.pth')}")
+        if trainer.group.is_main:  # after_training runs on every process
+            print(f"weights: {save_weights(model, trainer.out_dir / f'{args.session_name}.pth')}")
 
     trainer.run(
         loader,

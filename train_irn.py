@@ -23,11 +23,10 @@ from engine.datasets import DataSource, add_dataset_arguments, data_source, fill
 from engine.errors import UserError, run_main
 from engine.runtime import ProcessGroup, autocast
 from engine.training import (
-    ResumableSampler,
     RunLog,
     Trainer,
     add_training_arguments,
-    per_process_batch,
+    sampler_over_processes,
     training_loader,
 )
 from network import add_width_argument, build_network
@@ -94,14 +93,9 @@ def load_data(args, source: DataSource, group: ProcessGroup, device: torch.devic
         crop_size=args.irn_crop_size,
         seed=args.seed,
     )
-    sampler = ResumableSampler(
-        len(dataset), per_process_batch(args.irn_batch_size, group, "--irn_batch_size"), args.seed, group
+    sampler = sampler_over_processes(
+        len(dataset), args.irn_batch_size, "--irn_batch_size", args.seed, group, args.train_list
     )
-    if sampler.batches_per_epoch == 0:
-        raise UserError(
-            f"{args.train_list} has {len(dataset)} images, fewer than one batch of "
-            f"{args.irn_batch_size}; lower --irn_batch_size"
-        )
     return training_loader(dataset, sampler, args.num_workers, device)
 
 

@@ -20,15 +20,14 @@ from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
 from engine.datasets import DatasetSpec, add_dataset_arguments, data_source, fill_list_defaults
-from engine.errors import UserError, and_more, run_main
+from engine.errors import and_more, run_main
 from engine.manifest import InputManifest
 from engine.runtime import ProcessGroup, autocast
 from engine.training import (
-    ResumableSampler,
     RunLog,
     Trainer,
     add_training_arguments,
-    per_process_batch,
+    sampler_over_processes,
     save_weights,
     training_loader,
 )
@@ -124,13 +123,7 @@ def load_data(args, group: ProcessGroup, device: torch.device) -> DataLoader:
         scale_range=tuple(args.scale_range),
         seed=args.seed,
     )
-    batch_size = per_process_batch(args.batch_size, group, "--batch_size")
-    sampler = ResumableSampler(len(dataset), batch_size, args.seed, group)
-    if sampler.batches_per_epoch == 0:
-        raise UserError(
-            f"{args.train_list} has {len(dataset)} images, fewer than one batch of {args.batch_size}; "
-            "lower --batch_size"
-        )
+    sampler = sampler_over_processes(len(dataset), args.batch_size, "--batch_size", args.seed, group, args.train_list)
     return training_loader(dataset, sampler, args.num_workers, device, worker_init_fn=one_opencv_thread)
 
 

@@ -138,6 +138,17 @@ def per_process_batch(batch_size: int, group: ProcessGroup, flag: str) -> int:
     return batch_size // group.world_size
 
 
+def sampler_over_processes(
+    num_samples: int, batch_size: int, flag: str, seed: int, group: ProcessGroup, list_path
+) -> ResumableSampler:
+    """The resumable sampler of one global batch of `batch_size` (set by `flag`) split over the processes;
+    a list shorter than one batch is a UserError naming `list_path`."""
+    sampler = ResumableSampler(num_samples, per_process_batch(batch_size, group, flag), seed, group)
+    if sampler.batches_per_epoch == 0:
+        raise UserError(f"{list_path} has {num_samples} images, fewer than one batch of {batch_size}; lower {flag}")
+    return sampler
+
+
 def training_loader(
     dataset: Dataset,
     sampler: ResumableSampler,
