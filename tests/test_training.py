@@ -32,6 +32,7 @@ from engine.training import (
     per_process_batch,
     restore_rng_states,
     resume_hint_on_interrupt,
+    sampler_over_processes,
     training_loader,
     write_run_record,
 )
@@ -535,3 +536,10 @@ def test_the_loop_syncs_with_the_device_only_where_the_log_or_a_checkpoint_needs
     toy_run(toy_args(tmp_path, "--log_every", "3", "--save_every", "0"))
     assert looked_at == [3, 4, 6, 8]  # log lines at 3, 6 and the last; checkpoints at the epochs' ends (4, 8)
     assert [record["step"] for record in toy_logged(tmp_path)] == [3, 6, 8]
+
+
+def test_sampler_over_processes_splits_the_batch_and_refuses_a_list_shorter_than_one():
+    sampler = sampler_over_processes(10, 4, "--batch_size", 0, ProcessGroup(rank=1, world_size=2), "l.txt")
+    assert sampler.batches_per_epoch == 2  # 10 // 4 global batches, each 2 images on each of 2 processes
+    with pytest.raises(UserError, match=r"^l.txt has 3 images, fewer than one batch of 4; lower --irn_batch_size$"):
+        sampler_over_processes(3, 4, "--irn_batch_size", 0, ProcessGroup(), "l.txt")
